@@ -1,0 +1,97 @@
+"""``create_app(settings)``: the FastAPI application.
+
+One router serves every resource under both prefixes: ``/v1`` (the OpenAI
+SDK's ``base_url``) and ``/api/llm`` (gateway clients). At start-up the
+database is migrated and the default organisation and first key ensured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+
+from openft import __version__
+from openft.api.context import AppContext
+from openft.api.deps import GATEWAY_PREFIX
+from openft.api.errors import RequestIdMiddleware, install_error_handlers
+from openft.api.routers import files, jobs
+from openft.config import Settings
+from openft.services import auth
+from openft.services.models import ModelRegistry
+from openft.store.blobs import BlobStore
+from openft.store.db import create_engine, create_session_factory, migrate
+
+log = logging.getLogger("openft")
+
+OPENAI_PREFIX = "/v1"
+
+
+def build_api_router() -> APIRouter:
+    router = APIRouter()
+    router.include_router(files.router)
+    router.include_router(jobs.router)
+    return router
+
+
+async def start_context(settings: Settings) -> AppContext:
+    """Open the database (migrated) and blob store, and set up authentication."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    await migrate(engine)
+    ctx = AppContext(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        blobs=BlobStore(settings.resolved_storage_url),
+        registry=ModelRegistry(),
+    )
+    async with ctx.transaction() as session:
+        default_org_id = await auth.ensure_org(session, settings.default_org)
+        new_key = None
+        if settings.api_key is None:
+            new_key = await auth.bootstrap_first_key(
+                session, settings.default_org, settings.api_key_file
+            )
+    if new_key is not None:
+        print(
+            f"openft: created the first API key (also written to {settings.api_key_file}):\n"
+            f"{new_key}",
+            file=sys.stdout,
+            flush=True,
+        )
+    ctx.authenticator = auth.Authenticator(
+        ctx.sessions,
+        cache_seconds=settings.auth_cache_seconds,
+        env_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        default_org_id=default_org_id,
+    )
+    return ctx
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await start_context(settings)
+        app.state.ctx = ctx
+        log.info("openft %s ready on %s", __version__, settings.resolved_database_url.split("://")[0])
+        try:
+            yield
+        finally:
+            await ctx.engine.dispose()
+
+    app = FastAPI(title="openft", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/health", tags=["Health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    api = build_api_router()
+    app.include_router(api, prefix=OPENAI_PREFIX)
+    app.include_router(api, prefix=GATEWAY_PREFIX)
+    return app

@@ -1,0 +1,65 @@
+"""Request dependencies: the app context and the caller (key, surface, gateway headers)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from openft.api.context import AppContext
+from openft.config import BUILTIN_PROVIDER
+from openft.errors import InvalidRequest
+from openft.services.auth import Principal
+
+GATEWAY_PREFIX = "/api/llm"
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+    gateway: bool
+    """True on the gateway surface (/api/llm), whose job status enum is narrower."""
+    tfy_metadata: dict[str, str] | None
+
+    @property
+    def org_id(self) -> str:
+        return self.principal.org_id
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+async def get_caller(request: Request) -> Caller:
+    ctx: AppContext = request.app.state.ctx
+    assert ctx.authenticator is not None
+    principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
+    provider = request.headers.get("x-tfy-provider-name")
+    if provider is not None and provider != BUILTIN_PROVIDER:
+        raise InvalidRequest(
+            f"Unknown provider {provider!r}; configured providers: {BUILTIN_PROVIDER}.",
+            param="x-tfy-provider-name",
+            code="unknown_provider",
+        )
+    return Caller(
+        principal=principal,
+        gateway=request.url.path.startswith(GATEWAY_PREFIX + "/"),
+        tfy_metadata=_tfy_metadata(request.headers.get("x-tfy-metadata")),
+    )
+
+
+def _tfy_metadata(raw: str | None) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidRequest(
+            "The x-tfy-metadata header must be a JSON object whose values are strings.",
+            param="x-tfy-metadata",
+            code="invalid_metadata_header",
+        )
+    return value

@@ -1,0 +1,130 @@
+"""Files API: upload (streamed), list, retrieve, download (streamed), delete."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from openft.api.context import AppContext
+from openft.api.deps import Caller, get_caller, get_ctx
+from openft.api.uploads import receive_upload
+from openft.schemas.files import DeleteFileResponse, ListFilesResponse, OpenAIFile
+from openft.services import files as service
+
+router = APIRouter(tags=["Files"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/files", openapi_extra=_UPLOAD_BODY)
+async def create_file(
+    request: Request,
+    caller: Annotated[Caller, Depends(get_caller)],
+    ctx: Annotated[AppContext, Depends(get_ctx)],
+) -> OpenAIFile:
+    form = await receive_upload(request, ctx.blobs, caller.org_id, ctx.settings.max_file_bytes)
+    upload = form.upload
+    try:
+        purpose = service.check_purpose(form.fields.get("purpose"))
+        lifetime = service.check_expiry(
+            form.fields.get("expires_after[anchor]"), form.fields.get("expires_after[seconds]")
+        )
+        summary = await anyio.to_thread.run_sync(upload.finish, purpose)
+    except BaseException:
+        await anyio.to_thread.run_sync(upload.abort)
+        raise
+    try:
+        async with ctx.transaction() as session:
+            return await service.record_upload(
+                session,
+                caller.org_id,
+                upload,
+                summary,
+                filename=form.filename,
+                purpose=purpose,
+                lifetime_seconds=lifetime,
+            )
+    except BaseException:
+        await anyio.to_thread.run_sync(ctx.blobs.delete, upload.storage_key)
+        raise
+
+
+@router.get("/files")
+async def list_files(
+    caller: Annotated[Caller, Depends(get_caller)],
+    ctx: Annotated[AppContext, Depends(get_ctx)],
+    purpose: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    after: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
+) -> ListFilesResponse:
+    async with ctx.reader() as session:
+        return await service.list_files(
+            session, caller.org_id, purpose=purpose, after=after, limit=limit, order=order
+        )
+
+
+@router.get("/files/{file_id}")
+async def retrieve_file(
+    file_id: str,
+    caller: Annotated[Caller, Depends(get_caller)],
+    ctx: Annotated[AppContext, Depends(get_ctx)],
+) -> OpenAIFile:
+    async with ctx.reader() as session:
+        return service.file_to_wire(await service.get_file(session, caller.org_id, file_id))
+
+
+@router.get("/files/{file_id}/content")
+async def download_file(
+    file_id: str,
+    caller: Annotated[Caller, Depends(get_caller)],
+    ctx: Annotated[AppContext, Depends(get_ctx)],
+) -> StreamingResponse:
+    async with ctx.reader() as session:
+        row = await service.get_file(session, caller.org_id, file_id)
+    chunks = service.read_chunks(ctx.blobs, row.storage_key)
+
+    async def body() -> AsyncIterator[bytes]:
+        while chunk := await anyio.to_thread.run_sync(next, chunks, b""):
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type="application/octet-stream",
+        headers={
+            "content-length": str(row.bytes),
+            "content-disposition": f'attachment; filename="{row.filename}"',
+        },
+    )
+
+
+@router.delete("/files/{file_id}")
+async def delete_file(
+    file_id: str,
+    caller: Annotated[Caller, Depends(get_caller)],
+    ctx: Annotated[AppContext, Depends(get_ctx)],
+) -> DeleteFileResponse:
+    async with ctx.transaction() as session:
+        response, storage_key = await service.delete_file(session, caller.org_id, file_id)
+    await anyio.to_thread.run_sync(ctx.blobs.delete, storage_key)
+    return response

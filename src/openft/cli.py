@@ -1,0 +1,70 @@
+"""The ``openft`` command: ``serve`` runs the API; ``keys create`` mints API keys.
+
+Admin commands open the database named by the settings directly (migrating
+it first); client commands (files, jobs, chat) arrive with later issues and
+talk to a server through the official OpenAI SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from openft.config import load_settings
+
+
+@click.group()
+def main() -> None:
+    """openft: self-hosted fine-tuning behind the OpenAI fine-tuning API."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: OPENFT_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: OPENFT_PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the API server on the configured database and storage."""
+    import uvicorn
+
+    from openft.api.app import create_app
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = load_settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--org", "org_name", required=True, help="Organisation name (created if new).")
+def keys_create(org_name: str) -> None:
+    """Create an API key for ORG; the key is printed alone on the last line."""
+    key = asyncio.run(_create_key(org_name))
+    click.echo(f"Created an API key for organisation {org_name!r}. Store it now; it is not shown again.")
+    click.echo(key)
+
+
+async def _create_key(org_name: str) -> str:
+    from openft.services import auth
+    from openft.store.db import create_engine, create_session_factory, migrate
+
+    settings = load_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        async with create_session_factory(engine)() as session, session.begin():
+            return await auth.create_key(session, org_name)
+    finally:
+        await engine.dispose()

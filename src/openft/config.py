@@ -1,0 +1,91 @@
+"""Settings: one pydantic-settings object read from ``OPENFT_*`` variables.
+
+Build it with :func:`load_settings` and pass it down (``create_app(settings)``);
+nothing in openft reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUILTIN_PROVIDER = "openft"
+"""The provider that trains on this deployment's own executors."""
+
+
+class Settings(BaseSettings):
+    """Every setting openft reads, with its ``OPENFT_`` variable and default."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the API server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the API server listens on.")
+    home: Path = Field(
+        Path("~/.openft"),
+        description="State folder: SQLite database, blobs, model cache, generated API key.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: SQLite (WAL) at $OPENFT_HOME/openft.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
+    )
+    storage_url: str | None = Field(
+        None,
+        description="fsspec URL of blob storage. Default: the folder $OPENFT_HOME/blobs. "
+        "Any fsspec URL works (s3://bucket/prefix with s3fs installed).",
+    )
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes (413 above)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Extra key accepted for the default organisation (never stored)."
+    )
+    default_org: str = Field("default", description="Name of the default organisation.")
+    auth_cache_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a verified API key is trusted without a database read. "
+        "A deleted key stops working after at most this long.",
+    )
+    log_level: str = Field("info", description="Python logging level of the server.")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL actually used (driver filled in)."""
+        url = self.database_url or f"sqlite:///{self.home / 'openft.db'}"
+        return to_async_url(url)
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.home / "blobs")
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.home / "api-key"
+
+
+def to_async_url(url: str) -> str:
+    """Map a plain database URL to its asyncio driver (aiosqlite, psycopg)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url!r}")
+    driver_for = {
+        "sqlite": "sqlite+aiosqlite",
+        "postgresql": "postgresql+psycopg",
+        "postgres": "postgresql+psycopg",
+        "postgresql+psycopg2": "postgresql+psycopg",
+        "postgresql+asyncpg": "postgresql+psycopg",
+    }
+    return f"{driver_for.get(scheme, scheme)}://{rest}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; keyword overrides win (for tests and the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

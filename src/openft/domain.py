@@ -1,0 +1,147 @@
+"""Pure vocabulary shared by every layer: job states and their transition
+table, id prefixes, file formats and the OpenAI limits. No I/O here."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+class JobStatus(str, enum.Enum):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset(set(JobStatus) - TERMINAL_STATUSES)
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.VALIDATING_FILES: frozenset(
+        {JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    # running -> queued: the lease of a dead training process expired; it runs again.
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.PAUSED,
+            JobStatus.QUEUED,
+        }
+    ),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """Every status a job may be in to move to ``target``. Never a terminal one."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+# The gateway (/api/llm) documents a narrower status enum; these are shown as queued there.
+GATEWAY_STATUS = {
+    JobStatus.VALIDATING_FILES: JobStatus.QUEUED,
+    JobStatus.PAUSED: JobStatus.QUEUED,
+}
+
+
+class FileFormat(str, enum.Enum):
+    """The training-file line formats OpenAI accepts, one per file."""
+
+    CHAT = "chat"
+    PREFERENCE = "preference"
+    PROMPT_COMPLETION = "prompt_completion"
+
+
+class MethodType(str, enum.Enum):
+    SUPERVISED = "supervised"
+    DPO = "dpo"
+    REINFORCEMENT = "reinforcement"
+
+
+FORMATS_FOR_METHOD: dict[MethodType, frozenset[FileFormat]] = {
+    MethodType.SUPERVISED: frozenset({FileFormat.CHAT, FileFormat.PROMPT_COMPLETION}),
+    MethodType.DPO: frozenset({FileFormat.PREFERENCE}),
+    MethodType.REINFORCEMENT: frozenset({FileFormat.CHAT}),
+}
+
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+"""Purposes a client may upload with; the service itself also writes fine-tune-results."""
+
+# OpenAI's limits, in one place.
+MIN_TRAINING_EXAMPLES = 10
+N_EPOCHS_RANGE = (1, 50)
+BATCH_SIZE_RANGE = (1, 256)
+SEED_RANGE = (0, 2_147_483_647)
+SUFFIX_MAX_LENGTH = 64
+METADATA_MAX_PAIRS = 16
+METADATA_KEY_MAX_LENGTH = 64
+METADATA_VALUE_MAX_LENGTH = 512
+MAX_INTEGRATIONS = 5
+FILE_EXPIRY_SECONDS_RANGE = (3600, 2_592_000)
+
+ID_PREFIX = {
+    "job": "ftjob-",
+    "file": "file-",
+    "event": "ftevent-",
+    "checkpoint": "ftckpt-",
+    "org": "org-",
+    "key": "key-",
+}
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(kind: str) -> str:
+    """A prefixed, random, URL-safe id such as ``ftjob-3fQ9...`` (24 base62 chars)."""
+    return ID_PREFIX[kind] + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+def now() -> int:
+    """Unix time in whole seconds, as every wire timestamp is."""
+    return int(time.time())
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job request, independent of the wire format it came in.
+
+    ``method`` is normalised to ``{"type": t, t: {"hyperparameters": {...}}}``
+    with every standard hyperparameter present ("auto" where not given).
+    """
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    method: dict[str, Any]
+    seed: int
+    suffix: str | None
+    metadata: dict[str, str] | None
+    integrations: list[dict[str, Any]] | None
+
+    @property
+    def method_type(self) -> MethodType:
+        return MethodType(self.method["type"])
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(self.method[self.method["type"]]["hyperparameters"])

@@ -1,0 +1,54 @@
+"""The domain error tree.
+
+Services raise these; ``openft.api.errors`` maps each to the OpenAI error
+envelope exactly once. Nothing else builds HTTP errors by hand.
+"""
+
+from __future__ import annotations
+
+
+class OpenFTError(Exception):
+    """Base of every error openft reports to a client."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(OpenFTError):
+    """The request is malformed or names something unusable (400)."""
+
+
+class AuthenticationFailed(OpenFTError):
+    """No API key, or one openft does not know (401)."""
+
+    status_code = 401
+
+
+class NotFound(OpenFTError):
+    """The object does not exist, or belongs to another organisation (404)."""
+
+    status_code = 404
+
+    def __init__(self, kind: str, object_id: str, *, param: str | None = None):
+        label = kind.replace("_", " ").replace("fine tuning", "fine-tuning")
+        super().__init__(f"No such {label}: {object_id}", param=param, code=f"{kind}_not_found")
+        self.kind = kind
+        self.object_id = object_id
+
+
+class Conflict(OpenFTError):
+    """The request is valid but the object's state forbids it (409)."""
+
+    status_code = 409
+
+
+class PayloadTooLarge(OpenFTError):
+    """The uploaded file is larger than the configured cap (413)."""
+
+    status_code = 413

@@ -1,0 +1,244 @@
+"""Wire models of the fine-tuning jobs API: the create request (with OpenAI's
+limits) and the FineTuningJob, event and checkpoint objects."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PlainValidator, model_validator
+
+from openft import domain
+from openft.domain import JobSpec
+from openft.errors import InvalidRequest
+from openft.schemas.common import (
+    ClosedRequestModel,
+    RequestModel,
+    WireModel,
+    _invalid,
+    int_in_range,
+    number_above,
+)
+
+NEpochs = int_in_range(*domain.N_EPOCHS_RANGE, auto=True)
+BatchSize = int_in_range(*domain.BATCH_SIZE_RANGE, auto=True)
+LearningRateMultiplier = number_above(0, auto=True)
+Beta = number_above(0, 2, auto=True)
+Seed = int_in_range(*domain.SEED_RANGE)
+
+
+def _check_suffix(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= domain.SUFFIX_MAX_LENGTH:
+        raise _invalid(f"must be a string of 1 to {domain.SUFFIX_MAX_LENGTH} characters")
+    if ":" in value or not value.isprintable() or value.strip() != value:
+        raise _invalid("must not contain ':', control characters or surrounding spaces")
+    return value
+
+
+def _check_metadata(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid("must be an object of string keys and string values")
+    if len(value) > domain.METADATA_MAX_PAIRS:
+        raise _invalid(f"must have at most {domain.METADATA_MAX_PAIRS} pairs, got {len(value)}")
+    for key, item in value.items():
+        if len(key) > domain.METADATA_KEY_MAX_LENGTH:
+            raise _invalid(
+                f"key {key[:20]!r}... is longer than {domain.METADATA_KEY_MAX_LENGTH} characters"
+            )
+        if not isinstance(item, str):
+            raise _invalid(f"value of {key!r} must be a string")
+        if len(item) > domain.METADATA_VALUE_MAX_LENGTH:
+            raise _invalid(
+                f"value of {key!r} is longer than {domain.METADATA_VALUE_MAX_LENGTH} characters"
+            )
+    return value
+
+
+Suffix = Annotated[str | None, PlainValidator(_check_suffix)]
+Metadata = Annotated[dict[str, str] | None, PlainValidator(_check_metadata)]
+
+
+class SupervisedHyperparameters(ClosedRequestModel):
+    batch_size: BatchSize = "auto"
+    learning_rate_multiplier: LearningRateMultiplier = "auto"
+    n_epochs: NEpochs = "auto"
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Beta = "auto"
+
+
+class SupervisedMethod(ClosedRequestModel):
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class DpoMethod(ClosedRequestModel):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+class Method(ClosedRequestModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _only_the_chosen_method(self) -> Method:
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != self.type and getattr(self, other) is not None:
+                raise _invalid(f"method.{other} must be omitted when method.type is {self.type!r}")
+        return self
+
+
+class WandbSettings(RequestModel):
+    project: Annotated[str, Field(min_length=1)]
+    name: str | None = None
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class Integration(RequestModel):
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+class FineTuningJobCreate(RequestModel):
+    """``POST /fine_tuning/jobs``. Field-level limits are checked here; rules
+    that need the database (files, model) are checked by the jobs service."""
+
+    model: Annotated[str, Field(min_length=1)]
+    training_file: Annotated[str, Field(min_length=1)]
+    hyperparameters: SupervisedHyperparameters | None = None
+    suffix: Suffix = None
+    validation_file: str | None = None
+    integrations: Annotated[list[Integration] | None, Field(max_length=domain.MAX_INTEGRATIONS)] = (
+        None
+    )
+    seed: Seed | None = None
+    method: Method | None = None
+    metadata: Metadata = None
+
+    def to_spec(self) -> JobSpec:
+        method = self._resolve_method()
+        return JobSpec(
+            model=self.model,
+            training_file=self.training_file,
+            validation_file=self.validation_file,
+            method=method,
+            seed=self.seed if self.seed is not None else secrets.randbelow(domain.SEED_RANGE[1]),
+            suffix=self.suffix,
+            metadata=self.metadata,
+            integrations=(
+                [i.model_dump() for i in self.integrations] if self.integrations else None
+            ),
+        )
+
+    def _resolve_method(self) -> dict[str, Any]:
+        """The method as ``{"type": t, t: {"hyperparameters": {...}}}``, mapping
+        the deprecated top-level ``hyperparameters`` onto ``method.supervised``."""
+        method = self.method or Method(type="supervised")
+        if method.type == "reinforcement":
+            raise InvalidRequest(
+                "Reinforcement fine-tuning is not supported by this server yet; "
+                "use method.type 'supervised' or 'dpo'.",
+                param="method.type",
+                code="unsupported_method",
+            )
+        if self.hyperparameters is not None:
+            explicit = method.supervised is not None and (
+                "hyperparameters" in method.supervised.model_fields_set
+            )
+            if method.type != "supervised" or explicit:
+                raise InvalidRequest(
+                    "The deprecated top-level 'hyperparameters' cannot be combined with "
+                    "method hyperparameters; pass them under method only.",
+                    param="hyperparameters",
+                )
+            method = Method(type="supervised", supervised=SupervisedMethod(
+                hyperparameters=self.hyperparameters))
+        chosen = getattr(method, method.type) or (
+            SupervisedMethod() if method.type == "supervised" else DpoMethod()
+        )
+        return {"type": method.type, method.type: {"hyperparameters": chosen.hyperparameters.model_dump()}}
+
+
+class JobError(WireModel):
+    code: str
+    message: str
+    param: str | None
+
+
+class JobHyperparameters(WireModel):
+    batch_size: int | Literal["auto"] | None = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    n_epochs: int | Literal["auto"] = "auto"
+
+
+class FineTuningJob(WireModel):
+    """The spec's FineTuningJob, fields in the spec's order, then extensions."""
+
+    id: str
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: JobHyperparameters
+    model: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    organization_id: str
+    result_files: list[str]
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    integrations: list[dict[str, Any]] | None
+    seed: int
+    estimated_finish: int | None
+    method: dict[str, Any]
+    metadata: dict[str, str] | None
+    # Extension, as OpenAI returns it: the suffix the user asked for.
+    user_provided_suffix: str | None
+
+
+class ListFineTuningJobsResponse(WireModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class FineTuningJobEvent(WireModel):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any]
+
+
+class ListFineTuningJobEventsResponse(WireModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool
+
+
+class FineTuningJobCheckpoint(WireModel):
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float]
+    step_number: int
+
+
+class ListFineTuningJobCheckpointsResponse(WireModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobCheckpoint]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

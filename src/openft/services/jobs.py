@@ -1,0 +1,245 @@
+"""Fine-tuning jobs: creation (the checks that need the database), the
+user's state changes (cancel, pause, resume), listings, and the conversion
+of rows to the wire objects. Status itself is written only through
+``store.queries.jobs.transition_job``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from openft import domain
+from openft.domain import FileFormat, JobSpec, JobStatus
+from openft.errors import InvalidRequest, NotFound
+from openft.schemas.jobs import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobError,
+    JobHyperparameters,
+    ListFineTuningJobCheckpointsResponse,
+    ListFineTuningJobEventsResponse,
+    ListFineTuningJobsResponse,
+)
+from openft.services.models import ModelRegistry
+from openft.store.queries import files as file_queries
+from openft.store.queries import jobs as job_queries
+from openft.store.tables import Checkpoint, File, Job, JobEvent
+
+STANDARD_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
+
+
+async def create_job(
+    session: AsyncSession,
+    registry: ModelRegistry,
+    org_id: str,
+    spec: JobSpec,
+    *,
+    request_metadata: dict[str, str] | None = None,
+) -> Job:
+    """Check the request against the database, then insert the job and queue it."""
+    if not registry.is_trainable(spec.model):
+        raise InvalidRequest(
+            f"Model {spec.model!r} is not available for fine-tuning. "
+            f"Available base models: {', '.join(registry.base_models)}.",
+            param="model",
+            code="model_not_found",
+        )
+    training = await _usable_file(session, org_id, spec.training_file, "training_file", spec)
+    if (training.n_examples or 0) < domain.MIN_TRAINING_EXAMPLES:
+        raise InvalidRequest(
+            f"Training file {training.id} has {training.n_examples} examples; "
+            f"at least {domain.MIN_TRAINING_EXAMPLES} are required.",
+            param="training_file",
+            code="invalid_n_examples",
+        )
+    if spec.validation_file is not None:
+        await _usable_file(session, org_id, spec.validation_file, "validation_file", spec)
+
+    now = datetime.now(timezone.utc)
+    job = Job(
+        id=domain.new_id("job"),
+        org_id=org_id,
+        model=spec.model,
+        training_file=spec.training_file,
+        validation_file=spec.validation_file,
+        status=JobStatus.VALIDATING_FILES.value,
+        method=spec.method,
+        suffix=spec.suffix,
+        seed=spec.seed,
+        metadata_=spec.metadata,
+        integrations=spec.integrations,
+        result_files=[],
+        created_at=now,
+        updated_at=now,
+    )
+    event_data = {"x_tfy_metadata": request_metadata} if request_metadata else None
+    await job_queries.create_job(session, job, event_data=event_data)
+    files = ", ".join(f for f in (spec.training_file, spec.validation_file) if f)
+    await job_queries.add_event(session, job.id, f"Validating training file: {files}")
+    return await job_queries.transition_job(
+        session,
+        job.id,
+        JobStatus.QUEUED,
+        message="Files validated, moving job to queued state",
+        action="queue",
+    )
+
+
+async def _usable_file(
+    session: AsyncSession, org_id: str, file_id: str, param: str, spec: JobSpec
+) -> File:
+    # Touch first: holds the row until commit, so the file cannot be deleted under us.
+    row = None
+    if await file_queries.touch_file(session, org_id, file_id):
+        row = await file_queries.read_file(session, org_id, file_id)
+    if row is None:
+        raise InvalidRequest(f"No such file: {file_id}", param=param, code="file_not_found")
+    if row.purpose != "fine-tune" or row.format is None:
+        raise InvalidRequest(
+            f"File {file_id} was uploaded with purpose {row.purpose!r}; "
+            "fine-tuning files need purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    allowed = domain.FORMATS_FOR_METHOD[spec.method_type]
+    if FileFormat(row.format) not in allowed:
+        raise InvalidRequest(
+            f"File {file_id} is in {row.format} format, but method {spec.method_type.value!r} "
+            f"needs {' or '.join(sorted(f.value for f in allowed))} format.",
+            param=param,
+            code="invalid_file_format",
+        )
+    return row
+
+
+async def get_job(session: AsyncSession, org_id: str, job_id: str) -> Job:
+    job = await job_queries.read_job(session, org_id, job_id)
+    if job is None:
+        raise NotFound("fine_tuning_job", job_id)
+    return job
+
+
+_USER_ACTIONS = {
+    "cancel": (JobStatus.CANCELLED, "Fine-tuning job cancelled"),
+    "pause": (JobStatus.PAUSED, "Fine-tuning job paused"),
+    "resume": (JobStatus.QUEUED, "Fine-tuning job resumed, moving job to queued state"),
+}
+
+
+async def apply_user_action(session: AsyncSession, org_id: str, job_id: str, action: str) -> Job:
+    """cancel, pause or resume; an illegal move for the job's status is a Conflict."""
+    target, message = _USER_ACTIONS[action]
+    return await job_queries.transition_job(
+        session, job_id, target, message=message, action=action, org_id=org_id
+    )
+
+
+async def list_jobs(
+    session: AsyncSession,
+    org_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    metadata_is_null: bool,
+    gateway: bool,
+) -> ListFineTuningJobsResponse:
+    page = await job_queries.list_jobs(
+        session,
+        org_id,
+        after=after,
+        limit=limit,
+        metadata=metadata,
+        metadata_is_null=metadata_is_null,
+    )
+    return ListFineTuningJobsResponse(
+        data=[job_to_wire(job, gateway=gateway) for job in page.items], has_more=page.has_more
+    )
+
+
+async def list_events(
+    session: AsyncSession, org_id: str, job_id: str, *, after: str | None, limit: int
+) -> ListFineTuningJobEventsResponse:
+    await get_job(session, org_id, job_id)
+    page = await job_queries.list_events(session, job_id, after=after, limit=limit)
+    return ListFineTuningJobEventsResponse(
+        data=[event_to_wire(e) for e in page.items], has_more=page.has_more
+    )
+
+
+async def list_checkpoints(
+    session: AsyncSession, org_id: str, job_id: str, *, after: str | None, limit: int
+) -> ListFineTuningJobCheckpointsResponse:
+    await get_job(session, org_id, job_id)
+    page = await job_queries.list_checkpoints(session, job_id, after=after, limit=limit)
+    data = [checkpoint_to_wire(c) for c in page.items]
+    return ListFineTuningJobCheckpointsResponse(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=page.has_more,
+    )
+
+
+def _ts(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def job_to_wire(job: Job, *, gateway: bool = False) -> FineTuningJob:
+    """The spec's FineTuningJob. On the gateway surface (/api/llm) the status
+    stays within the gateway's enum (validating_files and paused read queued)."""
+    status = JobStatus(job.status)
+    if gateway:
+        status = domain.GATEWAY_STATUS.get(status, status)
+    method: dict[str, Any] = job.method
+    hyper = dict(method[method["type"]]["hyperparameters"])
+    if job.resolved_hyperparameters:
+        hyper.update(job.resolved_hyperparameters)
+        method = {"type": method["type"], method["type"]: {"hyperparameters": hyper}}
+    return FineTuningJob(
+        id=job.id,
+        created_at=int(job.created_at.timestamp()),
+        error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=_ts(job.finished_at),
+        hyperparameters=JobHyperparameters(**{k: hyper[k] for k in STANDARD_HYPERPARAMETERS}),
+        model=job.model,
+        organization_id=job.org_id,
+        result_files=list(job.result_files),
+        status=status.value,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        integrations=job.integrations,
+        seed=job.seed,
+        estimated_finish=_ts(job.estimated_finish),
+        method=method,
+        metadata=job.metadata_,
+        user_provided_suffix=job.suffix,
+    )
+
+
+def event_to_wire(event: JobEvent) -> FineTuningJobEvent:
+    return FineTuningJobEvent(
+        id=event.id,
+        created_at=int(event.created_at.timestamp()),
+        level=event.level,  # type: ignore[arg-type]
+        message=event.message,
+        type=event.type,  # type: ignore[arg-type]
+        data=event.data or {},
+    )
+
+
+def checkpoint_to_wire(checkpoint: Checkpoint) -> FineTuningJobCheckpoint:
+    return FineTuningJobCheckpoint(
+        id=checkpoint.id,
+        created_at=int(checkpoint.created_at.timestamp()),
+        fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=checkpoint.job_id,
+        metrics=checkpoint.metrics,
+        step_number=checkpoint.step_number,
+    )

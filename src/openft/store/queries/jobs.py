@@ -1,0 +1,138 @@
+"""Jobs, their events and checkpoints; :func:`transition_job` is the only
+writer of ``status`` anywhere in openft."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from openft.domain import JobStatus, new_id, sources_of
+from openft.errors import Conflict, NotFound
+from openft.store.queries.pagination import Page, keyset_page, scoped
+from openft.store.tables import Checkpoint, Job, JobEvent
+
+
+async def create_job(session: AsyncSession, job: Job, *, event_data: dict[str, Any] | None) -> Job:
+    """Insert a job in ``validating_files`` with its creation event."""
+    if job.status != JobStatus.VALIDATING_FILES.value:
+        raise ValueError("a job is created in validating_files")
+    session.add(job)
+    await session.flush()
+    await add_event(session, job.id, f"Created fine-tuning job: {job.id}", data=event_data)
+    return job
+
+
+async def read_job(session: AsyncSession, org_id: str, job_id: str) -> Job | None:
+    return await session.scalar(select(Job).where(Job.org_id == org_id, Job.id == job_id))
+
+
+async def list_jobs(
+    session: AsyncSession,
+    org_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    metadata_is_null: bool = False,
+) -> Page[Job]:
+    stmt = scoped(Job, org_id=org_id)
+    if metadata_is_null:
+        stmt = stmt.where(Job.metadata_.is_(None))
+    for key, value in (metadata or {}).items():
+        stmt = stmt.where(Job.metadata_[key].as_string() == value)
+    return await keyset_page(session, stmt, Job, after=after, limit=limit)
+
+
+async def transition_job(
+    session: AsyncSession,
+    job_id: str,
+    to: JobStatus,
+    *,
+    message: str,
+    action: str,
+    org_id: str | None = None,
+    level: str = "info",
+    values: dict[str, Any] | None = None,
+) -> Job:
+    """Move a job to ``to`` in one conditional UPDATE, and record ``message``.
+
+    The UPDATE matches only the statuses that may lead to ``to`` (never a
+    terminal one), so a late writer cannot overwrite a finished job. Raises
+    NotFound if there is no such job (in ``org_id``), Conflict if its status
+    forbids the move.
+    """
+    now = datetime.now(timezone.utc)
+    fields: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
+    if to.is_terminal:
+        fields.update(finished_at=now, estimated_finish=None)
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources_of(to)]))
+    if org_id is not None:
+        stmt = stmt.where(Job.org_id == org_id)
+    result = await session.execute(
+        stmt.values(**fields).execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:
+        job = await _read_any_job(session, job_id, org_id)
+        if job is None:
+            raise NotFound("fine_tuning_job", job_id)
+        raise Conflict(
+            f"Cannot {action} fine-tuning job {job_id}: its status is '{job.status}'.",
+            code="invalid_job_state",
+        )
+    await add_event(session, job_id, message, level=level)
+    job = await _read_any_job(session, job_id, org_id, refresh=True)
+    assert job is not None
+    return job
+
+
+async def _read_any_job(
+    session: AsyncSession, job_id: str, org_id: str | None, *, refresh: bool = False
+) -> Job | None:
+    stmt = select(Job).where(Job.id == job_id)
+    if org_id is not None:
+        stmt = stmt.where(Job.org_id == org_id)
+    if refresh:
+        stmt = stmt.execution_options(populate_existing=True)
+    return await session.scalar(stmt)
+
+
+async def add_event(
+    session: AsyncSession,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    event = JobEvent(
+        id=new_id("event"),
+        job_id=job_id,
+        created_at=datetime.now(timezone.utc),
+        level=level,
+        type=type,
+        message=message,
+        data=data,
+    )
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def list_events(
+    session: AsyncSession, job_id: str, *, after: str | None, limit: int
+) -> Page[JobEvent]:
+    return await keyset_page(
+        session, scoped(JobEvent, job_id=job_id), JobEvent, after=after, limit=limit
+    )
+
+
+async def list_checkpoints(
+    session: AsyncSession, job_id: str, *, after: str | None, limit: int
+) -> Page[Checkpoint]:
+    return await keyset_page(
+        session, scoped(Checkpoint, job_id=job_id), Checkpoint, after=after, limit=limit
+    )

@@ -1,0 +1,163 @@
+"""ORM tables. Wire schemas live in ``openft.schemas``; a service converts.
+
+Portable across SQLite and PostgreSQL: deterministic constraint names,
+timezone-aware timestamps, JSON that becomes JSONB on PostgreSQL. Every
+listed table has an integer ``seq`` primary key that orders rows by insertion
+and backs keyset pagination; the public prefixed ``id`` is a unique column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on both databases (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    display_prefix: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_org_id_seq", "org_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger())
+    storage_key: Mapped[str] = mapped_column(String(256))
+    # Set for validated fine-tune uploads: the line format and example count.
+    format: Mapped[str | None] = mapped_column(String(32))
+    n_examples: Mapped[int | None] = mapped_column(Integer())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Written by every job creation that uses the file: the row lock serialises
+    # "create a job on this file" against "delete this file".
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Job(Base):
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_fine_tuning_jobs_org_id_seq", "org_id", "seq"),
+        Index("ix_fine_tuning_jobs_status_seq", "status", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(256))
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(32))
+    # The method as requested, hyperparameters still "auto" where not given.
+    method: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # Hyperparameters resolved by the trainer once the job runs.
+    resolved_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger())
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONType)
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
+    result_files: Mapped[list[str]] = mapped_column(JSONType)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger())
+    estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobEvent(Base):
+    __tablename__ = "fine_tuning_job_events"
+    __table_args__ = (Index("ix_fine_tuning_job_events_job_id_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    level: Mapped[str] = mapped_column(String(8))
+    type: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text())
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class Checkpoint(Base):
+    __tablename__ = "fine_tuning_job_checkpoints"
+    __table_args__ = (Index("ix_fine_tuning_job_checkpoints_job_id_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    step_number: Mapped[int] = mapped_column(Integer())
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(600))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    storage_key: Mapped[str | None] = mapped_column(String(256))
