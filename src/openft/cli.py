@@ -12,7 +12,7 @@ import logging
 
 import click
 
-from openft.config import load_settings
+from openft.config import Settings, load_settings
 
 
 @click.group()
@@ -50,16 +50,16 @@ def keys() -> None:
 @click.option("--org", "org_name", required=True, help="Organisation name (created if new).")
 def keys_create(org_name: str) -> None:
     """Create an API key for ORG; the key is printed alone on the last line."""
-    key = asyncio.run(_create_key(org_name))
+    key = asyncio.run(create_api_key(load_settings(), org_name))
     click.echo(f"Created an API key for organisation {org_name!r}. Store it now; it is not shown again.")
     click.echo(key)
 
 
-async def _create_key(org_name: str) -> str:
+async def create_api_key(settings: Settings, org_name: str) -> str:
+    """Create ``org_name`` if needed and a key for it, on the settings' database."""
     from openft.services import auth
     from openft.store.db import create_engine, create_session_factory, migrate
 
-    settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
     try:

@@ -1,0 +1,208 @@
+"""Test helpers: a real openft server in a subprocess, API keys, schema
+validation against the reference OpenAPI document, and dataset builders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from openft.cli import create_api_key
+from openft.config import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_PATH = REPO.parent / "shared" / "reference" / "openai-fine-tuning.openapi.yaml"
+SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """``openft serve`` in a subprocess on a free loopback port."""
+
+    home: Path
+    database_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    api_key: str = "sk-test-default-org-key"
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENFT_")}
+        env.update(OPENFT_HOME=str(self.home), PYTHONUNBUFFERED="1", OPENFT_LOG_LEVEL="warning")
+        if self.api_key:
+            env["OPENFT_API_KEY"] = self.api_key
+        if self.database_url:
+            env["OPENFT_DATABASE_URL"] = self.database_url
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / f"server-{self.starts}.log"
+
+    def start(self, timeout: float = 60) -> Server:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.starts += 1
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "openft", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"openft serve exited:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling for readiness, not synchronising on a guess
+        raise RuntimeError(f"openft serve did not become healthy:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> Server:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def settings_env(self) -> dict[str, Any]:
+        overrides: dict[str, Any] = {"home": self.home}
+        if self.database_url:
+            overrides["database_url"] = self.database_url
+        return overrides
+
+    def new_key(self, org: str) -> str:
+        return asyncio.run(create_api_key(load_settings(**self.settings_env()), org))
+
+
+@dataclass
+class Tenant:
+    """One organisation's view of a server: its key and two clients."""
+
+    server: Server
+    org: str
+    key: str
+
+    @property
+    def sdk(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.server.url}/v1", api_key=self.key, max_retries=0)
+
+    def http(self, prefix: str = "/v1") -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.server.url}{prefix}",
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=60,
+        )
+
+
+def _as_json_schema(node: Any) -> Any:
+    """Read the OpenAPI 3.0 idioms the document still uses as JSON Schema 2020-12:
+    boolean ``exclusiveMinimum``/``exclusiveMaximum`` and ``nullable``."""
+    if isinstance(node, list):
+        return [_as_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _as_json_schema(value) for key, value in node.items()}
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if node.get(exclusive) is True:
+            node[exclusive] = node.pop(bound)
+        elif node.get(exclusive) is False:
+            del node[exclusive]
+    if node.pop("nullable", False) is True:
+        node = {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
+@cache
+def _spec() -> dict[str, Any]:
+    spec = _as_json_schema(yaml.safe_load(SPEC_PATH.read_text()))
+    # One deliberate reading of the spec: an empty file list has no first or
+    # last id, so they are null there, as the checkpoint list already allows.
+    for name in ("first_id", "last_id"):
+        spec["components"]["schemas"]["ListFilesResponse"]["properties"][name] = {
+            "anyOf": [{"type": "string"}, {"type": "null"}]
+        }
+    return spec
+
+
+@cache
+def _registry() -> Registry:
+    return Registry().with_resource("urn:openai-spec", Resource.opaque(_spec()))
+
+
+def assert_matches_schema(instance: Any, schema_name: str) -> None:
+    """Validate a response body against ``#/components/schemas/<schema_name>``."""
+    assert schema_name in _spec()["components"]["schemas"], schema_name
+    validator = Draft202012Validator(
+        {"$ref": f"urn:openai-spec#/components/schemas/{schema_name}"}, registry=_registry()
+    )
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def chat_example(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "system", "content": "You answer in one word."},
+            {"role": "user", "content": f"Question number {i}?"},
+            {"role": "assistant", "content": f"Answer{i}"},
+        ],
+        **extra,
+    }
+
+
+def preference_example(i: int) -> dict[str, Any]:
+    return {
+        "input": {"messages": [{"role": "user", "content": f"Say something nice {i}"}]},
+        "preferred_output": [{"role": "assistant", "content": "You are great."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+
+
+def jsonl(examples: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(e) + "\n" for e in examples).encode()
+
+
+def chat_file(n: int = 12) -> bytes:
+    return jsonl([chat_example(i) for i in range(n)])
