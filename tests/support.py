@@ -68,7 +68,7 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps its address
         self.starts += 1
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
