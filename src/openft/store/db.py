@@ -8,9 +8,13 @@ start by :func:`migrate` under a lock, so several replicas may start at once.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
@@ -51,11 +55,33 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (idempotent; safe across replicas)."""
+    """Bring the schema to the newest revision (idempotent; safe across replicas).
+
+    PostgreSQL serialises replicas with a transaction-scoped advisory lock;
+    SQLite (one machine by nature) with an exclusive lock on a file beside
+    the database, since its driver runs DDL outside a transaction.
+    """
+    if engine.dialect.name == "sqlite":
+        async with _file_lock(engine.url.database):
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade_to_head)
+        return
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         await conn.run_sync(_upgrade_to_head)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(database: str | None) -> AsyncIterator[None]:
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        await anyio.to_thread.run_sync(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
