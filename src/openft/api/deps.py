@@ -27,7 +27,8 @@ class Caller:
         return self.principal.org_id
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # async on purpose: FastAPI runs a plain `def` dependency in a thread pool.
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 

