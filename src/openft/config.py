@@ -77,7 +77,8 @@ def to_async_url(url: str) -> str:
     if not sep:
         raise ValueError(f"not a database URL: {url!r}")
     driver_for = {
-        "sqlite": "sqlite+aiosqlite",
+        "sqlite": "sqlite+openft_aiosqlite",  # see openft.store.sqlite
+        "sqlite+aiosqlite": "sqlite+openft_aiosqlite",
         "postgresql": "postgresql+psycopg",
         "postgres": "postgresql+psycopg",
         "postgresql+psycopg2": "postgresql+psycopg",

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from openft.config import Settings
 from openft.services.auth import Authenticator
@@ -30,7 +30,11 @@ class AppContext:
             yield session
 
     @contextlib.asynccontextmanager
-    async def reader(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads only (no commit)."""
-        async with self.sessions() as session:
-            yield session
+    async def reader(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for reads: no ORM session, and on PostgreSQL no
+        transaction (autocommit), so a one-row read is one round trip."""
+        engine = self.engine
+        if engine.dialect.name == "postgresql":
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with engine.connect() as connection:
+            yield connection

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from openft.api.context import AppContext
 from openft.config import BUILTIN_PROVIDER
@@ -45,7 +47,7 @@ async def get_caller(request: Request) -> Caller:
         )
     return Caller(
         principal=principal,
-        gateway=request.url.path.startswith(GATEWAY_PREFIX + "/"),
+        gateway=request.scope["path"].startswith(GATEWAY_PREFIX + "/"),
         tfy_metadata=_tfy_metadata(request.headers.get("x-tfy-metadata")),
     )
 
@@ -64,3 +66,10 @@ def _tfy_metadata(raw: str | None) -> dict[str, str] | None:
             code="invalid_metadata_header",
         )
     return value
+
+
+def wire(model: BaseModel) -> Response:
+    """Serialise a wire model once, straight to JSON bytes. Routes declare the
+    model as ``response_model`` (for the OpenAPI document) but return this, so
+    FastAPI does not validate the finished object a second time."""
+    return Response(model.model_dump_json(), media_type="application/json")

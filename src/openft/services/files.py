@@ -11,6 +11,7 @@ The cap ``OPENFT_MAX_FILE_BYTES`` is enforced while streaming.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,7 @@ from openft.schemas.files import DeleteFileResponse, ListFilesResponse, OpenAIFi
 from openft.services.validation import FileSummary, FileValidationError, TrainingFileValidator
 from openft.store.blobs import BlobStore
 from openft.store.queries import files as file_queries
+from openft.store.queries.pagination import Db
 from openft.store.tables import File
 
 FINE_TUNE = "fine-tune"
@@ -143,15 +145,15 @@ async def record_upload(
     return file_to_wire(row)
 
 
-async def get_file(session: AsyncSession, org_id: str, file_id: str) -> File:
-    row = await file_queries.read_file(session, org_id, file_id)
+async def get_file(db: Db, org_id: str, file_id: str) -> File:
+    row = await file_queries.read_file(db, org_id, file_id)
     if row is None:
         raise NotFound("file", file_id)
     return row
 
 
 async def list_files(
-    session: AsyncSession,
+    db: Db,
     org_id: str,
     *,
     purpose: str | None,
@@ -160,7 +162,7 @@ async def list_files(
     order: str,
 ) -> ListFilesResponse:
     page = await file_queries.list_files(
-        session, org_id, purpose=purpose, after=after, limit=limit, newest_first=order == "desc"
+        db, org_id, purpose=purpose, after=after, limit=limit, newest_first=order == "desc"
     )
     data = [file_to_wire(row) for row in page.items]
     return ListFilesResponse(
@@ -193,7 +195,7 @@ def read_chunks(blobs: BlobStore, storage_key: str, chunk_size: int = 1 << 20) -
             yield chunk
 
 
-def file_to_wire(row: File) -> OpenAIFile:
+def file_to_wire(row: Any) -> OpenAIFile:
     return OpenAIFile(
         id=row.id,
         bytes=row.bytes,

@@ -27,7 +27,8 @@ from openft.schemas.jobs import (
 from openft.services.models import ModelRegistry
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
-from openft.store.tables import Checkpoint, File, Job, JobEvent
+from openft.store.queries.pagination import Db
+from openft.store.tables import Job
 
 STANDARD_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 
@@ -91,7 +92,7 @@ async def create_job(
 
 async def _usable_file(
     session: AsyncSession, org_id: str, file_id: str, param: str, spec: JobSpec
-) -> File:
+) -> Any:
     # Touch first: holds the row until commit, so the file cannot be deleted under us.
     row = None
     if await file_queries.touch_file(session, org_id, file_id):
@@ -116,8 +117,9 @@ async def _usable_file(
     return row
 
 
-async def get_job(session: AsyncSession, org_id: str, job_id: str) -> Job:
-    job = await job_queries.read_job(session, org_id, job_id)
+async def get_job(db: Db, org_id: str, job_id: str) -> Any:
+    """The job (a read-only row with Job's attribute names); NotFound if not the org's."""
+    job = await job_queries.read_job(db, org_id, job_id)
     if job is None:
         raise NotFound("fine_tuning_job", job_id)
     return job
@@ -139,7 +141,7 @@ async def apply_user_action(session: AsyncSession, org_id: str, job_id: str, act
 
 
 async def list_jobs(
-    session: AsyncSession,
+    db: Db,
     org_id: str,
     *,
     after: str | None,
@@ -149,7 +151,7 @@ async def list_jobs(
     gateway: bool,
 ) -> ListFineTuningJobsResponse:
     page = await job_queries.list_jobs(
-        session,
+        db,
         org_id,
         after=after,
         limit=limit,
@@ -162,20 +164,20 @@ async def list_jobs(
 
 
 async def list_events(
-    session: AsyncSession, org_id: str, job_id: str, *, after: str | None, limit: int
+    db: Db, org_id: str, job_id: str, *, after: str | None, limit: int
 ) -> ListFineTuningJobEventsResponse:
-    await get_job(session, org_id, job_id)
-    page = await job_queries.list_events(session, job_id, after=after, limit=limit)
+    await get_job(db, org_id, job_id)
+    page = await job_queries.list_events(db, job_id, after=after, limit=limit)
     return ListFineTuningJobEventsResponse(
         data=[event_to_wire(e) for e in page.items], has_more=page.has_more
     )
 
 
 async def list_checkpoints(
-    session: AsyncSession, org_id: str, job_id: str, *, after: str | None, limit: int
+    db: Db, org_id: str, job_id: str, *, after: str | None, limit: int
 ) -> ListFineTuningJobCheckpointsResponse:
-    await get_job(session, org_id, job_id)
-    page = await job_queries.list_checkpoints(session, job_id, after=after, limit=limit)
+    await get_job(db, org_id, job_id)
+    page = await job_queries.list_checkpoints(db, job_id, after=after, limit=limit)
     data = [checkpoint_to_wire(c) for c in page.items]
     return ListFineTuningJobCheckpointsResponse(
         data=data,
@@ -189,7 +191,7 @@ def _ts(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def job_to_wire(job: Job, *, gateway: bool = False) -> FineTuningJob:
+def job_to_wire(job: Any, *, gateway: bool = False) -> FineTuningJob:
     """The spec's FineTuningJob. On the gateway surface (/api/llm) the status
     stays within the gateway's enum (validating_files and paused read queued)."""
     status = JobStatus(job.status)
@@ -223,7 +225,7 @@ def job_to_wire(job: Job, *, gateway: bool = False) -> FineTuningJob:
     )
 
 
-def event_to_wire(event: JobEvent) -> FineTuningJobEvent:
+def event_to_wire(event: Any) -> FineTuningJobEvent:
     return FineTuningJobEvent(
         id=event.id,
         created_at=int(event.created_at.timestamp()),
@@ -234,7 +236,7 @@ def event_to_wire(event: JobEvent) -> FineTuningJobEvent:
     )
 
 
-def checkpoint_to_wire(checkpoint: Checkpoint) -> FineTuningJobCheckpoint:
+def checkpoint_to_wire(checkpoint: Any) -> FineTuningJobCheckpoint:
     return FineTuningJobCheckpoint(
         id=checkpoint.id,
         created_at=int(checkpoint.created_at.timestamp()),

@@ -21,6 +21,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+import openft.store.sqlite  # noqa: E402,F401  (registers sqlite+openft_aiosqlite)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x6F70656E6674  # "openft": one advisory lock for every replica
 

@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from openft.api.context import AppContext
-from openft.api.deps import Caller, get_caller, get_ctx
+from openft.api.deps import Caller, get_caller, get_ctx, wire
 from openft.api.uploads import receive_upload
 from openft.schemas.files import DeleteFileResponse, ListFilesResponse, OpenAIFile
 from openft.services import files as service
@@ -36,12 +36,12 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("/files", openapi_extra=_UPLOAD_BODY)
+@router.post("/files", openapi_extra=_UPLOAD_BODY, response_model=OpenAIFile)
 async def create_file(
     request: Request,
     caller: Annotated[Caller, Depends(get_caller)],
     ctx: Annotated[AppContext, Depends(get_ctx)],
-) -> OpenAIFile:
+) -> Response:
     form = await receive_upload(request, ctx.blobs, caller.org_id, ctx.settings.max_file_bytes)
     upload = form.upload
     try:
@@ -55,7 +55,7 @@ async def create_file(
         raise
     try:
         async with ctx.transaction() as session:
-            return await service.record_upload(
+            created = await service.record_upload(
                 session,
                 caller.org_id,
                 upload,
@@ -67,9 +67,10 @@ async def create_file(
     except BaseException:
         await anyio.to_thread.run_sync(ctx.blobs.delete, upload.storage_key)
         raise
+    return wire(created)
 
 
-@router.get("/files")
+@router.get("/files", response_model=ListFilesResponse)
 async def list_files(
     caller: Annotated[Caller, Depends(get_caller)],
     ctx: Annotated[AppContext, Depends(get_ctx)],
@@ -77,21 +78,23 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
-) -> ListFilesResponse:
+) -> Response:
     async with ctx.reader() as session:
-        return await service.list_files(
+        listing = await service.list_files(
             session, caller.org_id, purpose=purpose, after=after, limit=limit, order=order
         )
+    return wire(listing)
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", response_model=OpenAIFile)
 async def retrieve_file(
     file_id: str,
     caller: Annotated[Caller, Depends(get_caller)],
     ctx: Annotated[AppContext, Depends(get_ctx)],
-) -> OpenAIFile:
+) -> Response:
     async with ctx.reader() as session:
-        return service.file_to_wire(await service.get_file(session, caller.org_id, file_id))
+        row = await service.get_file(session, caller.org_id, file_id)
+    return wire(service.file_to_wire(row))
 
 
 @router.get("/files/{file_id}/content")
@@ -118,13 +121,13 @@ async def download_file(
     )
 
 
-@router.delete("/files/{file_id}")
+@router.delete("/files/{file_id}", response_model=DeleteFileResponse)
 async def delete_file(
     file_id: str,
     caller: Annotated[Caller, Depends(get_caller)],
     ctx: Annotated[AppContext, Depends(get_ctx)],
-) -> DeleteFileResponse:
+) -> Response:
     async with ctx.transaction() as session:
         response, storage_key = await service.delete_file(session, caller.org_id, file_id)
     await anyio.to_thread.run_sync(ctx.blobs.delete, storage_key)
-    return response
+    return wire(response)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
 from openft.api.context import AppContext
-from openft.api.deps import Caller, get_caller, get_ctx
+from openft.api.deps import Caller, get_caller, get_ctx, wire
 from openft.errors import InvalidRequest
 from openft.schemas.jobs import (
     FineTuningJob,
@@ -24,27 +25,27 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
-@router.post("")
-async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> FineTuningJob:
+@router.post("", response_model=FineTuningJob)
+async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
     spec = body.to_spec()
     async with ctx.transaction() as session:
         job = await service.create_job(
             session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata
         )
-    return service.job_to_wire(job, gateway=caller.gateway)
+    return wire(service.job_to_wire(job, gateway=caller.gateway))
 
 
-@router.get("")
+@router.get("", response_model=ListFineTuningJobsResponse)
 async def list_jobs(
     request: Request,
     caller: CallerDep,
     ctx: CtxDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> ListFineTuningJobsResponse:
+) -> Response:
     metadata, metadata_is_null = _metadata_filter(request)
     async with ctx.reader() as session:
-        return await service.list_jobs(
+        listing = await service.list_jobs(
             session,
             caller.org_id,
             after=after,
@@ -53,6 +54,7 @@ async def list_jobs(
             metadata_is_null=metadata_is_null,
             gateway=caller.gateway,
         )
+    return wire(listing)
 
 
 def _metadata_filter(request: Request) -> tuple[dict[str, str], bool]:
@@ -74,55 +76,57 @@ def _metadata_filter(request: Request) -> tuple[dict[str, str], bool]:
     return pairs, is_null
 
 
-@router.get("/{job_id}")
-async def retrieve_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> FineTuningJob:
+@router.get("/{job_id}", response_model=FineTuningJob)
+async def retrieve_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> Response:
     async with ctx.reader() as session:
         job = await service.get_job(session, caller.org_id, job_id)
-    return service.job_to_wire(job, gateway=caller.gateway)
+    return wire(service.job_to_wire(job, gateway=caller.gateway))
 
 
-async def _act(action: str, job_id: str, caller: Caller, ctx: AppContext) -> FineTuningJob:
+async def _act(action: str, job_id: str, caller: Caller, ctx: AppContext) -> Response:
     async with ctx.transaction() as session:
         job = await service.apply_user_action(session, caller.org_id, job_id, action)
-    return service.job_to_wire(job, gateway=caller.gateway)
+    return wire(service.job_to_wire(job, gateway=caller.gateway))
 
 
-@router.post("/{job_id}/cancel")
-async def cancel_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> FineTuningJob:
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+async def cancel_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> Response:
     return await _act("cancel", job_id, caller, ctx)
 
 
-@router.post("/{job_id}/pause")
-async def pause_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> FineTuningJob:
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
+async def pause_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> Response:
     return await _act("pause", job_id, caller, ctx)
 
 
-@router.post("/{job_id}/resume")
-async def resume_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> FineTuningJob:
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
+async def resume_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> Response:
     return await _act("resume", job_id, caller, ctx)
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", response_model=ListFineTuningJobEventsResponse)
 async def list_events(
     job_id: str,
     caller: CallerDep,
     ctx: CtxDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> ListFineTuningJobEventsResponse:
+) -> Response:
     async with ctx.reader() as session:
-        return await service.list_events(session, caller.org_id, job_id, after=after, limit=limit)
+        events = await service.list_events(session, caller.org_id, job_id, after=after, limit=limit)
+    return wire(events)
 
 
-@router.get("/{job_id}/checkpoints")
+@router.get("/{job_id}/checkpoints", response_model=ListFineTuningJobCheckpointsResponse)
 async def list_checkpoints(
     job_id: str,
     caller: CallerDep,
     ctx: CtxDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
-) -> ListFineTuningJobCheckpointsResponse:
+) -> Response:
     async with ctx.reader() as session:
-        return await service.list_checkpoints(
+        checkpoints = await service.list_checkpoints(
             session, caller.org_id, job_id, after=after, limit=limit
         )
+    return wire(checkpoints)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, exists, or_, select, update
+from typing import Any
+
+from sqlalchemy import Row, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import ACTIVE_STATUSES
-from openft.store.queries.pagination import Page, keyset_page
+from openft.store.queries.pagination import Db, Page, keyset_page, select_rows
 from openft.store.tables import File, Job
 
 
 def _visible(org_id: str):
     """Files of this organisation that have not expired."""
     now = datetime.now(timezone.utc)
-    return select(File).where(
+    return select_rows(File).where(
         File.org_id == org_id, or_(File.expires_at.is_(None), File.expires_at > now)
     )
 
@@ -26,24 +28,24 @@ async def create_file(session: AsyncSession, file: File) -> File:
     return file
 
 
-async def read_file(session: AsyncSession, org_id: str, file_id: str) -> File | None:
-    return await session.scalar(_visible(org_id).where(File.id == file_id))
+async def read_file(db: Db, org_id: str, file_id: str) -> Row[Any] | None:
+    return (await db.execute(_visible(org_id).where(File.id == file_id))).first()
 
 
 async def list_files(
-    session: AsyncSession,
+    db: Db,
     org_id: str,
     *,
     purpose: str | None,
     after: str | None,
     limit: int,
     newest_first: bool,
-) -> Page[File]:
+) -> Page[Row[Any]]:
     stmt = _visible(org_id)
     if purpose is not None:
         stmt = stmt.where(File.purpose == purpose)
     return await keyset_page(
-        session, stmt, File, after=after, limit=limit, newest_first=newest_first
+        db, stmt, File, after=after, limit=limit, newest_first=newest_first
     )
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import JobStatus, new_id, sources_of
 from openft.errors import Conflict, NotFound
-from openft.store.queries.pagination import Page, keyset_page, scoped
+from openft.store.queries.pagination import Db, Page, keyset_page, scoped, select_rows
 from openft.store.tables import Checkpoint, Job, JobEvent
 
 
@@ -25,25 +25,31 @@ async def create_job(session: AsyncSession, job: Job, *, event_data: dict[str, A
     return job
 
 
-async def read_job(session: AsyncSession, org_id: str, job_id: str) -> Job | None:
-    return await session.scalar(select(Job).where(Job.org_id == org_id, Job.id == job_id))
+# The hottest read (GET /fine_tuning/jobs/{id}) is built once: constructing a
+# select and its cache key costs more than SQLite takes to answer it.
+_READ_JOB = select_rows(Job).where(Job.org_id == bindparam("org_id"), Job.id == bindparam("job_id"))
+
+
+async def read_job(db: Db, org_id: str, job_id: str) -> Row[Any] | None:
+    """The job as a read-only row with Job's attribute names, or None."""
+    return (await db.execute(_READ_JOB, {"org_id": org_id, "job_id": job_id})).first()
 
 
 async def list_jobs(
-    session: AsyncSession,
+    db: Db,
     org_id: str,
     *,
     after: str | None,
     limit: int,
     metadata: dict[str, str] | None,
     metadata_is_null: bool = False,
-) -> Page[Job]:
+) -> Page[Row[Any]]:
     stmt = scoped(Job, org_id=org_id)
     if metadata_is_null:
         stmt = stmt.where(Job.metadata_.is_(None))
     for key, value in (metadata or {}).items():
         stmt = stmt.where(Job.metadata_[key].as_string() == value)
-    return await keyset_page(session, stmt, Job, after=after, limit=limit)
+    return await keyset_page(db, stmt, Job, after=after, limit=limit)
 
 
 async def transition_job(
@@ -123,16 +129,16 @@ async def add_event(
 
 
 async def list_events(
-    session: AsyncSession, job_id: str, *, after: str | None, limit: int
-) -> Page[JobEvent]:
+    db: Db, job_id: str, *, after: str | None, limit: int
+) -> Page[Row[Any]]:
     return await keyset_page(
-        session, scoped(JobEvent, job_id=job_id), JobEvent, after=after, limit=limit
+        db, scoped(JobEvent, job_id=job_id), JobEvent, after=after, limit=limit
     )
 
 
 async def list_checkpoints(
-    session: AsyncSession, job_id: str, *, after: str | None, limit: int
-) -> Page[Checkpoint]:
+    db: Db, job_id: str, *, after: str | None, limit: int
+) -> Page[Row[Any]]:
     return await keyset_page(
-        session, scoped(Checkpoint, job_id=job_id), Checkpoint, after=after, limit=limit
+        db, scoped(Checkpoint, job_id=job_id), Checkpoint, after=after, limit=limit
     )
