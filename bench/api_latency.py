@@ -6,7 +6,9 @@ What it measures, in one run:
   job among 10,000, wire conversion, error handling middleware) on SQLite
   (default) or the database given with ``--database-url``;
 * **bare**: a plain Starlette route on the same uvicorn settings returning the
-  same JSON bytes, with no auth and no database: the floor for this machine.
+  same JSON bytes, with no auth and no database: the floor for this machine;
+* **health** (for context): openft's own ``GET /health`` on the same server,
+  i.e. FastAPI and openft's middleware with no auth and no database.
 
 Both servers run in their own processes; the load comes from a third process
 (keep-alive HTTP/1.1 connections, random job ids, fixed concurrency), in
@@ -37,6 +39,7 @@ from pathlib import Path
 import httpx
 
 N_JOBS = 10_000
+SERIES = ("bare", "openft", "health")
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -118,6 +121,7 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
 
 # --------------------------------------------------------------------------- load
 async def _worker(port: int, paths: list[str], auth: str, deadline: float, out: list[float]) -> None:
+    """One keep-alive connection issuing GETs back to back until the deadline."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     length = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
     try:
@@ -153,15 +157,17 @@ def load_main(spec_path: str) -> None:
         uvloop.install()
     except ImportError:
         pass
-    results: dict[str, list[float]] = {"bare": [], "openft": []}
-    elapsed: dict[str, float] = {"bare": 0.0, "openft": 0.0}
-    paths = [f"/v1/fine_tuning/jobs/{job_id}" for job_id in spec["ids"]]
-    for name in ("bare", "openft"):  # warm-up, discarded
-        asyncio.run(_load(spec["ports"][name], paths, spec["key"], 1.0, spec["concurrency"]))
+    results: dict[str, list[float]] = {name: [] for name in SERIES}
+    elapsed: dict[str, float] = {name: 0.0 for name in SERIES}
+    job_paths = [f"/v1/fine_tuning/jobs/{job_id}" for job_id in spec["ids"]]
+    paths = {"bare": job_paths, "openft": job_paths, "health": ["/health"]}
+    ports = {"bare": spec["ports"]["bare"], "openft": spec["ports"]["openft"], "health": spec["ports"]["openft"]}
+    for name in SERIES:  # warm-up, discarded
+        asyncio.run(_load(ports[name], paths[name], spec["key"], 1.0, spec["concurrency"]))
     for _ in range(spec["rounds"]):
-        for name in ("bare", "openft"):
+        for name in SERIES:
             latencies = asyncio.run(
-                _load(spec["ports"][name], paths, spec["key"], spec["seconds"], spec["concurrency"])
+                _load(ports[name], paths[name], spec["key"], spec["seconds"], spec["concurrency"])
             )
             results[name] += latencies
             elapsed[name] += spec["seconds"]
@@ -231,7 +237,7 @@ def main() -> None:
                     process.terminate()
                     process.wait()
 
-    stats = {name: summarise(raw["latencies"][name], raw["elapsed"][name]) for name in ("bare", "openft")}
+    stats = {name: summarise(raw["latencies"][name], raw["elapsed"][name]) for name in SERIES}
     database = (args.database_url or "sqlite").split(":")[0]
     print(f"\nGET /v1/fine_tuning/jobs/{{id}}: {N_JOBS} jobs in {database}, "
           f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:g} s, "
@@ -244,6 +250,9 @@ def main() -> None:
     rps = stats["bare"]["rps"] / stats["openft"]["rps"]
     print(f"ratio openft/bare: p50 {p50:.2f}x (target <= 2.5x), p99 {p99:.2f}x (target <= 3x), "
           f"throughput {rps:.2f}x fewer requests/s")
+    floor = stats["health"]["p50_ms"] / stats["bare"]["p50_ms"]
+    print(f"context: openft's GET /health (FastAPI + middleware, no auth, no database) "
+          f"p50 is {floor:.2f}x the bare route")
 
 
 if __name__ == "__main__":

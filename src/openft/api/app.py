@@ -8,6 +8,7 @@ database is migrated and the default organisation and first key ensured.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -77,6 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await start_context(settings)
         app.state.ctx = ctx
+        # Everything built so far lives as long as the process: keep it out of
+        # the cyclic GC's full collections, which otherwise stall requests.
+        gc.collect()
+        gc.freeze()
         log.info("openft %s ready on %s", __version__, settings.resolved_database_url.split("://")[0])
         try:
             yield

@@ -31,10 +31,14 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine; on SQLite, WAL with a busy timeout and enforced foreign keys."""
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        # A pooled SQLite connection is one thread; keep enough of them that a
+        # burst never opens and closes overflow connections (milliseconds each).
+        engine = create_async_engine(
+            url, echo=echo, connect_args={"timeout": 30}, pool_size=32, max_overflow=32
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, echo=echo, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
 def _ensure_sqlite_folder(url: str) -> None:
