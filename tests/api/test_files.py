@@ -136,3 +136,13 @@ class TestSizeCap:
         assert len(tenant.sdk.files.list().data) == 1
         leftovers = [p for p in (server.home / "blobs").rglob("*") if p.is_file()]
         assert len(leftovers) == 1
+
+
+def test_storage_url_can_be_any_fsspec_url(make_server) -> None:
+    server = make_server("sqlite", OPENFT_STORAGE_URL="memory://openft-blobs")
+    tenant = Tenant(server, "default", server.api_key)
+    data = chat_file(12)
+    created = upload(tenant, data)
+    assert tenant.sdk.files.content(created.id).read() == data
+    assert not (server.home / "blobs").exists()
+    assert tenant.sdk.files.delete(created.id).deleted

@@ -357,3 +357,15 @@ class TestFileInUse:
         tenant.sdk.fine_tuning.jobs.cancel(job.id)
         assert tenant.sdk.files.delete(training_file).deleted
         assert tenant.sdk.fine_tuning.jobs.retrieve(job.id).training_file == training_file
+
+
+class TestConcurrentTransitions:
+    def test_concurrent_cancels_apply_once(self, tenant: Tenant, training_file: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        job = create(tenant, training_file)
+        with tenant.http() as http, ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(lambda _: http.post(f"/fine_tuning/jobs/{job.id}/cancel").status_code, range(8)))
+        assert sorted(codes) == [200] + [409] * 7
+        messages = [e.message for e in tenant.sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert messages.count("Fine-tuning job cancelled") == 1
