@@ -124,3 +124,11 @@ def tenant(server: Server) -> Tenant:
 def other_tenant(server: Server) -> Tenant:
     org = f"other-{secrets.token_hex(4)}"
     return Tenant(server, org, server.new_key(org))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with the bundled model's tokenizer (built, never downloaded)."""
+    from support import build_tiny_model
+
+    return build_tiny_model(Path(tmp_path_factory.mktemp("tiny-model")))

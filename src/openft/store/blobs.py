@@ -37,6 +37,11 @@ class BlobStore:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(key))
 
+    def delete_tree(self, key: str) -> None:
+        """Remove a blob or a folder of blobs (a model's weights, a checkpoint)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path(key), recursive=True)
+
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 

@@ -161,3 +161,28 @@ class Checkpoint(Base):
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(600))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
     storage_key: Mapped[str | None] = mapped_column(String(256))
+
+
+class RegisteredModel(Base):
+    """A local Hugging Face folder registered with ``openft models add``."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FineTunedModel(Base):
+    """A model a job produced (``ft:{base}:{org}:{suffix}:{short id}``)."""
+
+    __tablename__ = "fine_tuned_models"
+    __table_args__ = (Index("ix_fine_tuned_models_org_id_seq", "org_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(600), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(40))
+    base_model: Mapped[str] = mapped_column(String(256))
+    storage_key: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
