@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import IO
 
@@ -29,6 +31,38 @@ class BlobStore:
     def writer(self, key: str) -> BlobWriter:
         """Write a blob atomically: it appears under ``key`` only on ``commit()``."""
         return BlobWriter(self, key)
+
+    def put_dir(
+        self, local: str, key: str, *, after_each_file: Callable[[str], None] | None = None
+    ) -> None:
+        """Upload a local folder to ``key`` atomically: file by file under a
+        temporary name, then one rename. ``after_each_file`` is called with each
+        uploaded file's relative path (progress, or a test's fault injection)."""
+        final = self._path(key)
+        partial = f"{final}.partial-{secrets.token_hex(4)}"
+        self.fs.makedirs(partial, exist_ok=True)
+        try:
+            root = Path(local)
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                relative = path.relative_to(root).as_posix()
+                self.fs.makedirs(f"{partial}/{relative}".rsplit("/", 1)[0], exist_ok=True)
+                self.fs.put_file(str(path), f"{partial}/{relative}")
+                if after_each_file is not None:
+                    after_each_file(relative)
+            if self.fs.exists(final):
+                self.fs.rm(final, recursive=True)
+            self.fs.mv(partial, final, recursive=True)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(partial, recursive=True)
+            raise
+
+    def get_dir(self, key: str, local: str) -> None:
+        """Download the folder ``key`` into the local folder ``local``."""
+        self.fs.get(self._path(key).rstrip("/") + "/", local.rstrip("/") + "/", recursive=True)
+
+    def get_file(self, key: str, local: str) -> None:
+        self.fs.get(self._path(key), local)
 
     def open(self, key: str) -> IO[bytes]:
         return self.fs.open(self._path(key), "rb")

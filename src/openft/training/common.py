@@ -1,0 +1,121 @@
+"""Pieces every recipe uses the same way: devices, loading the base model,
+reading a file from blob storage, the token-level loss on packed rows, the
+learning-rate schedule, and the failures a recipe may raise."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openft.store.blobs import BlobStore
+from openft.training.config import RunConfig
+from openft.training.data import IGNORE
+
+
+class ModelLoadError(Exception):
+    """The base model could not be loaded (missing, corrupt, unsupported)."""
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def setup_torch(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+
+
+def base_model_path(config: RunConfig) -> Path:
+    from openft.weights import BUNDLED_MODEL, ensure_bundled
+
+    if config.model_path:
+        return Path(config.model_path)
+    if config.model == BUNDLED_MODEL:
+        return ensure_bundled(Path(config.models_dir))
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(config.model, cache_dir=str(Path(config.models_dir) / "hub")))
+
+
+def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
+    """(tokenizer, model) in fp32; on a GPU the recipes run it under bf16 autocast."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        path = base_model_path(config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="sdpa"
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load base model {config.model!r}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model.to(device)
+
+
+def model_max_length(model: Any) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+
+
+def read_lines(blobs: BlobStore, key: str) -> list[str]:
+    with blobs.open(key) as handle:
+        return handle.read().decode("utf-8").splitlines()
+
+
+def autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def token_loss(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """(summed cross-entropy, label tokens, correctly predicted tokens) of one
+    packed row. Runs the decoder once with ``use_cache=False`` (which keeps
+    attention inside each packed example) and the output head only at
+    positions that have a label."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with autocast(device):
+        hidden = base.get_decoder()(
+            input_ids=row["input_ids"].to(device),
+            position_ids=row["position_ids"].to(device),
+            use_cache=False,
+        ).last_hidden_state
+        targets = row["labels"][:, 1:].to(device)
+        mask = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    labels = targets[mask]
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    correct = int((logits.argmax(-1) == labels).sum())
+    return loss, int(mask.sum()), correct
+
+
+def linear_schedule(total_steps: int, warmup_steps: int) -> Any:
+    """Linear warm-up to the peak rate, then linear decay to zero at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        remaining = max(total_steps - warmup_steps, 1)
+        return max(0.0, (total_steps - step) / remaining)
+
+    return factor
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a function of (seed, epoch) only, so a
+    resumed run visits exactly the batches an uninterrupted one would."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_examples, generator=generator).tolist()

@@ -1,0 +1,164 @@
+"""Training data: JSONL examples to token ids and loss labels, and padding-free
+batches.
+
+* Chat examples are rendered with the model's own chat template. The loss
+  covers assistant messages only (their content and end-of-turn marker), and
+  skips assistant messages with ``weight: 0``. Spans are found by rendering
+  each conversation prefix: the text of ``messages[:i]`` plus the generation
+  prompt must be a prefix of the text through message ``i`` (true of ChatML-
+  style templates; anything else is refused with a clear error).
+* Prompt/completion examples: loss on the completion (plus EOS) only.
+* Examples longer than ``max_seq_length`` are truncated; their line numbers
+  are returned so the job can warn about them.
+* :func:`pack` concatenates a batch into one row with ``position_ids`` that
+  restart at 0 for every example. With ``use_cache=False``, transformers turns
+  those into a block-diagonal causal mask, so attention stays inside each
+  example and no token is padding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+class DataError(Exception):
+    """A training file the recipe cannot use; ``line`` is 1-based when known."""
+
+    def __init__(self, message: str, line: int | None = None, code: str = "invalid_training_file"):
+        super().__init__(message if line is None else f"Line {line}: {message}")
+        self.line = line
+        self.code = code
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    line: int
+
+    @property
+    def n_label_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, example) for every non-blank line."""
+    for number, raw in enumerate(lines, 1):
+        text = raw.strip().lstrip("\ufeff")
+        if text:
+            yield number, json.loads(text)
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return str(content)
+
+
+def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as plain-text dicts that any chat template can render.
+    Tool calls without content are rendered as their JSON."""
+    out = []
+    for message in messages:
+        content = _text(message.get("content"))
+        if not content and message.get("tool_calls"):
+            content = json.dumps(message["tool_calls"])
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def _label_spans(text: str, spans: list[tuple[int, int]], tokenizer: Any) -> tuple[list[int], list[int]]:
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    labels = [IGNORE] * len(ids)
+    for index, (start, end) in enumerate(encoded["offset_mapping"]):
+        if any(start >= s and end <= e and end > start for s, e in spans):
+            labels[index] = ids[index]
+    return ids, labels
+
+
+def chat_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
+    messages = normalise_messages(raw["messages"])
+    weights = [m.get("weight", 1) for m in raw["messages"]]
+    text = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or weights[index] == 0:
+            continue
+        before = _render(tokenizer, messages[:index], generation_prompt=True) if index else ""
+        through = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        if not (through.startswith(before) and text.startswith(through)):
+            raise DataError(
+                "the model's chat template does not render conversations prefix by prefix, "
+                "so assistant turns cannot be located for the loss",
+                line,
+            )
+        spans.append((len(before), len(through)))
+    ids, labels = _label_spans(text, spans, tokenizer)
+    return Example(ids, labels, line)
+
+
+def prompt_completion_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
+    prompt = tokenizer(raw["prompt"], add_special_tokens=False)["input_ids"]
+    completion = tokenizer(raw["completion"], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        completion = completion + [tokenizer.eos_token_id]
+    return Example(prompt + completion, [IGNORE] * len(prompt) + completion, line)
+
+
+def tokenize(
+    tokenizer: Any, lines: Iterable[str], *, max_seq_length: int
+) -> tuple[list[Example], list[int]]:
+    """Examples of a chat or prompt/completion file, and the lines that were truncated."""
+    examples, truncated = [], []
+    for line, raw in read_jsonl(lines):
+        if "messages" in raw:
+            example = chat_example(tokenizer, raw, line)
+        elif "prompt" in raw:
+            example = prompt_completion_example(tokenizer, raw, line)
+        else:
+            raise DataError("is neither a chat nor a prompt/completion example", line)
+        if len(example.input_ids) > max_seq_length:
+            truncated.append(line)
+            example = Example(
+                example.input_ids[:max_seq_length], example.labels[:max_seq_length], line
+            )
+        if example.n_label_tokens == 0:
+            raise DataError(
+                f"has no trainable tokens left within max_seq_length={max_seq_length}", line
+            )
+        examples.append(example)
+    return examples, truncated
+
+
+def pack(batch: list[Example]) -> dict[str, torch.Tensor]:
+    """One padding-free row: concatenated ids, per-example positions, labels.
+    The first label of every example is ignored, so no token is ever
+    predicted across an example boundary."""
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for example in batch:
+        ids += example.input_ids
+        labels += [IGNORE] + example.labels[1:]
+        positions += range(len(example.input_ids))
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+    }

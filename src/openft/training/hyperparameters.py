@@ -1,0 +1,81 @@
+"""Resolving ``"auto"`` hyperparameters, by rules written in the README.
+
+* ``n_epochs``: 3, raised for tiny files so that about 100 examples are seen
+  (at most 25 epochs), lowered for huge ones so about 25,000 are (at least 1).
+* ``batch_size``: about 0.2% of the examples (1 to 256), then lowered until a
+  batch holds at most ``TOKENS_PER_BATCH`` tokens on average (memory).
+* ``learning_rate_multiplier``: 1.0, times the method's base learning rate
+  (LoRA 1e-3, full fine-tuning 2e-5, DPO a tenth of those).
+* Extensions: ``training_type`` lora, ``lora_rank`` 16, ``lora_alpha`` 2x rank,
+  ``lora_dropout`` 0.05, ``max_seq_length`` min(model limit, 2048),
+  ``warmup_ratio`` 0.05; DPO ``beta`` 0.1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MAX_AUTO_EPOCHS = 25
+TOKENS_PER_BATCH = {"cpu": 16_384, "cuda": 65_536}
+BASE_LEARNING_RATE = {"lora": 1e-3, "full": 2e-5}
+DPO_LEARNING_RATE_FACTOR = 0.1
+
+
+def auto_epochs(n_examples: int) -> int:
+    if n_examples * 3 < MIN_TARGET_EXAMPLES:
+        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n_examples))
+    if n_examples * 3 > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return 3
+
+
+def auto_batch_size(n_examples: int, mean_tokens: float, device: str) -> int:
+    size = min(256, max(1, math.ceil(n_examples * 0.002)))
+    budget = TOKENS_PER_BATCH.get(device, TOKENS_PER_BATCH["cpu"])
+    return max(1, min(size, int(budget // max(mean_tokens, 1))))
+
+
+def resolve(
+    requested: dict[str, Any],
+    *,
+    method: str,
+    n_examples: int,
+    mean_tokens: float,
+    model_max_length: int,
+    device: str,
+) -> dict[str, Any]:
+    """Every hyperparameter with a concrete value."""
+
+    def given(name: str, default: Any) -> Any:
+        value = requested.get(name)
+        return default if value in (None, "auto") else value
+
+    training_type = given("training_type", "lora")
+    rank = given("lora_rank", 16)
+    resolved = {
+        "n_epochs": given("n_epochs", auto_epochs(n_examples)),
+        "batch_size": given("batch_size", auto_batch_size(n_examples, mean_tokens, device)),
+        "learning_rate_multiplier": float(given("learning_rate_multiplier", 1.0)),
+        "training_type": training_type,
+        "max_seq_length": given("max_seq_length", min(model_max_length, 2048)),
+        "warmup_ratio": float(given("warmup_ratio", 0.05)),
+    }
+    if training_type == "lora":
+        resolved.update(
+            lora_rank=rank,
+            lora_alpha=float(given("lora_alpha", 2 * rank)),
+            lora_dropout=float(given("lora_dropout", 0.05)),
+        )
+    if method == "dpo":
+        resolved["beta"] = float(given("beta", 0.1))
+    return resolved
+
+
+def learning_rate(resolved: dict[str, Any], method: str) -> float:
+    base = BASE_LEARNING_RATE[resolved["training_type"]]
+    if method == "dpo":
+        base *= DPO_LEARNING_RATE_FACTOR
+    return base * resolved["learning_rate_multiplier"]
