@@ -8,6 +8,7 @@ line, except under ``CI=true``, where a missing PostgreSQL fails the run.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import warnings
@@ -132,3 +133,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support import build_tiny_model
 
     return build_tiny_model(Path(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def training_server(make_server: object, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """A server with its worker on and the tiny model registered as ``local/tiny``."""
+    models_file = Path(tmp_path_factory.mktemp("models")) / "models.json"
+    models_file.write_text(json.dumps({"local/tiny": str(tiny_model_dir)}))
+    return make_server(  # type: ignore[operator,no-any-return]
+        "sqlite",
+        OPENFT_WORKER="true",
+        OPENFT_MODELS_FILE=str(models_file),
+        OPENFT_HEARTBEAT_SECONDS="0.2",
+        OPENFT_POLL_SECONDS="0.2",
+    )

@@ -54,7 +54,11 @@ class Server:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENFT_")}
-        env.update(OPENFT_HOME=str(self.home), PYTHONUNBUFFERED="1", OPENFT_LOG_LEVEL="warning")
+        env.update(
+            OPENFT_HOME=str(self.home), PYTHONUNBUFFERED="1", OPENFT_LOG_LEVEL="warning",
+            # API tests keep jobs queued; training tests turn the worker on.
+            OPENFT_WORKER="false",
+        )
         if self.api_key:
             env["OPENFT_API_KEY"] = self.api_key
         if self.database_url:

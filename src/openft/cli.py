@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 
 import click
@@ -40,6 +41,29 @@ def serve(host: str | None, port: int | None) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+
+
+@main.command()
+def worker() -> None:
+    """Run only the training worker (no HTTP) on the configured database."""
+    from openft.api.app import start_context
+    from openft.scheduler.worker import Worker
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        ctx = await start_context(settings)
+        node = Worker(settings, ctx.sessions, ctx.blobs)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        try:
+            await node.run()
+        finally:
+            await ctx.engine.dispose()
+
+    asyncio.run(run())
 
 
 @main.group()

@@ -61,6 +61,24 @@ class Settings(BaseSettings):
         "Hugging Face hub (offline, that fails fast with a 400); 'off': never.",
     )
     hub_timeout_seconds: float = Field(5.0, gt=0, description="Bound on one hub lookup.")
+    worker: bool = Field(
+        True, description="Run the training worker inside `openft serve` (false: API only)."
+    )
+    max_concurrent_jobs: int = Field(1, ge=1, description="Jobs one worker trains at once.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A running job whose worker sent no heartbeat for this long "
+        "is re-queued (and resumes from its last checkpoint)."
+    )
+    heartbeat_seconds: float = Field(1.0, gt=0, description="Heartbeat and stop-request poll.")
+    poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
+    stop_grace_seconds: float = Field(
+        4.0, ge=0, description="After SIGTERM (cancel) or SIGUSR1 (pause), how long a training "
+        "process may take to exit before SIGKILL."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Runs a job may start (crashes re-queue it) before it fails."
+    )
+    device: str = Field("auto", description="Training device: auto (GPU if any), cpu, cuda.")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -28,6 +29,19 @@ MARKER = "openft-model.json"
 """Written last into a converted model folder: its presence means complete."""
 
 Progress = Callable[[str], None]
+
+
+def read_models_file(path: Path | None) -> dict[str, str]:
+    """``OPENFT_MODELS_FILE``: a JSON object mapping model ids to local folders.
+    A missing or unreadable file means no models (and is logged)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).error("cannot read OPENFT_MODELS_FILE %s: %s", path, exc)
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def cache_folder(models_dir: Path, model_id: str) -> Path:

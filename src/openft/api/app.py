@@ -7,6 +7,7 @@ database is migrated and the default organisation and first key ensured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -84,9 +85,18 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         log.info("openft %s ready on %s", __version__, settings.resolved_database_url.split("://")[0])
+        worker_task = None
+        if settings.worker:
+            from openft.scheduler.worker import Worker
+
+            worker = Worker(settings, ctx.sessions, ctx.blobs)
+            worker_task = asyncio.create_task(worker.run(), name="openft worker")
         try:
             yield
         finally:
+            if worker_task is not None:
+                worker.stop()
+                await worker_task
             await ctx.engine.dispose()
 
     app = FastAPI(title="openft", version=__version__, lifespan=lifespan)

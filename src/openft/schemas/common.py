@@ -52,12 +52,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def int_in_range(low: int, high: int, *, auto: bool = False) -> Any:
+def int_in_range(low: int, high: int, *, auto: bool = False, nullable: bool = False) -> Any:
     """An integer in [low, high] (or the string "auto"); bools and floats are refused."""
     expected = f"an integer between {low} and {high}" + (' or "auto"' if auto else "")
 
     def check(value: Any) -> Any:
-        if auto and value == "auto":
+        if (auto and value == "auto") or (nullable and value is None):
             return value
         if not _is_int(value) or not low <= value <= high:
             raise _invalid(f"must be {expected}, got {value!r}")
@@ -66,16 +66,31 @@ def int_in_range(low: int, high: int, *, auto: bool = False) -> Any:
     return Annotated[int | Auto if auto else int, PlainValidator(check)]
 
 
-def number_above(low: float, high: float | None = None, *, auto: bool = False) -> Any:
+def number_above(
+    low: float, high: float | None = None, *, auto: bool = False, nullable: bool = False
+) -> Any:
     """A number > low (and <= high when given), or "auto"."""
     expected = f"a number greater than {low:g}" + (f" and at most {high:g}" if high else "")
     expected += ' or "auto"' if auto else ""
 
     def check(value: Any) -> Any:
-        if auto and value == "auto":
+        if (auto and value == "auto") or (nullable and value is None):
             return value
         if not _is_number(value) or value <= low or (high is not None and value > high):
             raise _invalid(f"must be {expected}, got {value!r}")
         return float(value)
 
     return Annotated[float | Auto if auto else float, PlainValidator(check)]
+
+
+def fraction(*, nullable: bool = False) -> Any:
+    """A number in [0, 1)."""
+
+    def check(value: Any) -> Any:
+        if nullable and value is None:
+            return None
+        if not _is_number(value) or not 0 <= value < 1:
+            raise _invalid(f"must be a number in [0, 1), got {value!r}")
+        return float(value)
+
+    return Annotated[float, PlainValidator(check)]

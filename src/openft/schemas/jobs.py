@@ -16,6 +16,7 @@ from openft.schemas.common import (
     RequestModel,
     WireModel,
     _invalid,
+    fraction,
     int_in_range,
     number_above,
 )
@@ -66,6 +67,13 @@ class SupervisedHyperparameters(ClosedRequestModel):
     batch_size: BatchSize = "auto"
     learning_rate_multiplier: LearningRateMultiplier = "auto"
     n_epochs: NEpochs = "auto"
+    # openft extensions: omitted (null) means "auto", resolved when the job runs.
+    training_type: Literal["lora", "full"] | None = None
+    lora_rank: int_in_range(1, 256, nullable=True) = None  # type: ignore[valid-type]
+    lora_alpha: number_above(0, nullable=True) = None  # type: ignore[valid-type]
+    lora_dropout: fraction(nullable=True) = None  # type: ignore[valid-type]
+    max_seq_length: int_in_range(16, 131_072, nullable=True) = None  # type: ignore[valid-type]
+    warmup_ratio: fraction(nullable=True) = None  # type: ignore[valid-type]
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
@@ -163,7 +171,8 @@ class FineTuningJobCreate(RequestModel):
         chosen = getattr(method, method.type) or (
             SupervisedMethod() if method.type == "supervised" else DpoMethod()
         )
-        return {"type": method.type, method.type: {"hyperparameters": chosen.hyperparameters.model_dump()}}
+        hyperparameters = chosen.hyperparameters.model_dump(exclude_none=True)
+        return {"type": method.type, method.type: {"hyperparameters": hyperparameters}}
 
 
 class JobError(WireModel):

@@ -12,7 +12,6 @@ and fails fast offline, so creating a job never hangs.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from openft.errors import Forbidden, InvalidRequest, NotFound
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
 from openft.store.queries import models as queries
 from openft.store.queries.pagination import Db
-from openft.weights import BUNDLED_MODEL
+from openft.weights import BUNDLED_MODEL, read_models_file
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +47,7 @@ class ModelRegistry:
         self._started = int(datetime.now(timezone.utc).timestamp())
 
     def _file_models(self) -> dict[str, str]:
-        path = self._settings.models_file
-        if path is None:
-            return {}
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            log.error("cannot read OPENFT_MODELS_FILE %s: %s", path, exc)
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        return read_models_file(self._settings.models_file)
 
     async def find_base(self, db: Db, model_id: str) -> BaseModelSource | None:
         """Where a base model comes from, without touching the network."""

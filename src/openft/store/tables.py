@@ -129,6 +129,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Scheduling: who runs the job, until when the claim holds without a
+    # heartbeat, how many runs it took, and the training state to resume from.
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
+    resume_state_key: Mapped[str | None] = mapped_column(String(256))
+    resume_step: Mapped[int | None] = mapped_column(Integer())
 
 
 class JobEvent(Base):

@@ -9,6 +9,8 @@ The exit status is 0 whenever an outcome record was written.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -53,7 +55,24 @@ def _recipe(method: str):  # type: ignore[no-untyped-def]
     raise ValueError(f"no recipe for method {method!r}")
 
 
+def _die_with_parent() -> None:
+    """If the worker that launched us dies, die too (its job will be re-queued and
+    resumed elsewhere; an orphan would train on and write the same keys)."""
+    parent = int(os.environ.get("OPENFT_PARENT_PID", "0") or 0)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main() -> None:
+    _die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     reporter = PipeReporter.from_stdout()
     run(RunConfig.load(Path(sys.argv[1])), reporter)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import JobStatus, new_id, sources_of
@@ -62,13 +62,16 @@ async def transition_job(
     org_id: str | None = None,
     level: str = "info",
     values: dict[str, Any] | None = None,
+    guard: list[Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Job:
     """Move a job to ``to`` in one conditional UPDATE, and record ``message``.
 
     The UPDATE matches only the statuses that may lead to ``to`` (never a
     terminal one), so a late writer cannot overwrite a finished job. Raises
     NotFound if there is no such job (in ``org_id``), Conflict if its status
-    forbids the move.
+    (or a ``guard`` condition, such as "this worker still owns it") forbids
+    the move.
     """
     now = datetime.now(timezone.utc)
     fields: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
@@ -77,6 +80,8 @@ async def transition_job(
     stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in sources_of(to)]))
     if org_id is not None:
         stmt = stmt.where(Job.org_id == org_id)
+    if guard:
+        stmt = stmt.where(*guard)
     result = await session.execute(
         stmt.values(**fields).execution_options(synchronize_session=False)
     )
@@ -88,7 +93,7 @@ async def transition_job(
             f"Cannot {action} fine-tuning job {job_id}: its status is '{job.status}'.",
             code="invalid_job_state",
         )
-    await add_event(session, job_id, message, level=level)
+    await add_event(session, job_id, message, level=level, data=data)
     job = await _read_any_job(session, job_id, org_id, refresh=True)
     assert job is not None
     return job
@@ -142,3 +147,66 @@ async def list_checkpoints(
     return await keyset_page(
         db, scoped(Checkpoint, job_id=job_id), Checkpoint, after=after, limit=limit
     )
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+async def claimable_job_ids(session: AsyncSession, limit: int) -> list[str]:
+    """Oldest queued jobs; on PostgreSQL locked with SKIP LOCKED so that
+    concurrent workers look at different rows."""
+    stmt = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED.value)
+        .order_by(Job.seq)
+        .limit(limit)
+    )
+    if session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list((await session.scalars(stmt)).all())
+
+
+async def update_owned_job(
+    session: AsyncSession, job_id: str, worker_id: str, **values: Any
+) -> bool:
+    """Write fields of a job this worker still owns; False if it lost the job."""
+    result = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount > 0
+
+
+async def read_job_any_org(session: AsyncSession, job_id: str) -> Job | None:
+    return await _read_any_job(session, job_id, None, refresh=True)
+
+
+async def expired_job_ids(session: AsyncSession, now: datetime) -> list[str]:
+    stmt = select(Job.id).where(
+        Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def add_checkpoint(session: AsyncSession, checkpoint: Checkpoint) -> None:
+    session.add(checkpoint)
+    await session.flush()
+
+
+async def prune_checkpoints(session: AsyncSession, job_id: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` checkpoints; returns their storage keys."""
+    rows = (
+        await session.execute(
+            select(Checkpoint.seq, Checkpoint.storage_key)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.seq.desc())
+            .offset(keep)
+        )
+    ).all()
+    if rows:
+        await session.execute(
+            delete(Checkpoint).where(Checkpoint.seq.in_([r.seq for r in rows]))
+        )
+    return [r.storage_key for r in rows if r.storage_key]
