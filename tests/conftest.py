@@ -136,14 +136,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def training_server(make_server: object, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
-    """A server with its worker on and the tiny model registered as ``local/tiny``."""
+def make_training_server(
+    make_server: object, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> object:
+    """Servers with the worker on and the tiny model registered as ``local/tiny``."""
     models_file = Path(tmp_path_factory.mktemp("models")) / "models.json"
     models_file.write_text(json.dumps({"local/tiny": str(tiny_model_dir)}))
-    return make_server(  # type: ignore[operator,no-any-return]
-        "sqlite",
-        OPENFT_WORKER="true",
-        OPENFT_MODELS_FILE=str(models_file),
-        OPENFT_HEARTBEAT_SECONDS="0.2",
-        OPENFT_POLL_SECONDS="0.2",
-    )
+
+    def make(kind: str = "sqlite", **env: str) -> Server:
+        settings = {
+            "OPENFT_WORKER": "true",
+            "OPENFT_MODELS_FILE": str(models_file),
+            "OPENFT_HEARTBEAT_SECONDS": "0.2",
+            "OPENFT_POLL_SECONDS": "0.2",
+            **env,
+        }
+        return make_server(kind, **settings)  # type: ignore[operator,no-any-return]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def training_server(make_training_server: object) -> Server:
+    return make_training_server()  # type: ignore[operator,no-any-return]

@@ -54,27 +54,29 @@ class Recorder:
             return
         await handler(record)
 
-    async def _owned_update(self, **values: Any) -> bool:
-        async with self.worker.transaction() as session:
-            return await job_queries.update_owned_job(session, self.job_id, self.worker.id, **values)
+    async def _running(self, session: Any, **values: Any) -> bool:
+        """Fence: this worker owns the job and it is still running. Records that
+        arrive after a cancel or pause (the process is stopping) are dropped."""
+        return await job_queries.update_owned_job(
+            session, self.job_id, self.worker.id, statuses=(JobStatus.RUNNING,), **values
+        )
 
     async def _on_event(self, record: dict[str, Any]) -> None:
         async with self.worker.transaction() as session:
+            if not await self._running(session, lease_expires_at=self.worker._lease()):
+                return
             await job_queries.add_event(
                 session, self.job_id, record["message"], level=record.get("level", "info"),
                 data=record.get("data"),
             )
 
     async def _on_hyperparameters(self, record: dict[str, Any]) -> None:
-        await self._owned_update(resolved_hyperparameters=record["resolved"])
+        async with self.worker.transaction() as session:
+            await self._running(session, resolved_hyperparameters=record["resolved"])
 
     async def _on_metrics(self, record: dict[str, Any]) -> None:
         async with self.worker.transaction() as session:
-            owned = await job_queries.update_owned_job(
-                session, self.job_id, self.worker.id,
-                estimated_finish=_utc(record["estimated_finish"]),
-            )
-            if owned:
+            if await self._running(session, estimated_finish=_utc(record["estimated_finish"])):
                 await job_queries.add_event(
                     session, self.job_id, record["message"], type="metrics", data=record["data"]
                 )
@@ -82,9 +84,8 @@ class Recorder:
     async def _on_checkpoint(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
         async with self.worker.transaction() as session:
-            if not await job_queries.update_owned_job(
-                session, self.job_id, self.worker.id,
-                resume_state_key=record["state_key"], resume_step=step,
+            if not await self._running(
+                session, resume_state_key=record["state_key"], resume_step=step
             ):
                 return
             await job_queries.add_checkpoint(session, Checkpoint(
@@ -107,7 +108,7 @@ class Recorder:
         self.outcome = "paused"
         async with self.worker.transaction() as session:
             if await job_queries.update_owned_job(
-                session, self.job_id, self.worker.id,
+                session, self.job_id, self.worker.id, statuses=(JobStatus.PAUSED,),
                 resume_state_key=record["state_key"], resume_step=int(record["step"]),
             ):
                 await job_queries.add_event(

@@ -167,12 +167,20 @@ async def claimable_job_ids(session: AsyncSession, limit: int) -> list[str]:
 
 
 async def update_owned_job(
-    session: AsyncSession, job_id: str, worker_id: str, **values: Any
+    session: AsyncSession,
+    job_id: str,
+    worker_id: str,
+    *,
+    statuses: tuple[JobStatus, ...] | None = None,
+    **values: Any,
 ) -> bool:
-    """Write fields of a job this worker still owns; False if it lost the job."""
+    """Write fields of a job this worker still owns (and, if given, that is in
+    one of ``statuses``); False if it is not so, and nothing is written."""
+    stmt = update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
+    if statuses is not None:
+        stmt = stmt.where(Job.status.in_([s.value for s in statuses]))
     result = await session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id)
+        stmt
         .values(**values)
         .execution_options(synchronize_session=False)
     )
