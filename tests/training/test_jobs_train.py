@@ -97,3 +97,53 @@ def test_failing_job_reports_error_and_next_job_runs(trainer: Tenant, tmp_path) 
     assert failed.error.code == "model_load_failed" and failed.error.param == "model"
     assert "local/broken" in failed.error.message
     assert wait_for(trainer, good.id, {"succeeded", "failed"}).status == "succeeded"
+
+
+def test_only_the_last_three_checkpoints_are_kept(trainer: Tenant) -> None:
+    job = trainer.sdk.fine_tuning.jobs.create(
+        model=TINY, training_file=upload(trainer),
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 5, "batch_size": 4}}})
+    assert wait_for(trainer, job.id, {"succeeded", "failed"}).status == "succeeded"
+    steps = [c.step_number for c in trainer.sdk.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert steps == [15, 12, 9]
+    stored = trainer.server.home / "blobs" / "jobs" / job.id / "checkpoints"
+    assert sorted(p.name for p in stored.iterdir()) == ["step-12", "step-15", "step-9"]
+    assert not (trainer.server.home / "blobs" / "jobs" / job.id / "state").exists()
+
+
+def test_dpo_job_through_the_api(trainer: Tenant) -> None:
+    from support import jsonl, preference_example
+
+    prefs = trainer.sdk.files.create(
+        file=("p.jsonl", io.BytesIO(jsonl([preference_example(i) for i in range(10)]))), purpose="fine-tune").id
+    job = trainer.sdk.fine_tuning.jobs.create(
+        model=TINY, training_file=prefs,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "beta": 0.2}}})
+    done = wait_for(trainer, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    assert done.method.dpo.hyperparameters.beta == 0.2
+    assert done.method.dpo.hyperparameters.n_epochs == 1
+
+
+def test_truncated_lines_are_reported(trainer: Tenant) -> None:
+    from support import chat_example, jsonl
+
+    long = {"messages": [{"role": "user", "content": "hello " * 100}, {"role": "assistant", "content": "ok"}]}
+    data = jsonl([chat_example(i) for i in range(10)] + [long])
+    training = trainer.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
+    job = trainer.sdk.fine_tuning.jobs.create(
+        model=TINY, training_file=training,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "max_seq_length": 64}}})
+    assert wait_for(trainer, job.id, {"succeeded", "failed"}).status == "failed"  # line 11 loses its answer
+    job = trainer.sdk.fine_tuning.jobs.retrieve(job.id)
+    assert job.error.code == "invalid_training_file" and "Line 11" in job.error.message
+    long = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok " * 100}]}
+    data = jsonl([chat_example(i) for i in range(10)] + [long])
+    training = trainer.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
+    job = trainer.sdk.fine_tuning.jobs.create(
+        model=TINY, training_file=training,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "max_seq_length": 64}}})
+    assert wait_for(trainer, job.id, {"succeeded", "failed"}).status == "succeeded"
+    events = trainer.sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
+    [warn] = [e for e in events if e.level == "warn"]
+    assert "truncated (lines 11)" in warn.message and warn.data == {"truncated_lines": [11]}

@@ -119,3 +119,22 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     resumed run visits exactly the batches an uninterrupted one would."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n_examples, generator=generator).tolist()
+
+
+def sequence_logprobs(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Summed log-probability of the labelled tokens of each example in a packed
+    row (one value per example, in packing order)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with autocast(device):
+        hidden = base.get_decoder()(
+            input_ids=row["input_ids"].to(device),
+            position_ids=row["position_ids"].to(device),
+            use_cache=False,
+        ).last_hidden_state
+        targets = row["labels"][:, 1:].to(device)
+        mask = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    token_logprobs = torch.log_softmax(logits, -1).gather(1, targets[mask][:, None])[:, 0]
+    example_of = (row["position_ids"][0] == 0).cumsum(0)[1:].to(device) - 1
+    sums = torch.zeros(int((row["position_ids"][0] == 0).sum()), device=device)
+    return sums.index_add(0, example_of[mask[0]], token_logprobs)

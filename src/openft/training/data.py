@@ -121,6 +121,43 @@ def prompt_completion_example(tokenizer: Any, raw: dict[str, Any], line: int) ->
     return Example(prompt + completion, [IGNORE] * len(prompt) + completion, line)
 
 
+def preference_pair(tokenizer: Any, raw: dict[str, Any], line: int) -> tuple[Example, Example]:
+    """(chosen, rejected): the prompt conversation followed by each answer, with
+    loss labels on the answer only."""
+    prompt = raw["input"]["messages"]
+    chosen = chat_example(tokenizer, {"messages": prompt + raw["preferred_output"][:1]}, line)
+    rejected = chat_example(tokenizer, {"messages": prompt + raw["non_preferred_output"][:1]}, line)
+    for example in (chosen, rejected):  # prompt turns never carry loss in DPO
+        labels = example.labels
+        last = max(i for i, label in enumerate(labels) if label != IGNORE)
+        first = last
+        while first > 0 and labels[first - 1] != IGNORE:
+            first -= 1
+        example.labels = [IGNORE] * first + labels[first:]
+    return chosen, rejected
+
+
+def tokenize_preferences(
+    tokenizer: Any, lines: Iterable[str], *, max_seq_length: int
+) -> tuple[list[tuple[Example, Example]], list[int]]:
+    """Preference pairs of a file, and the lines that were truncated."""
+    pairs, truncated = [], []
+    for line, raw in read_jsonl(lines):
+        if "input" not in raw:
+            raise DataError("is not a preference example", line)
+        chosen, rejected = preference_pair(tokenizer, raw, line)
+        if max(len(chosen.input_ids), len(rejected.input_ids)) > max_seq_length:
+            truncated.append(line)
+            chosen, rejected = (
+                Example(e.input_ids[:max_seq_length], e.labels[:max_seq_length], line)
+                for e in (chosen, rejected)
+            )
+        if not chosen.n_label_tokens or not rejected.n_label_tokens:
+            raise DataError(f"has no answer tokens left within max_seq_length={max_seq_length}", line)
+        pairs.append((chosen, rejected))
+    return pairs, truncated
+
+
 def tokenize(
     tokenizer: Any, lines: Iterable[str], *, max_seq_length: int
 ) -> tuple[list[Example], list[int]]:
