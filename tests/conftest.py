@@ -159,3 +159,22 @@ def make_training_server(
 @pytest.fixture(scope="session")
 def training_server(make_training_server: object) -> Server:
     return make_training_server()  # type: ignore[operator,no-any-return]
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled SmolLM2, converted once per session by ``openft models pull``."""
+    import subprocess
+    import sys
+
+    from openft.weights import BUNDLED_MODEL, cache_folder
+
+    home = Path(tmp_path_factory.mktemp("bundled-home"))
+    result = subprocess.run(
+        [sys.executable, "-m", "openft", "models", "pull"],
+        env={**os.environ, "OPENFT_HOME": str(home)}, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    folder = cache_folder(home / "models", BUNDLED_MODEL)
+    folder.with_name("pull-output.txt").write_text(result.stderr)
+    return folder
