@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench bench-train clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/api_latency.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
