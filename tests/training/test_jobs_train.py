@@ -147,3 +147,17 @@ def test_truncated_lines_are_reported(trainer: Tenant) -> None:
     events = trainer.sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
     [warn] = [e for e in events if e.level == "warn"]
     assert "truncated (lines 11)" in warn.message and warn.data == {"truncated_lines": [11]}
+
+
+def test_max_concurrent_jobs_runs_jobs_side_by_side(make_training_server) -> None:
+    server = make_training_server(OPENFT_MAX_CONCURRENT_JOBS="2")
+    tenant = Tenant(server, "default", server.api_key)
+    long = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 30, "batch_size": 4}}}
+    jobs = [tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), method=long).id
+            for _ in range(3)]
+    deadline = time.monotonic() + 60
+    while sorted(tenant.sdk.fine_tuning.jobs.retrieve(j).status for j in jobs) != ["queued", "running", "running"]:
+        assert time.monotonic() < deadline, [tenant.sdk.fine_tuning.jobs.retrieve(j).status for j in jobs]
+        time.sleep(0.05)
+    for job_id in jobs:
+        tenant.sdk.fine_tuning.jobs.cancel(job_id)
