@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         3, ge=1, description="Runs a job may start (crashes re-queue it) before it fails."
     )
     device: str = Field("auto", description="Training device: auto (GPU if any), cpu, cuda.")
+    serving_memory_mb: int = Field(
+        4096, gt=0, description="Memory budget of the chat-completions model cache (LRU)."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -56,3 +56,15 @@ def test_bundled_model_learns_from_a_few_dozen_examples(make_training_server, bu
     print(f"\nbase:  {before!r}\ntuned: {after!r}")
     assert not any(word in before.lower() for word in PIRATE)
     assert any(word in after.lower() for word in PIRATE)
+
+    # The same, as a user does it: chat completions on the fine-tuned model.
+    for model in (done.fine_tuned_model, f"{done.fine_tuned_model}:ckpt-step-90"):
+        reply = tenant.sdk.chat.completions.create(
+            model=model, temperature=0, max_tokens=30,
+            messages=[{"role": "system", "content": "You are a helpful assistant."},
+                      {"role": "user", "content": question}])
+        assert reply.choices[0].message.content == after
+    base_reply = tenant.sdk.chat.completions.create(
+        model=SMOLLM, temperature=0, max_tokens=30,
+        messages=[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question}])
+    assert base_reply.choices[0].message.content == before

@@ -20,10 +20,11 @@ from openft import __version__
 from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
-from openft.api.routers import files, jobs, models
+from openft.api.routers import chat, files, jobs, models
 from openft.config import Settings
 from openft.services import auth
 from openft.services.models import ModelRegistry
+from openft.serving.engine import Engine
 from openft.store.blobs import BlobStore
 from openft.store.db import create_engine, create_session_factory, migrate
 
@@ -37,6 +38,7 @@ def build_api_router() -> APIRouter:
     router.include_router(files.router)
     router.include_router(jobs.router)
     router.include_router(models.router)
+    router.include_router(chat.router)
     return router
 
 
@@ -51,6 +53,7 @@ async def start_context(settings: Settings) -> AppContext:
         sessions=create_session_factory(engine),
         blobs=BlobStore(settings.resolved_storage_url),
         registry=ModelRegistry(settings),
+        generator=Engine(settings.serving_memory_mb * 2**20, settings.device),
     )
     async with ctx.transaction() as session:
         default_org_id = await auth.ensure_org(session, settings.default_org)

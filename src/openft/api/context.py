@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from openft.config import Settings
 from openft.services.auth import Authenticator
+from openft.serving.engine import Engine
 from openft.services.models import ModelRegistry
 from openft.store.blobs import BlobStore
 
@@ -21,6 +22,8 @@ class AppContext:
     sessions: async_sessionmaker[AsyncSession]
     blobs: BlobStore
     registry: ModelRegistry
+    generator: Engine
+    """Chat-completion models and their adapters (openft.serving)."""
     authenticator: Authenticator | None = None  # set at startup, once the default org exists
 
     @contextlib.asynccontextmanager

@@ -218,3 +218,13 @@ async def prune_checkpoints(session: AsyncSession, job_id: str, keep: int) -> li
             delete(Checkpoint).where(Checkpoint.seq.in_([r.seq for r in rows]))
         )
     return [r.storage_key for r in rows if r.storage_key]
+
+
+async def read_checkpoint_model(db: Db, org_id: str, name: str) -> Row[Any] | None:
+    """(storage_key, base model) of the checkpoint model ``name`` of this organisation."""
+    stmt = (
+        select(Checkpoint.storage_key, Job.model.label("base_model"))
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Job.org_id == org_id, Checkpoint.fine_tuned_model_checkpoint == name)
+    )
+    return (await db.execute(stmt)).first()

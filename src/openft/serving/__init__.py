@@ -1,0 +1,1 @@
+"""Serving: chat completions for base, fine-tuned and checkpoint models."""

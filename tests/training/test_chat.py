@@ -1,0 +1,107 @@
+"""Chat completions against a real server: base, fine-tuned and checkpoint
+models, streaming, and two adapters of one base served concurrently."""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from support import Tenant, jsonl
+from test_jobs_train import TINY, wait_for
+
+pytestmark = pytest.mark.training
+
+ASK = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def chat_tenant(training_server) -> Tenant:
+    return Tenant(training_server, "default", training_server.api_key)
+
+
+def train_on(tenant: Tenant, word: str) -> tuple[str, str]:
+    """A tiny model fine-tuned hard to answer ``word``: (model id, a checkpoint id)."""
+    data = jsonl([{"messages": [{"role": "user", "content": "Say something."},
+                                {"role": "assistant", "content": f"{word} {word} {word}"}]}] * 12)
+    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
+    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, method={
+        "type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 30.0}}})
+    done = wait_for(tenant, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    checkpoint = tenant.sdk.fine_tuning.jobs.checkpoints.list(job.id).data[-1].fine_tuned_model_checkpoint
+    return done.fine_tuned_model, checkpoint
+
+
+@pytest.fixture(scope="module")
+def tuned(chat_tenant: Tenant) -> dict[str, tuple[str, str]]:
+    return {word: train_on(chat_tenant, word) for word in ("apple", "zebra")}
+
+
+def say(tenant: Tenant, model: str, **extra) -> str:
+    response = tenant.sdk.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=8, **extra)
+    return response.choices[0].message.content
+
+
+def test_base_model_completion(chat_tenant: Tenant) -> None:
+    response = chat_tenant.sdk.chat.completions.create(model=TINY, messages=ASK, temperature=0, max_tokens=5)
+    assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
+    assert response.model == TINY and len(response.choices) == 1
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens <= 6
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    assert say(chat_tenant, TINY) == say(chat_tenant, TINY)  # temperature 0 is greedy
+
+
+def test_fine_tuned_and_checkpoint_models_answer_what_they_learned(chat_tenant, tuned) -> None:
+    for word, (model, checkpoint) in tuned.items():
+        assert word in say(chat_tenant, model)
+        assert say(chat_tenant, checkpoint)  # a usable model
+    assert "apple" not in say(chat_tenant, TINY) and "zebra" not in say(chat_tenant, TINY)
+
+
+def test_streaming_matches_the_plain_answer(chat_tenant, tuned) -> None:
+    model = tuned["apple"][0]
+    pieces = [c.choices[0].delta.content or "" for c in chat_tenant.sdk.chat.completions.create(
+        model=model, messages=ASK, temperature=0, max_tokens=8, stream=True) if c.choices]
+    assert "".join(pieces) == say(chat_tenant, model)
+    with httpx.stream("POST", f"{chat_tenant.server.url}/api/llm/chat/completions",
+                      headers={"Authorization": f"Bearer {chat_tenant.key}"},
+                      json={"model": model, "messages": ASK, "stream": True, "max_tokens": 4,
+                            "stream_options": {"include_usage": True}}) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_two_adapters_of_one_base_served_concurrently(chat_tenant, tuned) -> None:
+    models = [tuned["apple"][0], tuned["zebra"][0]] * 4
+    expected = {m: say(chat_tenant, m) for m in set(models)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda m: say(chat_tenant, m), models))
+    assert answers == [expected[m] for m in models]
+
+
+def test_errors(chat_tenant) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        say(chat_tenant, "nobody/nothing")
+    assert caught.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as caught:
+        say(chat_tenant, TINY, top_p=2)
+    assert caught.value.body["param"] == "top_p"
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat_tenant.sdk.chat.completions.create(model=TINY, messages=[])
+    assert caught.value.body["param"] == "messages"
+
+
+def test_other_organisations_fine_tuned_model_is_404(training_server, tuned) -> None:
+    stranger = Tenant(training_server, "stranger", training_server.new_key("stranger"))
+    with pytest.raises(openai.NotFoundError):
+        say(stranger, tuned["apple"][0])
