@@ -136,3 +136,12 @@ async def _register_model(settings: Settings, model_id: str, path: Path) -> None
             await register_local(session, model_id, path)
     finally:
         await engine.dispose()
+
+
+def _register_client_commands() -> None:
+    from openft.client_cli import register
+
+    register(main, models)
+
+
+_register_client_commands()

@@ -1,0 +1,97 @@
+"""The openft CLI, run as a user runs it, against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from support import REPO, Tenant, chat_file
+from test_jobs_train import TINY, wait_for
+
+pytestmark = pytest.mark.training
+
+
+@pytest.fixture(scope="module")
+def cli(training_server):
+    env = {**training_server.env, "OPENFT_BASE_URL": f"{training_server.url}/v1",
+           "OPENFT_API_KEY": training_server.api_key}
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "openft", *args], env=env, capture_output=True,
+                                text=True, timeout=300, cwd=REPO)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    return run
+
+
+def test_files_upload_and_list(cli, tmp_path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(chat_file(12))
+    uploaded = json.loads(cli("files", "upload", str(path), "--json").stdout)
+    assert uploaded["id"].startswith("file-") and uploaded["purpose"] == "fine-tune"
+    table = cli("files", "list").stdout
+    assert "ID" in table.splitlines()[0] and uploaded["id"] in table and "train.jsonl" in table
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [}\n')
+    failed = cli("files", "upload", str(bad), check=False)
+    assert failed.returncode != 0 and "Line 1" in failed.stderr and "(file)" in failed.stderr
+
+
+def test_jobs_create_follow_get_list_and_chat(cli, tmp_path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(chat_file(12))
+    created = json.loads(cli("jobs", "create", "--model", TINY, "--training-file", str(path),
+                             "--epochs", "2", "--batch-size", "4", "--suffix", "cli", "--json").stdout)
+    assert created["status"] == "queued" and created["method"]["supervised"]["hyperparameters"]["n_epochs"] == 2
+    followed = cli("jobs", "follow", created["id"], "--interval", "0.2")
+    assert "Fine-tuning job started" in followed.stdout
+    assert f"Job {created['id']} succeeded: ft:{TINY}:default:cli:" in followed.stdout
+    shown = json.loads(cli("jobs", "get", created["id"], "--json").stdout)
+    assert shown["status"] == "succeeded"
+    assert created["id"] in cli("jobs", "list").stdout
+    model = shown["fine_tuned_model"]
+    assert model in cli("models", "list").stdout
+    answer = cli("chat", model, "Question number 3?", "--max-tokens", "5")  # streamed
+    as_json = json.loads(cli("chat", model, "Question number 3?", "--max-tokens", "5", "--json").stdout)
+    assert as_json["object"] == "chat.completion" and as_json["usage"]["completion_tokens"] > 0
+    assert answer.stdout == as_json["choices"][0]["message"]["content"] + "\n"
+
+
+def test_follow_exits_non_zero_on_cancel_and_failure(cli, training_server, tmp_path) -> None:
+    tenant = Tenant(training_server, "default", training_server.api_key)
+    training = tenant.sdk.files.create(file=("t.jsonl", chat_file(12)), purpose="fine-tune").id
+    job = json.loads(cli("jobs", "create", "--model", TINY, "--training-file", training,
+                         "--epochs", "40", "--json").stdout)
+    canceller = threading.Timer(3.0, lambda: tenant.sdk.fine_tuning.jobs.cancel(job["id"]))
+    canceller.start()
+    followed = cli("jobs", "follow", job["id"], "--interval", "0.2", check=False)
+    canceller.join()
+    assert followed.returncode == 2 and "cancelled" in followed.stdout
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    cli("models", "add", "local/broken-cli", str(broken))
+    failing = json.loads(cli("jobs", "create", "--model", "local/broken-cli", "--training-file", training,
+                             "--json").stdout)
+    followed = cli("jobs", "follow", failing["id"], "--interval", "0.2", check=False)
+    assert followed.returncode == 1 and "failed" in followed.stdout
+
+
+def test_pause_resume_cancel_commands(cli, training_server) -> None:
+    tenant = Tenant(training_server, "default", training_server.api_key)
+    training = tenant.sdk.files.create(file=("t.jsonl", chat_file(12)), purpose="fine-tune").id
+    job = json.loads(cli("jobs", "create", "--model", TINY, "--training-file", training, "--epochs", "40",
+                         "--json").stdout)["id"]
+    assert json.loads(cli("jobs", "pause", job, "--json").stdout)["status"] == "paused"
+    assert json.loads(cli("jobs", "resume", job, "--json").stdout)["status"] == "queued"
+    assert "cancelled" in cli("jobs", "cancel", job).stdout
+    again = cli("jobs", "cancel", job, check=False)
+    assert again.returncode != 0 and "409" in again.stderr
+    assert wait_for(tenant, job, {"cancelled"}).status == "cancelled"
