@@ -30,7 +30,8 @@ def test_python_quick_start(tenant: Tenant) -> None:
 
 
 def test_curl_quick_start(tenant: Tenant) -> None:
-    upload, create = blocks("bash")[2].strip().split("\n\n")
+    [curl] = [b for b in blocks("bash") if "curl -s http://127.0.0.1:8000/v1/files" in b]
+    upload, create = curl.strip().split("\n\n")
     env = {**os.environ, "OPENFT_API_KEY": tenant.key}
     run = lambda cmd: subprocess.run(  # noqa: E731
         ["bash", "-c", cmd.replace("http://127.0.0.1:8000", tenant.server.url)],
