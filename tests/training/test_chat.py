@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -105,3 +106,45 @@ def test_other_organisations_fine_tuned_model_is_404(training_server, tuned) -> 
     stranger = Tenant(training_server, "stranger", training_server.new_key("stranger"))
     with pytest.raises(openai.NotFoundError):
         say(stranger, tuned["apple"][0])
+
+
+def test_sampling_parameters(chat_tenant) -> None:
+    sdk = chat_tenant.sdk.chat.completions
+    three = sdk.create(model=TINY, messages=ASK, temperature=1.0, seed=5, n=3, max_completion_tokens=6)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    again = sdk.create(model=TINY, messages=ASK, temperature=1.0, seed=5, n=3, max_completion_tokens=6)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in three.choices]  # seeded
+    assert three.usage.completion_tokens <= 3 * 7
+
+
+def test_stop_strings_cut_the_answer(chat_tenant, tuned) -> None:
+    model = tuned["apple"][0]
+    whole = say(chat_tenant, model)
+    assert "apple apple" in whole
+    cut = chat_tenant.sdk.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=8,
+                                                  stop=[" apple"])
+    assert cut.choices[0].message.content == whole[: whole.index(" apple")]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chat_tenant.sdk.chat.completions.create(
+        model=model, messages=ASK, temperature=0, max_tokens=8, stop=[" apple"], stream=True) if c.choices)
+    assert streamed == cut.choices[0].message.content
+
+
+def test_health_stays_responsive_during_generation(chat_tenant) -> None:
+    import time
+
+    done = threading.Event()
+
+    def generate() -> None:
+        chat_tenant.sdk.chat.completions.create(model=TINY, messages=ASK, temperature=0, max_tokens=400)
+        done.set()
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    latencies = []
+    while not done.is_set():
+        started = time.monotonic()
+        assert httpx.get(f"{chat_tenant.server.url}/health", timeout=5).status_code == 200
+        latencies.append(time.monotonic() - started)
+    worker.join()
+    assert latencies and max(latencies) < 0.5, latencies
