@@ -77,11 +77,12 @@ def autocast(device: torch.device) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
-def token_loss(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, int, int]:
-    """(summed cross-entropy, label tokens, correctly predicted tokens) of one
-    packed row. Runs the decoder once with ``use_cache=False`` (which keeps
-    attention inside each packed example) and the output head only at
-    positions that have a label."""
+def label_logits(
+    model: Any, row: dict[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, labels, mask) at the labelled positions of one packed row.
+    Runs the decoder once with ``use_cache=False`` (which keeps attention
+    inside each packed example) and the output head only where a label is."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with autocast(device):
         hidden = base.get_decoder()(
@@ -92,10 +93,15 @@ def token_loss(model: Any, row: dict[str, torch.Tensor], device: torch.device) -
         targets = row["labels"][:, 1:].to(device)
         mask = targets != IGNORE
         logits = base.get_output_embeddings()(hidden[:, :-1][mask]).float()
-    labels = targets[mask]
+    return logits, targets[mask], mask
+
+
+def token_loss(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """(summed cross-entropy, label tokens, correctly predicted tokens) of one packed row."""
+    logits, labels, _ = label_logits(model, row, device)
     loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
     correct = int((logits.argmax(-1) == labels).sum())
-    return loss, int(mask.sum()), correct
+    return loss, int(labels.numel()), correct
 
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Any:
@@ -124,17 +130,8 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
 def sequence_logprobs(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Summed log-probability of the labelled tokens of each example in a packed
     row (one value per example, in packing order)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    with autocast(device):
-        hidden = base.get_decoder()(
-            input_ids=row["input_ids"].to(device),
-            position_ids=row["position_ids"].to(device),
-            use_cache=False,
-        ).last_hidden_state
-        targets = row["labels"][:, 1:].to(device)
-        mask = targets != IGNORE
-        logits = base.get_output_embeddings()(hidden[:, :-1][mask]).float()
-    token_logprobs = torch.log_softmax(logits, -1).gather(1, targets[mask][:, None])[:, 0]
+    logits, labels, mask = label_logits(model, row, device)
+    token_logprobs = torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
     example_of = (row["position_ids"][0] == 0).cumsum(0)[1:].to(device) - 1
     sums = torch.zeros(int((row["position_ids"][0] == 0).sum()), device=device)
     return sums.index_add(0, example_of[mask[0]], token_logprobs)
