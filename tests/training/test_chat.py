@@ -148,3 +148,13 @@ def test_health_stays_responsive_during_generation(chat_tenant) -> None:
         latencies.append(time.monotonic() - started)
     worker.join()
     assert latencies and max(latencies) < 0.5, latencies
+
+
+@pytest.mark.parametrize("which", ["base", "fine-tuned", "checkpoint"])
+def test_stream_and_plain_agree_for_every_kind_of_model(chat_tenant, tuned, which) -> None:
+    model = {"base": TINY, "fine-tuned": tuned["zebra"][0], "checkpoint": tuned["zebra"][1]}[which]
+    plain = say(chat_tenant, model)
+    chunks = list(chat_tenant.sdk.chat.completions.create(
+        model=model, messages=ASK, temperature=0, max_tokens=8, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
