@@ -53,7 +53,7 @@ def worker() -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
-        ctx = await start_context(settings)
+        ctx = await start_context(settings, bootstrap_key=False)
         node = Worker(settings, ctx.sessions, ctx.blobs)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -42,8 +42,10 @@ def build_api_router() -> APIRouter:
     return router
 
 
-async def start_context(settings: Settings) -> AppContext:
-    """Open the database (migrated) and blob store, and set up authentication."""
+async def start_context(settings: Settings, *, bootstrap_key: bool = True) -> AppContext:
+    """Open the database (migrated) and blob store, and set up authentication.
+    ``bootstrap_key``: create the first API key if there is none (the server
+    does; a standalone worker does not)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
     await migrate(engine)
@@ -58,7 +60,7 @@ async def start_context(settings: Settings) -> AppContext:
     async with ctx.transaction() as session:
         default_org_id = await auth.ensure_org(session, settings.default_org)
         new_key = None
-        if settings.api_key is None:
+        if settings.api_key is None and bootstrap_key:
             new_key = await auth.bootstrap_first_key(
                 session, settings.default_org, settings.api_key_file
             )

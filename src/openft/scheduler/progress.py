@@ -118,9 +118,7 @@ class Recorder:
 
     async def _on_done(self, record: dict[str, Any]) -> None:
         self.outcome = "done"
-        size = await anyio.to_thread.run_sync(
-            self.worker.blobs.fs.size, self.worker.blobs._path(record["results_key"])
-        )
+        size = await anyio.to_thread.run_sync(self.worker.blobs.size, record["results_key"])
         now = datetime.now(timezone.utc)
         try:
             async with self.worker.transaction() as session:

@@ -46,8 +46,8 @@ async def _base_path(db: Db, settings: Settings, registry: ModelRegistry, base: 
 
 
 def _local_copy(settings: Settings, blobs: BlobStore, key: str) -> Path:
-    if blobs.fs.protocol in ("file", ("file", "local")) or "file" in blobs.fs.protocol:
-        return Path(blobs._path(key))
+    if (local := blobs.local_path(key)) is not None:
+        return local
     target = settings.home / "cache" / key
     if not (target / ".complete").exists():
         target.mkdir(parents=True, exist_ok=True)

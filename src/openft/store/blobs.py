@@ -76,6 +76,15 @@ class BlobStore:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(key), recursive=True)
 
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def local_path(self, key: str) -> Path | None:
+        """The blob's path on this machine when the store is a local folder, else None."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        return Path(self._path(key)) if isinstance(self.fs, LocalFileSystem) else None
+
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 
