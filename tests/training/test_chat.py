@@ -29,9 +29,9 @@ def train_on(tenant: Tenant, word: str) -> tuple[str, str]:
     data = jsonl([{"messages": [{"role": "user", "content": "Say something."},
                                 {"role": "assistant", "content": f"{word} {word} {word}"}]}] * 12)
     training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
-    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, method={
+    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, seed=0, method={
         "type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 30.0}}})
+            "n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 10.0}}})
     done = wait_for(tenant, job.id, {"succeeded", "failed"})
     assert done.status == "succeeded", done.error
     checkpoint = tenant.sdk.fine_tuning.jobs.checkpoints.list(job.id).data[-1].fine_tuned_model_checkpoint
