@@ -16,6 +16,8 @@ first file is written: a test hook for killing a process during a save.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -98,6 +100,29 @@ def load_state(
         if training["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(training["cuda_rng"])
         return dict(json.loads((folder / META).read_text()))
+
+
+RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+
+
+def results_csv(results: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in results:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in RESULT_COLUMNS})
+    return out.getvalue()
+
+
+def save_final(
+    blobs: BlobStore, job_id: str, *, model: Any, tokenizer: Any, results: list[dict[str, Any]]
+) -> tuple[str, str]:
+    """The finished model and the result CSV; returns (model key, results key)."""
+    model_key, results_key = f"models/{job_id}", f"jobs/{job_id}/results.csv"
+    save_model(blobs, model_key, model=model, tokenizer=tokenizer)
+    with blobs.writer(results_key) as out:
+        out.write(results_csv(results).encode())
+    return model_key, results_key
 
 
 def save_model(blobs: BlobStore, key: str, *, model: Any, tokenizer: Any) -> None:

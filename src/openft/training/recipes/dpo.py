@@ -37,7 +37,7 @@ from openft.training.common import (
 from openft.training.config import RunConfig
 from openft.training.data import Example, pack, tokenize_preferences
 from openft.training.hyperparameters import learning_rate, resolve
-from openft.training.recipes.sft import _metrics_event, results_csv
+from openft.training.recipes.sft import _metrics_event
 from openft.training.report import Reporter
 
 Pair = tuple[Example, Example]
@@ -162,11 +162,9 @@ def run(config: RunConfig, reporter: Reporter) -> None:
             return
 
     # Save and report.
-    model_key = f"models/{config.job_id}"
-    checkpoints.save_model(blobs, model_key, model=model, tokenizer=tokenizer)
-    results_key = f"jobs/{config.job_id}/results.csv"
-    with blobs.writer(results_key) as out:
-        out.write(results_csv(results).encode())
+    model_key, results_key = checkpoints.save_final(
+        blobs, config.job_id, model=model, tokenizer=tokenizer, results=results
+    )
     reporter.emit("done", model_key=model_key, results_key=results_key, trained_tokens=tokens)
 
 

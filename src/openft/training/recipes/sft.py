@@ -11,8 +11,6 @@ crashing and resuming do not change the result.
 
 from __future__ import annotations
 
-import csv
-import io
 
 import time
 from typing import Any
@@ -37,7 +35,6 @@ from openft.training.data import Example, pack, tokenize
 from openft.training.hyperparameters import learning_rate, resolve
 from openft.training.report import Reporter
 
-RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 VALIDATION_SAMPLE = 16
 """Examples in the quick validation run during training (the full one runs per epoch)."""
 
@@ -176,11 +173,9 @@ def run(config: RunConfig, reporter: Reporter) -> None:
             return
 
     # Save and report.
-    model_key = f"models/{config.job_id}"
-    checkpoints.save_model(blobs, model_key, model=model, tokenizer=tokenizer)
-    results_key = f"jobs/{config.job_id}/results.csv"
-    with blobs.writer(results_key) as out:
-        out.write(results_csv(results).encode())
+    model_key, results_key = checkpoints.save_final(
+        blobs, config.job_id, model=model, tokenizer=tokenizer, results=results
+    )
     reporter.emit("done", model_key=model_key, results_key=results_key, trained_tokens=tokens)
 
 
@@ -209,15 +204,6 @@ def _metrics_event(row: dict[str, Any], total_steps: int) -> dict[str, Any]:
     if "valid_loss" in row:
         data.update(valid_loss=row["valid_loss"], valid_mean_token_accuracy=row["valid_mean_token_accuracy"])
     return {"message": message, "data": data}
-
-
-def results_csv(results: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in results:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in RESULT_COLUMNS})
-    return out.getvalue()
 
 
 
