@@ -80,6 +80,9 @@ def reference(training_server: Server) -> tuple[str, dict[str, torch.Tensor]]:
 def test_cancel_stops_the_process_within_5_seconds(trainer: Tenant) -> None:
     job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(trainer), method=LONG)
     wait_for_event(trainer, job.id, "Step 2/")
+    running = trainer.sdk.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running" and running.estimated_finish >= running.created_at  # kept current
+    assert running.hyperparameters.n_epochs == 20 and running.hyperparameters.batch_size == 4
     process = training_process(job.id)
     assert trainer.sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     assert gone_within(process) < 5
