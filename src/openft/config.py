@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         512 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes (413 above)."
     )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Largest request body on every route except the file upload, in bytes "
+        "(413 above, answered before the body is read).",
+    )
     api_key: SecretStr | None = Field(
         None, description="Extra key accepted for the default organisation (never stored)."
     )

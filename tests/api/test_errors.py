@@ -50,3 +50,70 @@ class TestEnvelope:
             bad = http.get("/files/file-nope")
         assert ok.headers["x-request-id"].startswith("req_")
         assert bad.headers["x-request-id"] != ok.headers["x-request-id"]
+
+
+class TestBodyCap:
+    """JSON bodies are capped (OPENFT_MAX_REQUEST_BYTES, 4 MiB by default)
+    before they are read, so a huge body costs the server no memory."""
+
+    def _exchange(self, tenant: Tenant, head: bytes, body_chunks) -> tuple[int, dict]:
+        import json
+        import socket
+
+        with socket.create_connection(("127.0.0.1", tenant.server.port), timeout=30) as sock:
+            sock.sendall(head)
+            try:
+                for chunk in body_chunks:
+                    sock.sendall(chunk)
+            except OSError:
+                pass  # the server answered and closed while we were still sending
+            received = b""
+            while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < 2:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+        status = int(received.split(b" ", 2)[1])
+        body = received.split(b"\r\n\r\n", 1)[1]
+        if b"\r\n" in body and body[:1] != b"{":  # chunked response
+            body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+        return status, json.loads(body.split(b"\r\n")[0])
+
+    def _head(self, tenant: Tenant, extra: str) -> bytes:
+        return (
+            f"POST /v1/fine_tuning/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tenant.key}\r\n"
+            f"Content-Type: application/json\r\n{extra}\r\n"
+        ).encode()
+
+    def test_declared_length_over_cap_is_413_before_reading(self, tenant: Tenant) -> None:
+        import psutil
+
+        process = psutil.Process(tenant.server.process.pid)
+        before = process.memory_info().rss
+        size = 50 * 1024 * 1024
+        # Only the headers and 1 KiB are sent: an answer proves nothing more was read.
+        status, body = self._exchange(
+            tenant, self._head(tenant, f"Content-Length: {size}\r\n"), [b'{"model": "' + b"x" * 1024]
+        )
+        assert status == 413
+        assert body["error"]["code"] == "request_too_large"
+        assert "OPENFT_MAX_REQUEST_BYTES" in body["error"]["message"]
+        assert process.memory_info().rss - before < 20 * 1024 * 1024
+
+    def test_chunked_body_over_cap_is_413(self, tenant: Tenant) -> None:
+        import psutil
+
+        process = psutil.Process(tenant.server.process.pid)
+        before = process.memory_info().rss
+        piece = b"x" * (1024 * 1024)
+        chunks = [b'{"model": "'] + [piece] * 50
+        encoded = (b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+        status, body = self._exchange(tenant, self._head(tenant, "Transfer-Encoding: chunked\r\n"), encoded)
+        assert status == 413
+        assert body["error"]["code"] == "request_too_large"
+        assert process.memory_info().rss - before < 40 * 1024 * 1024
+
+    def test_body_under_cap_is_parsed_as_usual(self, tenant: Tenant) -> None:
+        with tenant.http() as http:
+            response = http.post("/fine_tuning/jobs", json={"model": SMOLLM, "suffix": "x" * 100_000})
+        assert_envelope(response, 400, "training_file")

@@ -146,3 +146,56 @@ def test_storage_url_can_be_any_fsspec_url(make_server) -> None:
     assert tenant.sdk.files.content(created.id).read() == data
     assert not (server.home / "blobs").exists()
     assert tenant.sdk.files.delete(created.id).deleted
+
+
+class TestHostileFilenames:
+    """The stored name is user text: it goes into a header and is shown back."""
+
+    def _raw_upload(self, tenant: Tenant, filename: bytes) -> dict:
+        body = (
+            b"--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nuser_data\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + filename
+            + b"\"\r\n\r\nhello\r\n--B--\r\n"
+        )
+        with tenant.http() as http:
+            response = http.post(
+                "/files", content=body, headers={"content-type": "multipart/form-data; boundary=B"}
+            )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def test_non_latin1_name_downloads_with_rfc5987_header(self, tenant: Tenant) -> None:
+        from urllib.parse import unquote
+
+        created = upload(tenant, b"some bytes", purpose="user_data", name="训练数据.jsonl")
+        assert created.filename == "训练数据.jsonl"
+        with tenant.http() as http:
+            response = http.get(f"/files/{created.id}/content")
+        assert response.status_code == 200 and response.content == b"some bytes"
+        header = response.headers["content-disposition"]
+        assert header.isascii()
+        star = header.split("filename*=UTF-8''", 1)[1]
+        assert unquote(star) == "训练数据.jsonl"
+
+    def test_quote_in_name_cannot_add_a_parameter(self, tenant: Tenant) -> None:
+        created = self._raw_upload(tenant, b'a\\";filename=\\"evil.sh')
+        with tenant.http() as http:
+            header = http.get(f"/files/{created['id']}/content").headers["content-disposition"]
+        # Exactly the two filename parameters we write, the ASCII one quote-free inside.
+        params = [p.strip() for p in header.split(";")]
+        assert params[0] == "attachment"
+        assert [p.split("=", 1)[0] for p in params[1:]] == ["filename", "filename*"]
+        fallback = params[1].split("=", 1)[1]
+        assert fallback.startswith('"') and fallback.endswith('"') and '"' not in fallback[1:-1]
+
+    @pytest.mark.parametrize(
+        ("sent", "stored"),
+        [
+            (b"../../etc/passwd", "passwd"),
+            (b"C:\\\\Users\\\\me\\\\train.jsonl", "train.jsonl"),
+            (b"bad\x01\x1fname\x7f.jsonl", "badname.jsonl"),
+            (b"..", "upload"),
+        ],
+    )
+    def test_names_are_sanitised_at_upload(self, tenant: Tenant, sent: bytes, stored: str) -> None:
+        assert self._raw_upload(tenant, sent)["filename"] == stored

@@ -59,16 +59,28 @@ class TestCreateAndRead:
             seed=42,
             metadata={"team": "search"},
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}}},
-            integrations=[{"type": "wandb", "wandb": {"project": "p"}}],
+            integrations=[],
         )
         assert (job.seed, job.metadata, job.validation_file) == (42, {"team": "search"}, validation)
         assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
         assert job.method.supervised.hyperparameters.learning_rate_multiplier == 0.5
-        assert job.integrations[0].wandb.project == "p"
+        assert not job.integrations
         with tenant.http() as http:
             raw = http.get(f"/fine_tuning/jobs/{job.id}").json()
         assert_matches_schema(raw, "FineTuningJob")
         assert raw["user_provided_suffix"] == "my-model"
+
+    def test_integrations_are_refused_not_ignored(self, tenant: Tenant, training_file: str) -> None:
+        body = {
+            "model": SMOLLM, "training_file": training_file,
+            "integrations": [{"type": "wandb", "wandb": {"project": "p"}}],
+        }
+        response = post_job(tenant, body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("integrations", "unsupported_integration")
+        assert "not supported" in error["message"]
+        assert tenant.sdk.fine_tuning.jobs.list().data == []
 
     def test_deprecated_hyperparameters_map_to_supervised(self, tenant: Tenant, training_file: str) -> None:
         job = create(tenant, training_file, hyperparameters={"n_epochs": 3})

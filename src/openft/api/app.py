@@ -20,6 +20,7 @@ from openft import __version__
 from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
+from openft.api.limits import BodyLimitMiddleware
 from openft.api.routers import chat, files, jobs, models
 from openft.config import Settings
 from openft.services import auth
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="openft", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health", tags=["Health"])

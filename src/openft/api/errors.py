@@ -82,7 +82,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"Method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
-    return envelope(exc.status_code, message, headers=getattr(exc, "headers", None))
+    return envelope(
+        exc.status_code, message, code=getattr(exc, "code", None), headers=getattr(exc, "headers", None)
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -132,6 +132,15 @@ class FineTuningJobCreate(RequestModel):
 
     def to_spec(self) -> JobSpec:
         method = self._resolve_method()
+        if self.integrations:
+            # Refused rather than stored: a job must not look as if it will be logged.
+            raise InvalidRequest(
+                "Integrations (Weights & Biases) are not supported by this server yet, so this "
+                "job's metrics would not be logged there. Remove 'integrations' to create the job; "
+                "its metrics are in the job's events and result file.",
+                param="integrations",
+                code="unsupported_integration",
+            )
         return JobSpec(
             model=self.model,
             training_file=self.training_file,

@@ -10,10 +10,14 @@ The cap ``OPENFT_MAX_FILE_BYTES`` is enforced while streaming.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft import domain
@@ -26,6 +30,7 @@ from openft.store.queries.pagination import Db
 from openft.store.tables import File
 
 FINE_TUNE = "fine-tune"
+MAX_FILENAME_CHARS = 255
 
 
 class Upload:
@@ -77,6 +82,38 @@ class Upload:
         self._writer.abort()
 
 
+Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+async def create_file(
+    transaction: Transaction,
+    blobs: BlobStore,
+    org_id: str,
+    upload: Upload,
+    *,
+    filename: str,
+    fields: dict[str, str],
+) -> OpenAIFile:
+    """Finish a received upload: check its form fields, validate and commit
+    the blob, record the row. Whatever fails, no blob is left behind."""
+    try:
+        purpose = check_purpose(fields.get("purpose"))
+        lifetime = check_expiry(fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]"))
+        summary = await anyio.to_thread.run_sync(upload.finish, purpose)
+    except BaseException:
+        await anyio.to_thread.run_sync(upload.abort)
+        raise
+    try:
+        async with transaction() as session:
+            return await record_upload(
+                session, org_id, upload, summary,
+                filename=filename, purpose=purpose, lifetime_seconds=lifetime,
+            )
+    except BaseException:
+        await anyio.to_thread.run_sync(blobs.delete, upload.storage_key)
+        raise
+
+
 def _validated(validator: TrainingFileValidator) -> FileSummary:
     try:
         return validator.finish()
@@ -116,6 +153,32 @@ def check_expiry(anchor: str | None, seconds: str | None) -> int | None:
     return int(seconds)
 
 
+def clean_filename(raw: str | None) -> str:
+    """The name a client gave its upload, made safe to store and to show.
+
+    Only the last path component is kept (a name is never a path), control
+    and other non-printing characters are dropped, surrounding spaces and
+    dots trimmed, and the result cut to ``MAX_FILENAME_CHARS``. Non-ASCII
+    letters stay (``训练数据.jsonl`` is a fine name); nothing is left empty.
+    """
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+    name = name.strip().strip(".").strip()[:MAX_FILENAME_CHARS]
+    return name or "upload"
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the name encoded per RFC 6266 / RFC 5987: an ASCII
+    fallback (quotes, backslashes and separators replaced, for naive parsers) plus ``filename*=UTF-8''...``,
+    so no name can add a parameter or break the Latin-1 header encoding."""
+    fallback = "".join(
+        c if 0x20 <= ord(c) < 0x7F and c not in '"\\;,' else "_"
+        for c in unicodedata.normalize("NFKD", filename)
+        if not unicodedata.combining(c)
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 async def record_upload(
     session: AsyncSession,
     org_id: str,
@@ -132,7 +195,7 @@ async def record_upload(
         File(
             id=upload.file_id,
             org_id=org_id,
-            filename=filename,
+            filename=clean_filename(filename),
             purpose=purpose,
             bytes=upload.size,
             storage_key=upload.storage_key,
@@ -193,6 +256,17 @@ def read_chunks(blobs: BlobStore, storage_key: str, chunk_size: int = 1 << 20) -
     with blobs.open(storage_key) as handle:
         while chunk := handle.read(chunk_size):
             yield chunk
+
+
+async def stream_content(blobs: BlobStore, storage_key: str) -> AsyncIterator[bytes]:
+    """The blob's bytes, each chunk read in a worker thread."""
+    chunks = read_chunks(blobs, storage_key)
+    while chunk := await anyio.to_thread.run_sync(next, chunks, b""):
+        yield chunk
+
+
+def download_headers(row: Any) -> dict[str, str]:
+    return {"content-length": str(row.bytes), "content-disposition": content_disposition(row.filename)}
 
 
 def file_to_wire(row: Any) -> OpenAIFile:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import anyio
@@ -43,30 +42,9 @@ async def create_file(
     ctx: Annotated[AppContext, Depends(get_ctx)],
 ) -> Response:
     form = await receive_upload(request, ctx.blobs, caller.org_id, ctx.settings.max_file_bytes)
-    upload = form.upload
-    try:
-        purpose = service.check_purpose(form.fields.get("purpose"))
-        lifetime = service.check_expiry(
-            form.fields.get("expires_after[anchor]"), form.fields.get("expires_after[seconds]")
-        )
-        summary = await anyio.to_thread.run_sync(upload.finish, purpose)
-    except BaseException:
-        await anyio.to_thread.run_sync(upload.abort)
-        raise
-    try:
-        async with ctx.transaction() as session:
-            created = await service.record_upload(
-                session,
-                caller.org_id,
-                upload,
-                summary,
-                filename=form.filename,
-                purpose=purpose,
-                lifetime_seconds=lifetime,
-            )
-    except BaseException:
-        await anyio.to_thread.run_sync(ctx.blobs.delete, upload.storage_key)
-        raise
+    created = await service.create_file(
+        ctx.transaction, ctx.blobs, caller.org_id, form.upload, filename=form.filename, fields=form.fields
+    )
     return wire(created)
 
 
@@ -105,19 +83,10 @@ async def download_file(
 ) -> StreamingResponse:
     async with ctx.reader() as session:
         row = await service.get_file(session, caller.org_id, file_id)
-    chunks = service.read_chunks(ctx.blobs, row.storage_key)
-
-    async def body() -> AsyncIterator[bytes]:
-        while chunk := await anyio.to_thread.run_sync(next, chunks, b""):
-            yield chunk
-
     return StreamingResponse(
-        body(),
+        service.stream_content(ctx.blobs, row.storage_key),
         media_type="application/octet-stream",
-        headers={
-            "content-length": str(row.bytes),
-            "content-disposition": f'attachment; filename="{row.filename}"',
-        },
+        headers=service.download_headers(row),
     )
 
 
