@@ -85,6 +85,18 @@ class Settings(BaseSettings):
         3, ge=1, description="Runs a job may start (crashes re-queue it) before it fails."
     )
     device: str = Field("auto", description="Training device: auto (GPU if any), cpu, cuda.")
+    training_threads: int | None = Field(
+        None, ge=1, description="CPU threads of each training process. Default: every core for a "
+        "standalone `openft worker`; inside `openft serve`, one core fewer (leaving the API a core)."
+    )
+    training_nice: int | None = Field(
+        None, ge=0, le=19, description="Scheduling niceness of training processes. Default: 0 for "
+        "a standalone `openft worker`; 10 inside `openft serve`, so API requests win the CPU."
+    )
+    generation_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest a chat completion may generate (waiting for the model "
+        "included); past it the answer ends with finish_reason 'length'."
+    )
     serving_memory_mb: int = Field(
         4096, gt=0, description="Memory budget of the chat-completions model cache (LRU)."
     )

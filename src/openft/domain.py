@@ -6,7 +6,6 @@ from __future__ import annotations
 import enum
 import secrets
 import string
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,9 +115,10 @@ def new_id(kind: str) -> str:
     return ID_PREFIX[kind] + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
 
-def now() -> int:
-    """Unix time in whole seconds, as every wire timestamp is."""
-    return int(time.time())
+def fine_tuned_name(base_model: str, org_name: str, suffix: str | None, job_id: str) -> str:
+    """``ft:{base}:{org}:{suffix}:{last 8 characters of the job id}``; a
+    checkpoint adds ``:ckpt-step-{N}``."""
+    return f"ft:{base_model}:{org_name}:{suffix or ''}:{job_id[-8:]}"
 
 
 @dataclass(frozen=True)

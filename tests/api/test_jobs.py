@@ -22,6 +22,11 @@ def create(tenant: Tenant, training_file: str, **kwargs: Any):
     return tenant.sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=training_file, **kwargs)
 
 
+def other_tenant_sees_nothing(tenant: Tenant, training_file: str) -> bool:
+    stranger = Tenant(tenant.server, "stranger-meta", tenant.server.new_key("stranger-meta"))
+    return stranger.sdk.fine_tuning.jobs.list(metadata={"team": "a"}).data == []
+
+
 def post_job(tenant: Tenant, body: dict[str, Any], prefix: str = "/v1", **headers: str):
     with tenant.http(prefix) as http:
         return http.post("/fine_tuning/jobs", json=body, headers=headers)
@@ -153,6 +158,17 @@ class TestListing:
         assert listed(team="a") == [a]
         assert listed(team="b") == [b]
         assert listed(team="a", env="dev") == []
+        assert listed(env="prod", team="a") == [a]
+        more = [create(tenant, training_file, metadata={"team": "a", "n": str(i)}).id for i in range(3)]
+        pages, after = [], None
+        while True:  # two per page, newest first, through the metadata index
+            page = tenant.sdk.fine_tuning.jobs.list(metadata={"team": "a"}, limit=2, after=after)
+            pages.append([j.id for j in page.data])
+            if not page.has_more:
+                break
+            after = page.data[-1].id
+        assert pages == [[more[2], more[1]], [more[0], a]]
+        assert other_tenant_sees_nothing(tenant, training_file)
         with tenant.http() as http:
             nulls = http.get("/fine_tuning/jobs", params={"metadata": "null"}).json()
             bad = http.get("/fine_tuning/jobs", params={"metadata": "x"})

@@ -158,3 +158,58 @@ def test_stream_and_plain_agree_for_every_kind_of_model(chat_tenant, tuned, whic
         model=model, messages=ASK, temperature=0, max_tokens=8, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+class TestAbandonedWork:
+    """A generation whose client left stops at once and frees the base for
+    the next request; every generation is bounded by a server-side limit."""
+
+    LONG = 4096
+
+    def _timed_short_answer(self, tenant: Tenant) -> float:
+        import time
+
+        started = time.monotonic()
+        say(tenant, TINY)
+        return time.monotonic() - started
+
+    def _tokens_cost(self, tenant: Tenant, n: int) -> float:
+        """Seconds the base takes to generate ``n`` tokens here, now."""
+        import time
+
+        started = time.monotonic()
+        reply = tenant.sdk.chat.completions.create(
+            model=TINY, messages=ASK, temperature=1.0, seed=11, max_tokens=n)
+        assert reply.usage.completion_tokens > n // 2  # it really generated at length
+        return time.monotonic() - started
+
+    def test_closed_stream_frees_the_model(self, chat_tenant) -> None:
+        cost_256 = self._tokens_cost(chat_tenant, 256)
+        with httpx.stream("POST", f"{chat_tenant.server.url}/v1/chat/completions",
+                          headers={"Authorization": f"Bearer {chat_tenant.key}"}, timeout=60,
+                          json={"model": TINY, "messages": ASK, "stream": True, "temperature": 1.0,
+                                "seed": 3, "max_tokens": self.LONG}) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")  # the role chunk
+            next(line for line in lines if '"content"' in line and line != "")
+        # The abandoned generation would hold the base for > 16x cost_256; the
+        # next request must not wait for it.
+        assert self._timed_short_answer(chat_tenant) < 4 * cost_256
+
+    def test_client_that_times_out_frees_the_model(self, chat_tenant) -> None:
+        cost_256 = self._tokens_cost(chat_tenant, 256)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{chat_tenant.server.url}/v1/chat/completions",
+                       headers={"Authorization": f"Bearer {chat_tenant.key}"}, timeout=cost_256 / 4,
+                       json={"model": TINY, "messages": ASK, "temperature": 1.0, "seed": 3,
+                             "max_tokens": self.LONG})
+        assert self._timed_short_answer(chat_tenant) < 4 * cost_256
+
+    def test_generation_time_limit(self, make_training_server) -> None:
+        server = make_training_server(OPENFT_GENERATION_TIMEOUT_SECONDS="0.5")
+        tenant = Tenant(server, "default", server.api_key)
+        reply = tenant.sdk.chat.completions.create(
+            model=TINY, messages=ASK, temperature=1.0, seed=3, max_tokens=self.LONG)
+        assert reply.choices[0].finish_reason == "length"
+        assert 0 < reply.usage.completion_tokens < self.LONG
+        server.stop()

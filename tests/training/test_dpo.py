@@ -39,12 +39,12 @@ def test_dpo_raises_the_preference_margin(tmp_path: Path, tiny_model_dir: Path) 
     with blobs.writer("files/prefs.jsonl") as out:
         out.write(("\n".join(lines) + "\n").encode())
     config = RunConfig(
-        job_id="ftjob-dpo", org_name="acme", model="local/tiny", model_path=str(tiny_model_dir),
+        job_id="ftjob-dpo", base={"id": "local/tiny", "kind": "local", "path": str(tiny_model_dir)},
         models_dir=str(tmp_path / "models"), storage_url=str(tmp_path / "blobs"),
         training_file_key="files/prefs.jsonl", validation_file_key="files/prefs.jsonl",
         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "beta": 0.5,
                                                              "learning_rate_multiplier": 50.0}}},
-        seed=3, suffix=None, n_training_examples=len(PAIRS),
+        seed=3,
     )
     reporter = ListReporter()
     run(config, reporter)

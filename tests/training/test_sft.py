@@ -30,11 +30,11 @@ def make_config(root: Path, model_dir: Path, **hyper) -> RunConfig:
     with blobs.writer("files/train.jsonl") as out:
         out.write("".join(json.dumps(e) + "\n" for e in DATA).encode())
     return RunConfig(
-        job_id="ftjob-unit", org_name="acme", model="local/tiny", model_path=str(model_dir),
+        job_id="ftjob-unit", base={"id": "local/tiny", "kind": "local", "path": str(model_dir)},
         models_dir=str(root / "models"), storage_url=str(root / "blobs"),
         training_file_key="files/train.jsonl", validation_file_key=None,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 4, **hyper}}},
-        seed=7, suffix=None, n_training_examples=len(DATA),
+        seed=7,
     )
 
 

@@ -12,10 +12,9 @@ from openft.training.report import ListReporter
 
 
 def config() -> RunConfig:
-    return RunConfig(job_id="j", org_name="o", model="m", model_path=None, models_dir="/x",
+    return RunConfig(job_id="j", base={"id": "m", "kind": "local", "path": "/x"}, models_dir="/x",
                      storage_url="/x", training_file_key="k", validation_file_key=None,
-                     method={"type": "supervised", "supervised": {"hyperparameters": {}}},
-                     seed=0, suffix=None, n_training_examples=10)
+                     method={"type": "supervised", "supervised": {"hyperparameters": {}}}, seed=0)
 
 
 class OutOfMemoryError(RuntimeError):

@@ -24,8 +24,8 @@ from openft.api.limits import BodyLimitMiddleware
 from openft.api.routers import chat, files, jobs, models
 from openft.config import Settings
 from openft.services import auth
+from openft.services.chat import ChatService
 from openft.services.models import ModelRegistry
-from openft.serving.engine import Engine
 from openft.store.blobs import BlobStore
 from openft.store.db import create_engine, create_session_factory, migrate
 
@@ -50,13 +50,15 @@ async def start_context(settings: Settings, *, bootstrap_key: bool = True) -> Ap
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
     await migrate(engine)
+    blobs = BlobStore(settings.resolved_storage_url)
+    registry = ModelRegistry(settings)
     ctx = AppContext(
         settings=settings,
         engine=engine,
         sessions=create_session_factory(engine),
-        blobs=BlobStore(settings.resolved_storage_url),
-        registry=ModelRegistry(settings),
-        generator=Engine(settings.serving_memory_mb * 2**20, settings.device),
+        blobs=blobs,
+        registry=registry,
+        chat=ChatService(settings, registry, blobs),
     )
     async with ctx.transaction() as session:
         default_org_id = await auth.ensure_org(session, settings.default_org)
@@ -95,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.worker:
             from openft.scheduler.worker import Worker
 
-            worker = Worker(settings, ctx.sessions, ctx.blobs)
+            worker = Worker(settings, ctx.sessions, ctx.blobs, colocated=True)
             worker_task = asyncio.create_task(worker.run(), name="openft worker")
         try:
             yield

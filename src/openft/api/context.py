@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from openft.config import Settings
 from openft.services.auth import Authenticator
-from openft.serving.engine import Engine
+from openft.services.chat import ChatService
 from openft.services.models import ModelRegistry
 from openft.store.blobs import BlobStore
 
@@ -19,11 +19,12 @@ from openft.store.blobs import BlobStore
 class AppContext:
     settings: Settings
     engine: AsyncEngine
+    """The database engine (SQLAlchemy)."""
     sessions: async_sessionmaker[AsyncSession]
     blobs: BlobStore
     registry: ModelRegistry
-    generator: Engine
-    """Chat-completion models and their adapters (openft.serving)."""
+    chat: ChatService
+    """Chat completions; it owns the serving generator (openft.serving)."""
     authenticator: Authenticator | None = None  # set at startup, once the default org exists
 
     @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openft.errors import OpenFTError
+from openft.errors import OpenFTError, error_body
 
 log = logging.getLogger("openft.api")
 
@@ -35,7 +35,7 @@ def envelope(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    body = error_body(message, type=type, param=param, code=code)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -5,28 +5,26 @@ Record types (see ``openft.training.report``): ``event``, ``hyperparameters``,
 fenced on the worker still owning the job, and the final status goes through
 ``transition_job``, so a late ``done`` cannot overwrite a cancelled job.
 Checkpoints beyond the newest ``KEEP_CHECKPOINTS`` are deleted with their
-weights and training state.
+weights and training state. The recorder knows the job only through its
+:class:`~openft.scheduler.lease.Lease`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from openft.domain import JobStatus, new_id
 from openft.errors import Conflict, NotFound
+from openft.scheduler.lease import Lease
+from openft.store.blobs import BlobStore
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
 from openft.store.tables import Checkpoint, File, FineTunedModel, Job
-from openft.training.config import RunConfig
-
-if TYPE_CHECKING:
-    from openft.scheduler.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +37,14 @@ def _utc(timestamp: float) -> datetime:
 
 
 class Recorder:
-    def __init__(self, worker: Worker, job: Job, config: RunConfig):
-        self.worker = worker
+    def __init__(self, lease: Lease, blobs: BlobStore, job: Job, model_name: str, max_attempts: int):
+        self.lease = lease
+        self.blobs = blobs
         self.job_id = job.id
         self.org_id = job.org_id
         self.base_model = job.model
-        self.model_name = worker.fine_tuned_name(job, config.org_name)
+        self.model_name = model_name
+        self.max_attempts = max_attempts
         self.outcome: str | None = None
 
     async def apply(self, record: dict[str, Any]) -> None:
@@ -54,16 +54,9 @@ class Recorder:
             return
         await handler(record)
 
-    async def _running(self, session: Any, **values: Any) -> bool:
-        """Fence: this worker owns the job and it is still running. Records that
-        arrive after a cancel or pause (the process is stopping) are dropped."""
-        return await job_queries.update_owned_job(
-            session, self.job_id, self.worker.id, statuses=(JobStatus.RUNNING,), **values
-        )
-
     async def _on_event(self, record: dict[str, Any]) -> None:
-        async with self.worker.transaction() as session:
-            if not await self._running(session, lease_expires_at=self.worker._lease()):
+        async with self.lease.transaction() as session:
+            if not await self.lease.write(session):
                 return
             await job_queries.add_event(
                 session, self.job_id, record["message"], level=record.get("level", "info"),
@@ -71,22 +64,20 @@ class Recorder:
             )
 
     async def _on_hyperparameters(self, record: dict[str, Any]) -> None:
-        async with self.worker.transaction() as session:
-            await self._running(session, resolved_hyperparameters=record["resolved"])
+        async with self.lease.transaction() as session:
+            await self.lease.write(session, resolved_hyperparameters=record["resolved"])
 
     async def _on_metrics(self, record: dict[str, Any]) -> None:
-        async with self.worker.transaction() as session:
-            if await self._running(session, estimated_finish=_utc(record["estimated_finish"])):
+        async with self.lease.transaction() as session:
+            if await self.lease.write(session, estimated_finish=_utc(record["estimated_finish"])):
                 await job_queries.add_event(
                     session, self.job_id, record["message"], type="metrics", data=record["data"]
                 )
 
     async def _on_checkpoint(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
-        async with self.worker.transaction() as session:
-            if not await self._running(
-                session, resume_state_key=record["state_key"], resume_step=step
-            ):
+        async with self.lease.transaction() as session:
+            if not await self.lease.write(session, resume_state_key=record["state_key"], resume_step=step):
                 return
             await job_queries.add_checkpoint(session, Checkpoint(
                 id=new_id("checkpoint"),
@@ -101,14 +92,14 @@ class Recorder:
             pruned = await job_queries.prune_checkpoints(session, self.job_id, KEEP_CHECKPOINTS)
         for model_key in pruned:
             state = model_key.replace("/checkpoints/", "/state/")
-            await anyio.to_thread.run_sync(self.worker.blobs.delete_tree, model_key)
-            await anyio.to_thread.run_sync(self.worker.blobs.delete_tree, state)
+            await anyio.to_thread.run_sync(self.blobs.delete_tree, model_key)
+            await anyio.to_thread.run_sync(self.blobs.delete_tree, state)
 
     async def _on_paused(self, record: dict[str, Any]) -> None:
         self.outcome = "paused"
-        async with self.worker.transaction() as session:
-            if await job_queries.update_owned_job(
-                session, self.job_id, self.worker.id, statuses=(JobStatus.PAUSED,),
+        async with self.lease.transaction() as session:
+            if await self.lease.write(
+                session, statuses=(JobStatus.PAUSED,),
                 resume_state_key=record["state_key"], resume_step=int(record["step"]),
             ):
                 await job_queries.add_event(
@@ -118,10 +109,10 @@ class Recorder:
 
     async def _on_done(self, record: dict[str, Any]) -> None:
         self.outcome = "done"
-        size = await anyio.to_thread.run_sync(self.worker.blobs.size, record["results_key"])
+        size = await anyio.to_thread.run_sync(self.blobs.size, record["results_key"])
         now = datetime.now(timezone.utc)
         try:
-            async with self.worker.transaction() as session:
+            async with self.lease.transaction() as session:
                 results = File(
                     id=new_id("file"), org_id=self.org_id, filename=RESULTS_FILENAME,
                     purpose="fine-tune-results", bytes=size, storage_key=record["results_key"],
@@ -136,65 +127,47 @@ class Recorder:
                 await job_queries.add_event(
                     session, self.job_id, f"New fine-tuned model created: {self.model_name}"
                 )
-                await job_queries.transition_job(
-                    session, self.job_id, JobStatus.SUCCEEDED,
-                    message="The job has successfully completed", action="complete",
+                await self.lease.release_in(
+                    session, JobStatus.SUCCEEDED, "The job has successfully completed",
+                    action="complete",
                     values={
                         "fine_tuned_model": self.model_name,
                         "trained_tokens": int(record["trained_tokens"]),
                         "result_files": [results.id],
-                        "worker_id": None,
-                        "lease_expires_at": None,
                     },
-                    guard=[Job.worker_id == self.worker.id],
                 )
         except (Conflict, NotFound):
             log.info("job %s finished training but is no longer running; result dropped", self.job_id)
             return
-        await anyio.to_thread.run_sync(
-            self.worker.blobs.delete_tree, f"jobs/{self.job_id}/state"
-        )
+        await anyio.to_thread.run_sync(self.blobs.delete_tree, f"jobs/{self.job_id}/state")
 
     async def _on_failed(self, record: dict[str, Any]) -> None:
         self.outcome = "failed"
-        await fail(self.worker, self.job_id, record["code"], record["message"], record.get("param"))
+        await fail(self.lease, record["code"], record["message"], record.get("param"))
 
     async def finish(self, exit_code: int) -> None:
         """The process ended: if it left no outcome, it crashed."""
         if self.outcome is not None:
             return
-        async with self.worker.transaction() as session:
+        async with self.lease.transaction() as session:
             job = await job_queries.read_job_any_org(session, self.job_id)
-        if job is None or job.status != JobStatus.RUNNING.value or job.worker_id != self.worker.id:
+        if job is None or job.status != JobStatus.RUNNING.value or job.worker_id != self.lease.worker_id:
             return  # cancelled or paused: the exit was asked for
         how = f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
-        if job.attempts >= self.worker.settings.max_attempts:
-            await fail(self.worker, self.job_id, "internal_error",
-                       f"The training process exited unexpectedly ({how}) on each of "
-                       f"{job.attempts} attempts.", None)
+        if job.attempts >= self.max_attempts:
+            await fail(self.lease, "internal_error", f"The training process exited unexpectedly "
+                       f"({how}) on each of {job.attempts} attempts.", None)
             return
-        async with self.worker.transaction() as session:
-            with contextlib.suppress(Conflict, NotFound):
-                await job_queries.transition_job(
-                    session, self.job_id, JobStatus.QUEUED,
-                    message=f"The training process exited unexpectedly ({how}); the job was "
-                    f"re-queued and will resume from step {job.resume_step or 0}.",
-                    action="re-queue", level="warn",
-                    values={"worker_id": None, "lease_expires_at": None},
-                    guard=[Job.worker_id == self.worker.id],
-                )
+        await self.lease.release(
+            JobStatus.QUEUED,
+            f"The training process exited unexpectedly ({how}); the job was re-queued and will "
+            f"resume from step {job.resume_step or 0}.",
+            action="re-queue", level="warn",
+        )
 
 
-async def fail(worker: Worker, job_id: str, code: str, message: str, param: str | None) -> None:
-    async with worker.transaction() as session:
-        with contextlib.suppress(Conflict, NotFound):
-            await job_queries.transition_job(
-                session, job_id, JobStatus.FAILED,
-                message=f"Fine-tuning job failed: {message}", action="fail", level="error",
-                values={
-                    "error": {"code": code, "message": message, "param": param},
-                    "worker_id": None,
-                    "lease_expires_at": None,
-                },
-                guard=[Job.worker_id == worker.id],
-            )
+async def fail(lease: Lease, code: str, message: str, param: str | None) -> None:
+    await lease.release(
+        JobStatus.FAILED, f"Fine-tuning job failed: {message}", action="fail", level="error",
+        values={"error": {"code": code, "message": message, "param": param}},
+    )

@@ -19,33 +19,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import socket
-from datetime import datetime, timedelta, timezone
-
+from collections.abc import AsyncIterator
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from openft.config import Settings
-from openft.domain import JobStatus
-from openft.errors import Conflict, NotFound
+from openft.domain import JobStatus, fine_tuned_name
 from openft.scheduler import progress
 from openft.scheduler.executors.local import LocalExecutor, LocalRun
+from openft.scheduler.lease import Lease, until, utcnow
 from openft.store.blobs import BlobStore
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
-from openft.store.queries import models as model_queries
 from openft.store.queries import orgs as org_queries
 from openft.store.tables import Job
 from openft.training.config import RunConfig
-from openft.weights import read_models_file
+from openft.weights import resolve_base
 
 log = logging.getLogger(__name__)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+COLOCATED_NICE = 10
+
+
+def training_share(settings: Settings, colocated: bool) -> tuple[int | None, int]:
+    """(threads, niceness) of training processes. Next to the API, a training
+    process takes one core fewer than the host has and runs at niceness 10,
+    so a busy API keeps answering quickly and training keeps most of its pace
+    (measured in ``bench/colocated.py``); alone, it takes everything."""
+    cores = os.cpu_count() or 1
+    threads = settings.training_threads or (max(1, cores - 1) if colocated else None)
+    nice = settings.training_nice if settings.training_nice is not None else (COLOCATED_NICE if colocated else 0)
+    return threads, nice
 
 
 class Worker:
@@ -55,17 +64,22 @@ class Worker:
         sessions: async_sessionmaker[AsyncSession],
         blobs: BlobStore,
         executor: LocalExecutor | None = None,
+        *,
+        colocated: bool = False,
     ):
+        """``colocated``: the worker shares its host with the API (``openft serve``),
+        so training leaves the API room by default (see :func:`training_share`)."""
         self.settings = settings
         self.sessions = sessions
         self.blobs = blobs
         self.executor = executor or LocalExecutor(settings.home / "runs")
+        self.threads, self.nice = training_share(settings, colocated)
         self.id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.running: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def transaction(self):  # type: ignore[no-untyped-def]
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session, session.begin():
             yield session
 
@@ -102,53 +116,30 @@ class Worker:
     # ---------------------------------------------------------------- claims
     async def claim(self) -> Job | None:
         async with self.transaction() as session:
-            for job_id in await job_queries.claimable_job_ids(session, limit=5):
-                try:
-                    return await job_queries.transition_job(
-                        session,
-                        job_id,
-                        JobStatus.RUNNING,
-                        message="Fine-tuning job started",
-                        action="start",
-                        values={
-                            "worker_id": self.id,
-                            "lease_expires_at": self._lease(),
-                            "attempts": Job.attempts + 1,
-                        },
-                    )
-                except Conflict:
-                    continue
-        return None
-
-    def _lease(self) -> datetime:
-        return _now() + timedelta(seconds=self.settings.lease_seconds)
+            return await job_queries.claim_job(session, self.id, until(self.settings.lease_seconds))
 
     async def reap_expired(self) -> None:
         async with self.transaction() as session:
-            for job_id in await job_queries.expired_job_ids(session, _now()):
-                with contextlib.suppress(Conflict, NotFound):
-                    await job_queries.transition_job(
-                        session,
-                        job_id,
-                        JobStatus.QUEUED,
-                        message="The worker running this job stopped responding (its lease "
-                        "expired); the job was re-queued and will resume from its last checkpoint.",
-                        action="re-queue",
-                        level="warn",
-                        values={"worker_id": None, "lease_expires_at": None},
-                        guard=[Job.lease_expires_at < _now()],
-                    )
+            await job_queries.requeue_expired_jobs(
+                session, utcnow(),
+                "The worker running this job stopped responding (its lease expired); the job "
+                "was re-queued and will resume from its last checkpoint.",
+            )
 
     # ------------------------------------------------------------ supervision
     async def supervise(self, job: Job) -> None:
+        lease = Lease(job.id, self.id, self.settings.lease_seconds, self.transaction)
         run: LocalRun | None = None
         try:
-            config = await self._run_config(job)
+            config, org_name = await self._run_config(job)
             run = await self.executor.launch(config, job.attempts)
             log.info("job %s: training process %s (attempt %d)", job.id, run.pid, job.attempts)
-            recorder = progress.Recorder(self, job, config)
+            recorder = progress.Recorder(
+                lease, self.blobs, job, fine_tuned_name(job.model, org_name, job.suffix, job.id),
+                self.settings.max_attempts,
+            )
             async with anyio.create_task_group() as group:
-                group.start_soon(self._heartbeat, job.id, run)
+                group.start_soon(self._heartbeat, lease, run)
                 async for record in run.records():
                     await recorder.apply(record)
                 exit_code = await run.wait()
@@ -157,41 +148,32 @@ class Worker:
         except asyncio.CancelledError:
             if run is not None:  # worker shutting down: save state, give the job back
                 await run.stop("pause", self.settings.stop_grace_seconds)
-                await self._requeue(job.id, "The worker shut down; the job was re-queued.")
+                await lease.release(JobStatus.QUEUED, "The worker shut down; the job was re-queued.",
+                                    action="re-queue", level="warn")
             raise
         except Exception as exc:
             log.exception("job %s: supervisor failed", job.id)
             if run is not None:
                 await run.stop("cancel", self.settings.stop_grace_seconds)
-            await progress.fail(self, job.id, "internal_error", f"Worker error: {exc}", None)
+            await progress.fail(lease, "internal_error", f"Worker error: {exc}", None)
 
-    async def _heartbeat(self, job_id: str, run: LocalRun) -> None:
+    async def _heartbeat(self, lease: Lease, run: LocalRun) -> None:
         """Keep the lease; pass cancel/pause from the database on to the process."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
+            held = await lease.renew()
             async with self.transaction() as session:
-                owned = await job_queries.update_owned_job(
-                    session, job_id, self.id, lease_expires_at=self._lease()
-                )
-                job = await job_queries.read_job_any_org(session, job_id)
+                job = await job_queries.read_job_any_org(session, lease.job_id)
             status = job.status if job is not None else None
-            if not owned or status == JobStatus.CANCELLED.value:
+            if not held or status == JobStatus.CANCELLED.value:
                 await run.stop("cancel", self.settings.stop_grace_seconds)
                 return
             if status == JobStatus.PAUSED.value:
                 await run.stop("pause", self.settings.stop_grace_seconds)
                 return
 
-    async def _requeue(self, job_id: str, message: str) -> None:
-        async with self.transaction() as session:
-            with contextlib.suppress(Conflict, NotFound):
-                await job_queries.transition_job(
-                    session, job_id, JobStatus.QUEUED, message=message, action="re-queue",
-                    level="warn", values={"worker_id": None, "lease_expires_at": None},
-                    guard=[Job.worker_id == self.id],
-                )
-
-    async def _run_config(self, job: Job) -> RunConfig:
+    async def _run_config(self, job: Job) -> tuple[RunConfig, str]:
+        """What the training process needs, and the organisation's name."""
         async with self.sessions() as session:
             org = await org_queries.read_org(session, job.org_id)
             training = await file_queries.read_file(session, job.org_id, job.training_file)
@@ -200,33 +182,28 @@ class Worker:
                 if job.validation_file
                 else None
             )
-            registered = await model_queries.read_base_model(session, job.model)
+            base = await resolve_base(
+                session, job.model, models_file=self.settings.models_file, hub=self.settings.hub == "auto"
+            )
         if training is None:
             raise FileNotFoundError(f"training file {job.training_file} is gone")
-        return RunConfig(
+        if base is None:
+            raise FileNotFoundError(f"base model {job.model} is no longer available")
+        config = RunConfig(
             job_id=job.id,
-            org_name=org.name if org else job.org_id,
-            model=job.model,
-            model_path=(
-                registered.path if registered else read_models_file(self.settings.models_file).get(job.model)
-            ),
+            base=base.to_dict(),
             models_dir=str(self.settings.models_dir),
             storage_url=self.settings.resolved_storage_url,
             training_file_key=training.storage_key,
             validation_file_key=validation.storage_key if validation else None,
             method=job.method,
             seed=job.seed,
-            suffix=job.suffix,
-            n_training_examples=training.n_examples or 0,
             resume_state_key=job.resume_state_key,
             device=self.settings.device,
+            threads=self.threads,
+            nice=self.nice,
         )
-
-    def fine_tuned_name(self, job: Job, org_name: str) -> str:
-        return f"ft:{job.model}:{org_name}:{job.suffix or ''}:{job.id[-8:]}"
+        return config, org.name if org else job.org_id
 
     def __repr__(self) -> str:  # pragma: no cover
         return f"Worker({self.id})"
-
-
-

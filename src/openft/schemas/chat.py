@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from openft.schemas.common import RequestModel, WireModel, _invalid, int_in_range, number_above
-from openft.serving.engine import GenerationParams
+from openft.serving.types import GenerationParams
 
 MAX_NEW_TOKENS = 4096
 

@@ -83,6 +83,19 @@ def number_above(
     return Annotated[float | Auto if auto else float, PlainValidator(check)]
 
 
+def number_between(low: float, high: float, *, nullable: bool = False) -> Any:
+    """A number in [low, high]."""
+
+    def check(value: Any) -> Any:
+        if nullable and value is None:
+            return None
+        if not _is_number(value) or not low <= value <= high:
+            raise _invalid(f"must be a number between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    return Annotated[float, PlainValidator(check)]
+
+
 def fraction(*, nullable: bool = False) -> Any:
     """A number in [0, 1)."""
 

@@ -19,6 +19,7 @@ from openft.schemas.common import (
     fraction,
     int_in_range,
     number_above,
+    number_between,
 )
 
 NEpochs = int_in_range(*domain.N_EPOCHS_RANGE, auto=True)
@@ -78,6 +79,8 @@ class SupervisedHyperparameters(ClosedRequestModel):
 
 class DpoHyperparameters(SupervisedHyperparameters):
     beta: Beta = "auto"
+    # openft extension: weight of the NLL of the preferred answer (RPO); 0 is plain DPO.
+    rpo_alpha: number_between(0, 10, nullable=True) = None  # type: ignore[valid-type]
 
 
 class SupervisedMethod(ClosedRequestModel):

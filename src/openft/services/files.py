@@ -26,7 +26,7 @@ from openft.schemas.files import DeleteFileResponse, ListFilesResponse, OpenAIFi
 from openft.services.validation import FileSummary, FileValidationError, TrainingFileValidator
 from openft.store.blobs import BlobStore
 from openft.store.queries import files as file_queries
-from openft.store.queries.pagination import Db
+from openft.store.queries.reads import Db
 from openft.store.tables import File
 
 FINE_TUNE = "fine-tune"

@@ -27,7 +27,7 @@ from openft.schemas.jobs import (
 from openft.services.models import ModelRegistry
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
-from openft.store.queries.pagination import Db
+from openft.store.queries.reads import Db
 from openft.store.tables import Job
 
 STANDARD_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")

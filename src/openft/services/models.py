@@ -13,7 +13,6 @@ and fails fast offline, so creating a job never hangs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,13 @@ from openft.config import Settings
 from openft.errors import Forbidden, InvalidRequest, NotFound
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
 from openft.store.queries import models as queries
-from openft.store.queries.pagination import Db
-from openft.weights import BUNDLED_MODEL, read_models_file
+from openft.store.queries.reads import Db
+from openft.weights import BUNDLED_MODEL, BaseWeights, read_models_file, resolve_base
 
 log = logging.getLogger(__name__)
 
 OWNER = "openft"
 """``owned_by`` of base models: they belong to the deployment, not an organisation."""
-
-
-@dataclass(frozen=True)
-class BaseModelSource:
-    id: str
-    kind: str  # "bundled" | "local" | "hub"
-    path: str | None = None
 
 
 class ModelRegistry:
@@ -49,25 +41,24 @@ class ModelRegistry:
     def _file_models(self) -> dict[str, str]:
         return read_models_file(self._settings.models_file)
 
-    async def find_base(self, db: Db, model_id: str) -> BaseModelSource | None:
-        """Where a base model comes from, without touching the network."""
-        if model_id == BUNDLED_MODEL:
-            return BaseModelSource(model_id, "bundled")
-        registered = await queries.read_base_model(db, model_id)
-        if registered is not None:
-            return BaseModelSource(model_id, "local", registered.path)
-        if model_id in (files := self._file_models()):
-            return BaseModelSource(model_id, "local", files[model_id])
-        return None
+    async def weights(self, db: Db, model_id: str, *, known_base: bool = False) -> BaseWeights | None:
+        """The base model's weights (``openft.weights.resolve_base``), without
+        touching the network. ``known_base``: the id is the base of an existing
+        job or fine-tuned model, so with ``OPENFT_HUB=auto`` a hub id resolves
+        to the hub (a LoRA trained on a hub model is served like any other)."""
+        return await resolve_base(
+            db, model_id, models_file=self._settings.models_file,
+            hub=known_base and self._settings.hub == "auto",
+        )
 
-    async def check_trainable(self, db: Db, model_id: str) -> BaseModelSource:
-        """The base model's source, or a 400 naming what is available."""
-        found = await self.find_base(db, model_id)
+    async def check_trainable(self, db: Db, model_id: str) -> BaseWeights:
+        """The base model's weights, or a 400 naming what is available."""
+        found = await self.weights(db, model_id)
         if found is not None:
             return found
         if self._settings.hub == "auto" and "/" in model_id and not model_id.startswith("ft:"):
             if await anyio.to_thread.run_sync(self._on_hub, model_id):
-                return BaseModelSource(model_id, "hub")
+                return BaseWeights(model_id, "hub")
         available = ", ".join(m.id for m in await self.base_models(db))
         raise InvalidRequest(
             f"Model {model_id!r} is not available for fine-tuning: it is not bundled, not "
@@ -115,7 +106,7 @@ class ModelRegistry:
         """Delete a fine-tuned model; the caller removes its blobs after commit."""
         row = await queries.read_fine_tuned_model(session, org_id, model_id)
         if row is None:
-            if await self.find_base(session, model_id) is not None:
+            if await self.weights(session, model_id) is not None:
                 raise Forbidden(
                     f"{model_id} is a base model; only fine-tuned models can be deleted.",
                     param="model",

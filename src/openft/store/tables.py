@@ -138,6 +138,22 @@ class Job(Base):
     resume_step: Mapped[int | None] = mapped_column(Integer())
 
 
+class JobMetadata(Base):
+    """One ``metadata`` pair of a job (a copy of the job's JSON, written with
+    it): the index behind ``GET /fine_tuning/jobs?metadata[k]=v``, the same on
+    both databases."""
+
+    __tablename__ = "fine_tuning_job_metadata"
+    __table_args__ = (Index("ix_fine_tuning_job_metadata_lookup", "org_id", "key", "value", "job_seq"),)
+
+    job_seq: Mapped[int] = mapped_column(
+        SeqType, ForeignKey("fine_tuning_jobs.seq", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(40))
+    value: Mapped[str] = mapped_column(String(512))
+
+
 class JobEvent(Base):
     __tablename__ = "fine_tuning_job_events"
     __table_args__ = (Index("ix_fine_tuning_job_events_job_id_seq", "job_id", "seq"),)

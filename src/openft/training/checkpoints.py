@@ -10,6 +10,12 @@ only a ``.partial-*`` folder that nothing ever reads:
 * **model** (``jobs/{job}/checkpoints/step-{N}``, ``models/{org}/{job}``): a
   usable model: the LoRA adapter (or full weights) plus the tokenizer.
 
+:class:`RunProgress` is the part of a recipe's loop that is the same for
+every method: where the run is (step, tokens, result rows), resuming from a
+saved state, per-step metrics, the end-of-epoch checkpoint, honouring pause
+and cancel, and the final save. A recipe keeps only what is its own: the
+model, the data and the loss.
+
 ``OPENFT_FAULT_STALL_SAVE`` (seconds) stalls a state save half-way, after its
 first file is written: a test hook for killing a process during a save.
 """
@@ -29,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from openft.store.blobs import BlobStore
+from openft.training.report import Reporter
 
 META = "meta.json"
 
@@ -102,15 +109,21 @@ def load_state(
         return dict(json.loads((folder / META).read_text()))
 
 
-RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+RESULT_COLUMNS = {  # OpenAI's result-file header -> key of a result row
+    "step": "step",
+    "train_loss": "train_loss",
+    "train_accuracy": "train_accuracy",
+    "valid_loss": "valid_loss",
+    "valid_mean_token_accuracy": "valid_accuracy",
+}
 
 
 def results_csv(results: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
     for row in results:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in RESULT_COLUMNS})
+        writer.writerow("" if row.get(key) is None else row[key] for key in RESULT_COLUMNS.values())
     return out.getvalue()
 
 
@@ -131,3 +144,117 @@ def save_model(blobs: BlobStore, key: str, *, model: Any, tokenizer: Any) -> Non
         model.save_pretrained(local, safe_serialization=True)
         tokenizer.save_pretrained(local)
         blobs.put_dir(local, key)
+
+
+class RunProgress:
+    """Step, tokens and result rows of one run, and everything persisted about them."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        job_id: str,
+        reporter: Reporter,
+        *,
+        model: Any,
+        tokenizer: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        total_steps: int,
+        steps_per_epoch: int,
+        accuracy_name: str,
+    ):
+        self.blobs, self.job_id, self.reporter = blobs, job_id, reporter
+        self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.accuracy_name = accuracy_name
+        """What the accuracy is (``mean_token_accuracy``, ``reward_accuracy``): names it in events."""
+        self.step, self.tokens = 0, 0
+        self.results: list[dict[str, Any]] = []
+        self._started, self._first_step = time.monotonic(), 0
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    @property
+    def epoch_and_index(self) -> tuple[int, int]:
+        """(epoch, batch index within the epoch) of the next step."""
+        return divmod(self.step, self.steps_per_epoch)
+
+    def resume(self, key: str | None) -> None:
+        """Continue from a saved state (same weights, optimizer, schedule, RNG)."""
+        if key is None:
+            return
+        meta = load_state(self.blobs, key, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step, self.tokens, self.results = meta["step"], meta["tokens"], meta["results"]
+        self._started, self._first_step = time.monotonic(), self.step
+        self.reporter.event(f"Resuming training from step {self.step}/{self.total_steps}")
+
+    def stepped(self, tokens: int, row: dict[str, Any]) -> None:
+        """One optimizer step is done: count it and report its metrics.
+        ``row`` holds ``train_loss``, ``train_accuracy`` and optionally
+        ``valid_loss`` / ``valid_accuracy``."""
+        accuracy_name = self.accuracy_name
+        self.step += 1
+        self.tokens += tokens
+        row = {"step": self.step, **row}
+        self.results.append(row)
+        rate = (time.monotonic() - self._started) / (self.step - self._first_step)
+        message = f"Step {self.step}/{self.total_steps}: training loss={row['train_loss']:.4f}"
+        data = {
+            "step": self.step, "total_steps": self.total_steps,
+            "train_loss": row["train_loss"], f"train_{accuracy_name}": row["train_accuracy"],
+        }
+        if "valid_loss" in row:
+            message += f", validation loss={row['valid_loss']:.4f}"
+            data.update(valid_loss=row["valid_loss"], **{f"valid_{accuracy_name}": row["valid_accuracy"]})
+        self.reporter.emit(
+            "metrics", message=message, data=data,
+            estimated_finish=time.time() + rate * (self.total_steps - self.step),
+        )
+
+    @property
+    def at_epoch_end(self) -> bool:
+        return self.step % self.steps_per_epoch == 0
+
+    def checkpoint(self, full_valid: tuple[float, float] | None = None) -> None:
+        """Save the training state and a usable model; report both, with the
+        last step's metrics (and a full validation pass's, when given)."""
+        row, name = self.results[-1], self.accuracy_name
+        metrics = {
+            "step": row["step"], "train_loss": row["train_loss"], f"train_{name}": row["train_accuracy"],
+            "valid_loss": row.get("valid_loss"), f"valid_{name}": row.get("valid_accuracy"),
+        }
+        if full_valid is not None:
+            metrics.update({"full_valid_loss": full_valid[0], f"full_valid_{name}": full_valid[1]})
+        state = self.save_state()
+        model_key = checkpoint_key(self.job_id, self.step)
+        save_model(self.blobs, model_key, model=self.model, tokenizer=self.tokenizer)
+        self.reporter.emit(
+            "checkpoint", step=self.step, state_key=state, model_key=model_key,
+            metrics={k: float(v) for k, v in metrics.items() if v is not None},
+        )
+
+    def save_state(self) -> str:
+        key = state_key(self.job_id, self.step)
+        meta = {"step": self.step, "tokens": self.tokens, "results": self.results}
+        save_state(self.blobs, key, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta)
+        return key
+
+    def should_exit(self) -> bool:
+        """Honour a stop request between steps: cancel exits at once, pause
+        saves the state first (there is nothing to pause after the last step)."""
+        stop = self.reporter.stop_requested()
+        if stop == "cancel":
+            return True
+        if stop == "pause" and not self.done:
+            self.reporter.emit("paused", step=self.step, state_key=self.save_state())
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Save the final model and the result CSV, and report the run done."""
+        model_key, results_key = save_final(
+            self.blobs, self.job_id, model=self.model, tokenizer=self.tokenizer, results=self.results
+        )
+        self.reporter.emit("done", model_key=model_key, results_key=results_key, trained_tokens=self.tokens)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from openft.store.blobs import BlobStore
-from openft.training.config import RunConfig
+from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import IGNORE
 
 
@@ -26,23 +26,19 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def setup_torch(seed: int, device: torch.device) -> None:
-    torch.manual_seed(seed)
+def setup_torch(device: torch.device, threads: int | None) -> None:
+    """Threads (``OPENFT_TRAINING_THREADS``; every core when None) and
+    deterministic kernels on CPU. Seeding is separate (:func:`seed_everything`)."""
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
 
-def base_model_path(config: RunConfig) -> Path:
-    from openft.weights import BUNDLED_MODEL, ensure_bundled
-
-    if config.model_path:
-        return Path(config.model_path)
-    if config.model == BUNDLED_MODEL:
-        return ensure_bundled(Path(config.models_dir))
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(config.model, cache_dir=str(Path(config.models_dir) / "hub")))
+def seed_everything(seed: int) -> None:
+    """Seed torch's generators. Recipes call this after the base model is
+    loaded and the data read, right before the first draw (the adapter's
+    initial weights), so nothing else can shift what a seed means."""
+    torch.manual_seed(seed)
 
 
 def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
@@ -50,7 +46,7 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        path = base_model_path(config)
+        path = config.base_weights.local_path(Path(config.models_dir))
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, attn_implementation="sdpa"
@@ -60,6 +56,19 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.to(device)
+
+
+def add_adapter(model: Any, hp: Hyperparameters) -> Any:
+    """For LoRA, wrap the model with an adapter on every linear layer; a full
+    fine-tune trains the model as it is."""
+    if hp.training_type != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(
+        r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    ))
 
 
 def model_max_length(model: Any) -> int:

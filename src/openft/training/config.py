@@ -1,34 +1,50 @@
-"""What a training process is told: everything it needs, nothing that needs
-the database. Written by the executor as JSON, read by ``training.run``."""
+"""What a training process is told, and the hyperparameters it trains with.
+
+:class:`RunConfig` holds everything a run needs and nothing that needs the
+database; the executor writes it as JSON and ``training.run`` reads it.
+:class:`Hyperparameters` is the resolved set (no ``"auto"`` left), one
+documented field each, in the spirit of TRL's ``SFTConfig``; the rules that
+resolve ``"auto"`` live in ``training.hyperparameters``.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from openft.weights import BaseWeights
 
 
 @dataclass
 class RunConfig:
     job_id: str
-    org_name: str
-    model: str
-    """Base model id (as the user named it)."""
-    model_path: str | None
-    """Local folder of the base model; None for the bundled model (converted on demand)."""
+    base: dict[str, Any]
+    """The base model's weights (``openft.weights.BaseWeights`` as a dict)."""
     models_dir: str
+    """Where bundled conversions and hub downloads are cached."""
     storage_url: str
     training_file_key: str
     validation_file_key: str | None
     method: dict[str, Any]
+    """``{"type": t, t: {"hyperparameters": {...}}}`` as requested ("auto" kept)."""
     seed: int
-    suffix: str | None
-    n_training_examples: int
     resume_state_key: str | None = None
     """Training state to resume from (a previous run's checkpoint), if any."""
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    """CPU threads for torch (None: every core)."""
+    nice: int = 0
+    """Scheduling niceness the process gives itself before it starts working."""
+
+    @property
+    def model(self) -> str:
+        return str(self.base["id"])
+
+    @property
+    def base_weights(self) -> BaseWeights:
+        return BaseWeights(**self.base)
 
     @property
     def method_type(self) -> str:
@@ -44,3 +60,32 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         return cls(**json.loads(path.read_text()))
+
+
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class Hyperparameters:
+    """Every hyperparameter of a run, resolved. Shown on the job (its
+    ``method.<type>.hyperparameters``) once the run starts."""
+
+    n_epochs: int = _help("Passes over the training file.")
+    batch_size: int = _help("Examples (or preference pairs) per optimizer step.")
+    learning_rate_multiplier: float = _help("Times the method's base learning rate.")
+    training_type: str = _help("'lora' (adapter on every linear layer) or 'full'.")
+    max_seq_length: int = _help("Longer examples are truncated (with a warning event).")
+    warmup_ratio: float = _help("Share of the steps spent warming the rate up linearly.")
+    lora_rank: int | None = _help("LoRA rank (LoRA only).")
+    lora_alpha: float | None = _help("LoRA scaling (LoRA only).")
+    lora_dropout: float | None = _help("Dropout on the LoRA input (LoRA only).")
+    beta: float | None = _help("DPO only: strength of the pull towards the reference model.")
+    rpo_alpha: float | None = _help(
+        "DPO only: weight of the negative log-likelihood of the preferred answer added to the "
+        "DPO loss (RPO). Keeps the preferred answer's likelihood rising while the margin grows."
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that apply to this run (None ones are left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

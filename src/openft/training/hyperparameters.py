@@ -5,10 +5,10 @@
 * ``batch_size``: about 0.2% of the examples (1 to 256), then lowered until a
   batch holds at most ``TOKENS_PER_BATCH`` tokens on average (memory).
 * ``learning_rate_multiplier``: 1.0, times the method's base learning rate
-  (LoRA 1e-3, full fine-tuning 2e-5, DPO a tenth of those).
+  (LoRA 1e-3, full fine-tuning 2e-5; DPO ``DPO_LEARNING_RATE_FACTOR`` of those).
 * Extensions: ``training_type`` lora, ``lora_rank`` 16, ``lora_alpha`` 2x rank,
   ``lora_dropout`` 0.05, ``max_seq_length`` min(model limit, 2048),
-  ``warmup_ratio`` 0.05; DPO ``beta`` 0.1.
+  ``warmup_ratio`` 0.05; DPO ``beta`` 0.1 and ``rpo_alpha`` 1.0.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from openft.training.config import Hyperparameters
+
 MIN_TARGET_EXAMPLES = 100
 MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 25
 TOKENS_PER_BATCH = {"cpu": 16_384, "cuda": 65_536}
 BASE_LEARNING_RATE = {"lora": 1e-3, "full": 2e-5}
 DPO_LEARNING_RATE_FACTOR = 0.1
+DPO_RPO_ALPHA = 1.0
+MAX_SEQ_LENGTH = 2048
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -38,15 +42,22 @@ def auto_batch_size(n_examples: int, mean_tokens: float, device: str) -> int:
     return max(1, min(size, int(budget // max(mean_tokens, 1))))
 
 
+def max_seq_length(requested: dict[str, Any], model_max_length: int) -> int:
+    """The one place the sequence cap is decided (data is tokenized with it
+    before the other values can be resolved)."""
+    value = requested.get("max_seq_length")
+    return int(value) if value not in (None, "auto") else min(model_max_length, MAX_SEQ_LENGTH)
+
+
 def resolve(
     requested: dict[str, Any],
     *,
     method: str,
     n_examples: int,
     mean_tokens: float,
-    model_max_length: int,
+    max_length: int,
     device: str,
-) -> dict[str, Any]:
+) -> Hyperparameters:
     """Every hyperparameter with a concrete value."""
 
     def given(name: str, default: Any) -> Any:
@@ -55,27 +66,25 @@ def resolve(
 
     training_type = given("training_type", "lora")
     rank = given("lora_rank", 16)
-    resolved = {
-        "n_epochs": given("n_epochs", auto_epochs(n_examples)),
-        "batch_size": given("batch_size", auto_batch_size(n_examples, mean_tokens, device)),
-        "learning_rate_multiplier": float(given("learning_rate_multiplier", 1.0)),
-        "training_type": training_type,
-        "max_seq_length": given("max_seq_length", min(model_max_length, 2048)),
-        "warmup_ratio": float(given("warmup_ratio", 0.05)),
-    }
-    if training_type == "lora":
-        resolved.update(
-            lora_rank=rank,
-            lora_alpha=float(given("lora_alpha", 2 * rank)),
-            lora_dropout=float(given("lora_dropout", 0.05)),
-        )
-    if method == "dpo":
-        resolved["beta"] = float(given("beta", 0.1))
-    return resolved
+    lora = training_type == "lora"
+    dpo = method == "dpo"
+    return Hyperparameters(
+        n_epochs=given("n_epochs", auto_epochs(n_examples)),
+        batch_size=given("batch_size", auto_batch_size(n_examples, mean_tokens, device)),
+        learning_rate_multiplier=float(given("learning_rate_multiplier", 1.0)),
+        training_type=training_type,
+        max_seq_length=max_length,
+        warmup_ratio=float(given("warmup_ratio", 0.05)),
+        lora_rank=rank if lora else None,
+        lora_alpha=float(given("lora_alpha", 2 * rank)) if lora else None,
+        lora_dropout=float(given("lora_dropout", 0.05)) if lora else None,
+        beta=float(given("beta", 0.1)) if dpo else None,
+        rpo_alpha=float(given("rpo_alpha", DPO_RPO_ALPHA)) if dpo else None,
+    )
 
 
-def learning_rate(resolved: dict[str, Any], method: str) -> float:
-    base = BASE_LEARNING_RATE[resolved["training_type"]]
+def learning_rate(hp: Hyperparameters, method: str) -> float:
+    base = BASE_LEARNING_RATE[hp.training_type]
     if method == "dpo":
         base *= DPO_LEARNING_RATE_FACTOR
-    return base * resolved["learning_rate_multiplier"]
+    return base * hp.learning_rate_multiplier

@@ -75,7 +75,10 @@ def main() -> None:
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     reporter = PipeReporter.from_stdout()
-    run(RunConfig.load(Path(sys.argv[1])), reporter)
+    config = RunConfig.load(Path(sys.argv[1]))
+    if config.nice:
+        os.nice(config.nice)  # before torch starts its threads, which inherit it
+    run(config, reporter)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from sqlalchemy import Row, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import ACTIVE_STATUSES
-from openft.store.queries.pagination import Db, Page, keyset_page, select_rows
+from openft.store.queries.reads import Db, Page, keyset_page, select_rows
 from openft.store.tables import File, Job
 
 

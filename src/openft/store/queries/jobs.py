@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, select, update
+from sqlalchemy import Row, and_, bindparam, delete, select, update
+from sqlalchemy.orm import aliased
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import JobStatus, new_id, sources_of
 from openft.errors import Conflict, NotFound
-from openft.store.queries.pagination import Db, Page, keyset_page, scoped, select_rows
-from openft.store.tables import Checkpoint, Job, JobEvent
+from openft.store.queries.reads import Db, Page, keyset_page, scoped, select_rows
+from openft.store.tables import Checkpoint, Job, JobEvent, JobMetadata
 
 
 async def create_job(session: AsyncSession, job: Job, *, event_data: dict[str, Any] | None) -> Job:
@@ -21,6 +22,8 @@ async def create_job(session: AsyncSession, job: Job, *, event_data: dict[str, A
         raise ValueError("a job is created in validating_files")
     session.add(job)
     await session.flush()
+    for key, value in (job.metadata_ or {}).items():
+        session.add(JobMetadata(job_seq=job.seq, org_id=job.org_id, key=key, value=value))
     await add_event(session, job.id, f"Created fine-tuning job: {job.id}", data=event_data)
     return job
 
@@ -44,12 +47,24 @@ async def list_jobs(
     metadata: dict[str, str] | None,
     metadata_is_null: bool = False,
 ) -> Page[Row[Any]]:
+    """Newest first. A metadata filter is driven by the side table's index
+    (org, key, value, job): the first pair walks its index entries newest
+    first, each further pair is a primary-key probe, so a page costs the same
+    with ten thousand jobs as with millions."""
     stmt = scoped(Job, org_id=org_id)
     if metadata_is_null:
         stmt = stmt.where(Job.metadata_.is_(None))
-    for key, value in (metadata or {}).items():
-        stmt = stmt.where(Job.metadata_[key].as_string() == value)
-    return await keyset_page(db, stmt, Job, after=after, limit=limit)
+    if not metadata:
+        return await keyset_page(db, stmt, Job, after=after, limit=limit)
+    (key, value), *others = metadata.items()
+    first = aliased(JobMetadata)
+    stmt = stmt.join(first, first.job_seq == Job.seq).where(
+        first.org_id == org_id, first.key == key, first.value == value
+    )
+    for key, value in others:
+        more = aliased(JobMetadata)
+        stmt = stmt.join(more, and_(more.job_seq == first.job_seq, more.key == key, more.value == value))
+    return await keyset_page(db, stmt, Job, after=after, limit=limit, seq=first.job_seq)
 
 
 async def transition_job(
@@ -149,24 +164,33 @@ async def list_checkpoints(
     )
 
 
-# --------------------------------------------------------------------------- scheduling
+# --------------------------------------------------------------------------- queue verbs
+# The scheduler changes jobs only through these (procrastinate's JobManager is
+# the model): claim, hold (write while owning), release, requeue expired.
+
+RELEASED = {"worker_id": None, "lease_expires_at": None}
+"""The lease fields of a job no worker holds."""
 
 
-async def claimable_job_ids(session: AsyncSession, limit: int) -> list[str]:
-    """Oldest queued jobs; on PostgreSQL locked with SKIP LOCKED so that
-    concurrent workers look at different rows."""
-    stmt = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED.value)
-        .order_by(Job.seq)
-        .limit(limit)
-    )
+async def claim_job(session: AsyncSession, worker_id: str, lease_until: datetime) -> Job | None:
+    """The oldest queued job, now ``running`` and leased to ``worker_id``, or
+    None. On PostgreSQL candidates are locked with SKIP LOCKED so concurrent
+    workers look at different rows; the conditional transition decides."""
+    stmt = select(Job.id).where(Job.status == JobStatus.QUEUED.value).order_by(Job.seq).limit(5)
     if session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    return list((await session.scalars(stmt)).all())
+    for job_id in (await session.scalars(stmt)).all():
+        try:
+            return await transition_job(
+                session, job_id, JobStatus.RUNNING, message="Fine-tuning job started", action="start",
+                values={"worker_id": worker_id, "lease_expires_at": lease_until, "attempts": Job.attempts + 1},
+            )
+        except Conflict:
+            continue
+    return None
 
 
-async def update_owned_job(
+async def hold_job(
     session: AsyncSession,
     job_id: str,
     worker_id: str,
@@ -174,28 +198,52 @@ async def update_owned_job(
     statuses: tuple[JobStatus, ...] | None = None,
     **values: Any,
 ) -> bool:
-    """Write fields of a job this worker still owns (and, if given, that is in
-    one of ``statuses``); False if it is not so, and nothing is written."""
+    """Write fields of a job ``worker_id`` still holds (and, if given, that is
+    in one of ``statuses``); False if it does not, and nothing is written."""
     stmt = update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
     if statuses is not None:
         stmt = stmt.where(Job.status.in_([s.value for s in statuses]))
-    result = await session.execute(
-        stmt
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(stmt.values(**values).execution_options(synchronize_session=False))
     return result.rowcount > 0
+
+
+async def release_job(
+    session: AsyncSession,
+    job_id: str,
+    worker_id: str,
+    to: JobStatus,
+    *,
+    message: str,
+    action: str,
+    level: str = "info",
+    values: dict[str, Any] | None = None,
+) -> Job:
+    """Move a job ``worker_id`` holds to ``to`` and drop its lease (Conflict
+    if the worker no longer holds it or the status forbids the move)."""
+    return await transition_job(
+        session, job_id, to, message=message, action=action, level=level,
+        values={**(values or {}), **RELEASED}, guard=[Job.worker_id == worker_id],
+    )
+
+
+async def requeue_expired_jobs(session: AsyncSession, now: datetime, message: str) -> list[str]:
+    """Re-queue running jobs whose lease expired before ``now`` (their worker died)."""
+    expired = select(Job.id).where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+    requeued = []
+    for job_id in (await session.scalars(expired)).all():
+        try:
+            await transition_job(
+                session, job_id, JobStatus.QUEUED, message=message, action="re-queue", level="warn",
+                values=dict(RELEASED), guard=[Job.lease_expires_at < now],
+            )
+            requeued.append(job_id)
+        except (Conflict, NotFound):
+            continue
+    return requeued
 
 
 async def read_job_any_org(session: AsyncSession, job_id: str) -> Job | None:
     return await _read_any_job(session, job_id, None, refresh=True)
-
-
-async def expired_job_ids(session: AsyncSession, now: datetime) -> list[str]:
-    stmt = select(Job.id).where(
-        Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now
-    )
-    return list((await session.scalars(stmt)).all())
 
 
 async def add_checkpoint(session: AsyncSession, checkpoint: Checkpoint) -> None:

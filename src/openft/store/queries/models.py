@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Row, delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from openft.store.queries.pagination import Db, select_rows
+from openft.store.queries.reads import Db, select_rows
 from openft.store.tables import RegisteredModel, FineTunedModel
 
 

@@ -53,13 +53,16 @@ async def keyset_page(
     after: str | None,
     limit: int,
     newest_first: bool = True,
+    seq: Any = None,
 ) -> Page[Any]:
     """Rows of ``stmt`` after the row whose public id is ``after``.
 
     ``stmt`` must already carry its scope (organisation, job); the cursor is
     looked up within that same scope, so another tenant's id is not a cursor.
+    ``seq``: the column to order and page by (default ``model.seq``; a join
+    passes its driving index's copy so the database walks that index).
     """
-    seq = model.seq
+    seq = model.seq if seq is None else seq
     if after is not None:
         cursor = await db.scalar(
             stmt.with_only_columns(seq).where(model.id == after).order_by(None)

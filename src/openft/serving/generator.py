@@ -1,6 +1,6 @@
 """Text generation for chat completions: loaded models, adapters, sampling.
 
-One :class:`Engine` per API process keeps base models in an LRU cache bounded
+One :class:`Generator` per API process keeps base models in an LRU cache bounded
 by ``OPENFT_SERVING_MEMORY_MB``. A fine-tuned LoRA model is an adapter
 loaded onto the one cached copy of its base (PEFT multi-adapter); a full
 fine-tune is a base of its own. Each base has a lock: a generation selects its
@@ -8,6 +8,12 @@ adapter (or disables adapters, for the base itself) and runs under that lock,
 so two concurrent requests for two adapters of one base each get their own
 adapter's output. Loading and generation are blocking and run in worker
 threads; the event loop stays free for health checks and the jobs API.
+
+Every generation carries a :class:`~openft.serving.types.StopSignal`, checked
+before each new token and while waiting for the base's lock: a client that
+leaves (a closed stream, a dropped connection) or the time limit
+``OPENFT_GENERATION_TIMEOUT_SECONDS`` ends it at once, so abandoned work never
+holds a base that other requests wait for.
 """
 
 from __future__ import annotations
@@ -17,39 +23,17 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from openft.errors import Overloaded
+from openft.serving.types import Completion, GenerationParams, ModelRef, StopSignal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What to load: a base folder, plus an adapter folder for LoRA models."""
-
-    id: str
-    base_path: Path
-    adapter_path: Path | None = None
-
-
-@dataclass
-class GenerationParams:
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    n: int = 1
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str  # "stop" | "length"
-    completion_tokens: int
 
 
 @dataclass
@@ -61,7 +45,7 @@ class _Loaded:
     bytes: int
 
 
-class Engine:
+class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto"):
         self._budget = memory_budget_bytes
         self._device = torch.device(
@@ -125,22 +109,20 @@ class Engine:
             ids = ids["input_ids"]
         return list(ids)
 
-    def generate(self, ref: ModelRef, prompt: list[int], params: GenerationParams) -> list[Completion]:
+    def generate(
+        self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal
+    ) -> list[Completion]:
         loaded = self._ready(ref)
-        with loaded.lock, self._adapter(loaded, ref), torch.no_grad():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            input_ids = torch.tensor([prompt], device=self._device)
-            output = loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                **self._sampling(loaded, params),
-                num_return_sequences=params.n,
-            )
-        return [self._finish(loaded, row[len(prompt):].tolist(), params) for row in output]
+        with _held(loaded.lock, stop), self._adapter(loaded, ref), torch.no_grad():
+            output = self._run(loaded, prompt, params, stop, num_return_sequences=params.n)
+        return [self._finish(loaded, row[len(prompt):].tolist(), params, stop) for row in output]
 
-    def stream(self, ref: ModelRef, prompt: list[int], params: GenerationParams) -> Iterator[str | Completion]:
-        """Text pieces as they are generated, then the final Completion (n = 1)."""
+    def stream(
+        self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal
+    ) -> Iterator[str | Completion]:
+        """Text pieces as they are generated, then the final Completion (n = 1).
+        Whoever stops iterating must ``stop.cancel()``: the generating thread
+        then ends at its next token and releases the base's lock."""
         from transformers import TextIteratorStreamer
 
         loaded = self._ready(ref)
@@ -149,14 +131,8 @@ class Engine:
 
         def work() -> None:
             try:
-                with loaded.lock, self._adapter(loaded, ref), torch.no_grad():
-                    if params.seed is not None:
-                        torch.manual_seed(params.seed)
-                    input_ids = torch.tensor([prompt], device=self._device)
-                    out = loaded.model.generate(
-                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                        streamer=streamer, **self._sampling(loaded, params),
-                    )
+                with _held(loaded.lock, stop), self._adapter(loaded, ref), torch.no_grad():
+                    out = self._run(loaded, prompt, params, stop, streamer=streamer)
                 result["tokens"] = out[0][len(prompt):].tolist()
             except BaseException as exc:  # surfaced to the caller after the stream ends
                 result["error"] = exc
@@ -165,25 +141,40 @@ class Engine:
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         sent = ""
-        for piece in streamer:
-            if not piece:
-                continue
-            text = sent + piece
-            cut = _first_stop(text, params.stop)
-            if cut is not None:
-                if text[:cut] != sent:
-                    yield text[len(sent):cut]
-                sent = text[:cut]
-                break
-            yield piece
-            sent = text
-        thread.join()
+        try:
+            for piece in streamer:
+                if not piece:
+                    continue
+                text = sent + piece
+                cut = _first_stop(text, params.stop)
+                if cut is not None:
+                    if text[:cut] != sent:
+                        yield text[len(sent):cut]
+                    sent = text[:cut]
+                    break
+                yield piece
+                sent = text
+        finally:
+            if thread.is_alive() and "tokens" not in result:
+                stop.cancel()  # a stop string ended the text, or the reader left
+            thread.join()
         if "error" in result:
             raise result["error"]
-        yield self._finish(loaded, result["tokens"], params)
+        yield self._finish(loaded, result["tokens"], params, stop)
 
-    def count_tokens(self, ref: ModelRef, text: str) -> int:
-        return len(self._ready(ref).tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _run(
+        self, loaded: _Loaded, prompt: list[int], params: GenerationParams, stop: StopSignal, **extra: Any
+    ) -> torch.Tensor:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        input_ids = torch.tensor([prompt], device=self._device)
+        return loaded.model.generate(  # type: ignore[no-any-return]
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            stopping_criteria=StoppingCriteriaList([_Stop(stop)]),
+            **self._sampling(loaded, params),
+            **extra,
+        )
 
     def _sampling(self, loaded: _Loaded, params: GenerationParams) -> dict[str, Any]:
         tokenizer = loaded.tokenizer
@@ -200,7 +191,9 @@ class Engine:
             options.update(stop_strings=params.stop, tokenizer=tokenizer)
         return options
 
-    def _finish(self, loaded: _Loaded, tokens: list[int], params: GenerationParams) -> Completion:
+    def _finish(
+        self, loaded: _Loaded, tokens: list[int], params: GenerationParams, stop: StopSignal
+    ) -> Completion:
         tokenizer = loaded.tokenizer
         eos = tokenizer.eos_token_id
         ended = eos in tokens
@@ -210,7 +203,9 @@ class Engine:
         cut = _first_stop(text, params.stop)
         if cut is not None:
             text, ended = text[:cut], True
-        reason = "stop" if ended or len(tokens) < params.max_new_tokens else "length"
+        # Cut short by the time limit (or a cancel) counts as "length": the answer is incomplete.
+        complete = ended or (len(tokens) < params.max_new_tokens and not stop.should_stop())
+        reason = "stop" if complete else "length"
         return Completion(text=text, finish_reason=reason, completion_tokens=len(tokens) + int(eos is not None and ended))
 
     class _NoAdapter:
@@ -227,6 +222,36 @@ class Engine:
             return loaded.model.disable_adapter()
         loaded.model.set_adapter(_adapter_name(ref.id))
         return self._NoAdapter()
+
+
+class _Stop(StoppingCriteria):
+    """Asked by ``generate`` after every token: stop when the signal says so."""
+
+    def __init__(self, signal: StopSignal):
+        self.signal = signal
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.signal.should_stop(), dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class _held:
+    """The base's lock, waited for no longer than the generation's deadline."""
+
+    def __init__(self, lock: threading.Lock, stop: StopSignal):
+        self.lock, self.stop = lock, stop
+
+    def __enter__(self) -> None:
+        while not self.lock.acquire(timeout=0.25):
+            if self.stop.cancelled:
+                raise Overloaded("The request was cancelled while waiting for the model.")
+            if self.stop.timed_out:
+                raise Overloaded(
+                    "The model was busy for the whole generation time limit "
+                    "(OPENFT_GENERATION_TIMEOUT_SECONDS); retry later."
+                )
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
 
 
 def _adapter_name(model_id: str) -> str:

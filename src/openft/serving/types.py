@@ -1,0 +1,61 @@
+"""What the serving generator is asked and what it answers, without torch:
+the API process imports these (wire schemas, the chat service) and loads
+the generator itself only when the first chat request arrives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What to load: a base folder, plus an adapter folder for LoRA models."""
+
+    id: str
+    base_path: Path
+    adapter_path: Path | None = None
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    completion_tokens: int
+
+
+class StopSignal:
+    """Ends a generation early, checked before every new token: its client
+    left (:meth:`cancel`), or its time limit (``OPENFT_GENERATION_TIMEOUT_SECONDS``)
+    ran out. A generation stopped by its deadline reports ``finish_reason:
+    "length"`` with what it had generated."""
+
+    def __init__(self, timeout_seconds: float):
+        self.deadline = time.monotonic() + timeout_seconds
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def timed_out(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.timed_out
