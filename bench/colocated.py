@@ -41,6 +41,7 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KEY = "sk-bench-colocated"
 CONFIGS = {
     # name: (OPENFT_TRAINING_THREADS, OPENFT_TRAINING_NICE, OMP_WAIT_POLICY); None = openft's default
+    "api-only": ("off", None, None),  # no worker: the API's own numbers under this load
     "default": (None, None, None),
     "t2n0": ("2", "0", None),
     "t2n10": ("2", "10", None),
@@ -73,6 +74,9 @@ def measure(name: str, env_values: tuple, models: Path, root: Path, args: argpar
     (home / "models").symlink_to(models)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENFT_")}
     env.update(OPENFT_HOME=str(home), OPENFT_LOG_LEVEL="warning", OPENFT_API_KEY=KEY)
+    training = threads != "off"
+    if not training:
+        env["OPENFT_WORKER"], threads = "false", None
     for variable, value in (("OPENFT_TRAINING_THREADS", threads), ("OPENFT_TRAINING_NICE", nice),
                             ("OMP_WAIT_POLICY", wait_policy)):
         if value is not None:
@@ -91,13 +95,17 @@ def measure(name: str, env_values: tuple, models: Path, root: Path, args: argpar
                 "model": MODEL, "training_file": file_id, "seed": 1,
                 "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50}}},
             }).json()
-            wait_for_step(client, job["id"], 3)
-            step0, t0 = latest_step(client, job["id"])
-            time.sleep(args.seconds)  # the unloaded window: the bench only watches
-            step1, t1 = latest_step(client, job["id"])
+            step0 = step1 = step2 = 0
+            t0, t1, t2 = 0.0, 1.0, 2.0
+            if training:
+                wait_for_step(client, job["id"], 3)
+                step0, t0 = latest_step(client, job["id"])
+                time.sleep(args.seconds)  # the unloaded window: the bench only watches
+                step1, t1 = latest_step(client, job["id"])
             latencies = asyncio.run(_load(port, [f"/v1/fine_tuning/jobs/{job['id']}"], KEY,
                                           args.seconds, args.clients))
-            step2, t2 = latest_step(client, job["id"])
+            if training:
+                step2, t2 = latest_step(client, job["id"])
             client.post(f"/fine_tuning/jobs/{job['id']}/cancel")
     finally:
         server.terminate()

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         description="Largest request body on every route except the file upload, in bytes "
         "(413 above, answered before the body is read).",
     )
+    db_concurrency: int = Field(
+        16, ge=1, description="API requests that use the database at once; the rest wait their "
+        "turn first come, first served (keeps tail latency fair under bursts)."
+    )
     api_key: SecretStr | None = Field(
         None, description="Extra key accepted for the default organisation (never stored)."
     )

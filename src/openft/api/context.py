@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from openft.api.gate import FairGate
 from openft.config import Settings
 from openft.services.auth import Authenticator
 from openft.services.chat import ChatService
@@ -26,11 +27,18 @@ class AppContext:
     chat: ChatService
     """Chat completions; it owns the serving generator (openft.serving)."""
     authenticator: Authenticator | None = None  # set at startup, once the default org exists
+    gate: FairGate | None = None
+    """Admits requests to the database first come, first served (``OPENFT_DB_CONCURRENCY``)."""
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            self.gate = FairGate(self.settings.db_concurrency)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits if the block succeeds, rolls back otherwise."""
-        async with self.sessions() as session, session.begin():
+        assert self.gate is not None
+        async with self.gate, self.sessions() as session, session.begin():
             yield session
 
     @contextlib.asynccontextmanager
@@ -40,5 +48,6 @@ class AppContext:
         engine = self.engine
         if engine.dialect.name == "postgresql":
             engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        async with engine.connect() as connection:
+        assert self.gate is not None
+        async with self.gate, engine.connect() as connection:
             yield connection
