@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test setup bench bench-train clean
+.PHONY: run test setup bench bench-train bench-colocated bench-metadata bench-dpo clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ bench: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+bench-colocated: $(STAMP)
+	$(BIN)/python bench/colocated.py
+
+bench-metadata: $(STAMP)
+	$(BIN)/python bench/metadata_filter.py --postgres-url "$${OPENFT_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}"
+
+bench-dpo: $(STAMP)
+	$(BIN)/python bench/dpo_defaults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

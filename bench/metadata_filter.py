@@ -71,21 +71,24 @@ async def grow(engine, start: int, stop: int) -> None:
 
 async def plant_needles(engine, size: int) -> None:
     """Five jobs spread over the whole range carry team=needle."""
+    reset = ("json_object('run', CAST(seed AS TEXT))" if engine.dialect.name == "sqlite"
+             else "jsonb_build_object('run', seed::text)")
     async with engine.begin() as conn:
+        await conn.execute(text(
+            f"UPDATE fine_tuning_jobs SET metadata = {reset} WHERE seq IN "
+            "(SELECT job_seq FROM fine_tuning_job_metadata WHERE key = 'team')"))
         await conn.execute(text("DELETE FROM fine_tuning_job_metadata WHERE key = 'team'"))
         for k in range(NEEDLES):
             seed = 1 + k * (size - 1) // (NEEDLES - 1)
             seq = (await conn.execute(text("SELECT seq FROM fine_tuning_jobs WHERE seed = :s"), {"s": seed})).scalar()
             metadata = '{"run": "%d", "team": "needle"}' % seed
-            await conn.execute(text("UPDATE fine_tuning_jobs SET metadata = :m WHERE seq = :q"),
+            cast = "json(:m)" if engine.dialect.name == "sqlite" else "CAST(:m AS jsonb)"
+            await conn.execute(text(f"UPDATE fine_tuning_jobs SET metadata = {cast} WHERE seq = :q"),
                                {"m": metadata, "q": seq})
             await conn.execute(text(
                 "INSERT INTO fine_tuning_job_metadata (job_seq, org_id, key, value) VALUES (:q, :o, 'team', 'needle')"
             ), {"q": seq, "o": ORG})
-        if engine.dialect.name == "postgresql":
-            await conn.execute(text("ANALYZE"))
-        else:
-            await conn.execute(text("ANALYZE"))
+        await conn.execute(text("ANALYZE"))
 
 
 async def json_scan(conn) -> list:

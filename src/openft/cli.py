@@ -1,8 +1,11 @@
-"""The ``openft`` command: ``serve`` runs the API; ``keys create`` mints API keys.
+"""The ``openft`` command.
 
-Admin commands open the database named by the settings directly (migrating
-it first); client commands (files, jobs, chat) arrive with later issues and
-talk to a server through the official OpenAI SDK.
+Server and admin commands live here: ``serve`` (the API, with a training
+worker unless ``OPENFT_WORKER=false``), ``worker`` (a standalone training
+worker), ``keys create`` and ``models pull|add``; they open the database
+named by the settings directly (migrating it first). The client commands
+(``files``, ``jobs``, ``models list``, ``chat``) live in
+``openft.client_cli`` and talk to a server through the official OpenAI SDK.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL. Default: SQLite (WAL) at $OPENFT_HOME/openft.db. "
         "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
     )
+    sqlite_driver: Literal["openft", "aiosqlite"] = Field(
+        "openft",
+        description="SQLite driver adapter: 'openft' (one thread hop per statement, "
+        "openft.store.sqlite; needs SQLAlchemy 2.1) or 'aiosqlite' (SQLAlchemy's stock adapter).",
+    )
     storage_url: str | None = Field(
         None,
         description="fsspec URL of blob storage. Default: the folder $OPENFT_HOME/blobs. "
@@ -114,7 +119,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The async SQLAlchemy URL actually used (driver filled in)."""
         url = self.database_url or f"sqlite:///{self.home / 'openft.db'}"
-        return to_async_url(url)
+        return to_async_url(url, self.sqlite_driver)
 
     @property
     def resolved_storage_url(self) -> str:
@@ -130,14 +135,17 @@ class Settings(BaseSettings):
         return self.home / "api-key"
 
 
-def to_async_url(url: str) -> str:
-    """Map a plain database URL to its asyncio driver (aiosqlite, psycopg)."""
+def to_async_url(url: str, sqlite_driver: str = "openft") -> str:
+    """Map a plain database URL to its asyncio driver (psycopg; for SQLite,
+    openft's one-hop aiosqlite adapter, or SQLAlchemy's stock one with
+    ``sqlite_driver="aiosqlite"``)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"not a database URL: {url!r}")
+    sqlite = "sqlite+openft_aiosqlite" if sqlite_driver == "openft" else "sqlite+aiosqlite"
     driver_for = {
-        "sqlite": "sqlite+openft_aiosqlite",  # see openft.store.sqlite
-        "sqlite+aiosqlite": "sqlite+openft_aiosqlite",
+        "sqlite": sqlite,  # see openft.store.sqlite
+        "sqlite+aiosqlite": sqlite,
         "postgresql": "postgresql+psycopg",
         "postgres": "postgresql+psycopg",
         "postgresql+psycopg2": "postgresql+psycopg",

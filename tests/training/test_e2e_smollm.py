@@ -55,3 +55,34 @@ def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bund
         assert reply.choices[0].message.content == after
     base = tenant.sdk.chat.completions.create(model=SMOLLM, messages=ask, temperature=0, max_tokens=256)
     assert base.choices[0].message.content.startswith(before)  # the CLI printed its first line first
+
+
+def test_first_job_on_a_fresh_home_trains_like_every_later_one(make_training_server) -> None:
+    """A run is a function of seed, data and hyperparameters only: the first
+    job on a fresh home (whose training process converts the bundled model)
+    reports exactly the per-step losses of an identical second job."""
+    import io
+
+    from support import chat_file
+    from test_jobs_train import wait_for
+
+    server = make_training_server()
+    assert not (server.home / "models").exists()
+    tenant = Tenant(server, "default", server.api_key)
+    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
+
+    def losses() -> list[float]:
+        job = tenant.sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=training, seed=5, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+        done = wait_for(tenant, job.id, {"succeeded", "failed"}, timeout=600)
+        assert done.status == "succeeded", done.error
+        events = tenant.sdk.fine_tuning.jobs.list_events(job.id, limit=100)
+        metrics = sorted((e.data for e in events if e.type == "metrics"), key=lambda d: d["step"])
+        return [d["train_loss"] for d in metrics]
+
+    first = losses()
+    assert (server.home / "models").is_dir()  # the first job converted the bundled model
+    second = losses()
+    assert len(first) == 3
+    assert first == second  # bit for bit, from step 1 to the last
+    server.stop()

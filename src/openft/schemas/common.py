@@ -29,17 +29,6 @@ class ClosedRequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ErrorObject(WireModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(WireModel):
-    error: ErrorObject
-
-
 def _invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_value", message)
 

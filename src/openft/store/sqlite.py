@@ -14,7 +14,10 @@ transaction is returned to the pool without a rollback round trip (the
 transaction flag comes back with every statement's result).
 
 It relies on two aiosqlite internals that SQLAlchemy's own adapter also uses
-(``Connection._execute`` and ``Connection._conn``). Registered as
+(``Connection._execute`` and ``Connection._conn``) and on the adapter classes
+of SQLAlchemy 2.1 (hence the pin ``>=2.1,<2.2``); ``OPENFT_SQLITE_DRIVER=aiosqlite``
+falls back to SQLAlchemy's stock adapter, and the suite runs the store on
+both (tests/api/test_store_drivers.py). Registered as
 ``sqlite+openft_aiosqlite``; ``openft.config.to_async_url`` maps ``sqlite://``
 URLs to it.
 """

@@ -1,0 +1,88 @@
+"""The store's verbs behave the same on both SQLite adapters: openft's
+one-hop adapter (the default, ``openft.store.sqlite``) and SQLAlchemy's stock
+aiosqlite one (``OPENFT_SQLITE_DRIVER=aiosqlite``), so the fallback is real.
+A server on the stock adapter also serves the API end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from support import SMOLLM, Tenant, chat_file
+
+from openft.config import load_settings
+from openft.domain import JobStatus
+from openft.errors import Conflict
+from openft.store.db import create_engine, create_session_factory, migrate
+from openft.store.queries import files as file_queries
+from openft.store.queries import jobs as job_queries
+from openft.store.queries import orgs as org_queries
+from openft.store.tables import File, Job
+
+pytestmark = pytest.mark.api
+
+
+async def _exercise(url: str) -> dict:
+    engine = create_engine(url)
+    sessions = create_session_factory(engine)
+    now = datetime.now(timezone.utc)
+    seen: dict = {"dialect": engine.dialect.driver}
+    try:
+        await migrate(engine)
+        async with sessions() as session, session.begin():
+            org = await org_queries.create_org(session, "acme")
+            await file_queries.create_file(session, File(
+                id="file-1", org_id=org.id, filename="t.jsonl", purpose="fine-tune", bytes=3,
+                storage_key="k", format="chat", n_examples=12, created_at=now))
+            for i in range(3):
+                await job_queries.create_job(session, Job(
+                    id=f"ftjob-{i}", org_id=org.id, model="m", training_file="file-1",
+                    status=JobStatus.VALIDATING_FILES.value, method={"type": "supervised"}, seed=i,
+                    metadata_={"team": "a" if i != 1 else "b"}, result_files=[], created_at=now,
+                    updated_at=now), event_data=None)
+                await job_queries.transition_job(session, f"ftjob-{i}", JobStatus.QUEUED, message="q", action="q")
+        async with sessions() as session, session.begin():
+            claimed = await job_queries.claim_job(session, "w1", now + timedelta(seconds=30))
+            seen["claimed"] = claimed.id if claimed else None
+            seen["held"] = await job_queries.hold_job(session, "ftjob-0", "w1", estimated_finish=now)
+            seen["held_by_other"] = await job_queries.hold_job(session, "ftjob-0", "w2", estimated_finish=now)
+        async with sessions() as session, session.begin():
+            try:
+                await job_queries.release_job(session, "ftjob-0", "w2", JobStatus.SUCCEEDED, message="x", action="x")
+                seen["stolen"] = True
+            except Conflict:
+                seen["stolen"] = False
+        async with sessions() as session, session.begin():
+            seen["requeued"] = await job_queries.requeue_expired_jobs(session, now + timedelta(minutes=5), "late")
+        async with engine.connect() as conn:
+            page = await job_queries.list_jobs(conn, org.id, after=None, limit=10, metadata={"team": "a"})
+            seen["team_a"] = [r.id for r in page.items]
+            row = await job_queries.read_job(conn, org.id, "ftjob-0")
+            seen["status"] = row.status
+            seen["file"] = (await file_queries.read_file(conn, org.id, "file-1")).n_examples
+    finally:
+        await engine.dispose()
+    return seen
+
+
+@pytest.mark.parametrize("driver", ["openft", "aiosqlite"])
+def test_store_verbs_on_both_sqlite_adapters(driver: str, tmp_path) -> None:
+    settings = load_settings(home=tmp_path, sqlite_driver=driver)
+    seen = asyncio.run(_exercise(settings.resolved_database_url))
+    assert seen.pop("dialect") == ("openft_aiosqlite" if driver == "openft" else "aiosqlite")
+    assert seen == {
+        "claimed": "ftjob-0", "held": True, "held_by_other": False, "stolen": False,
+        "requeued": ["ftjob-0"], "team_a": ["ftjob-2", "ftjob-0"], "status": "queued", "file": 12,
+    }
+
+
+def test_server_on_the_stock_adapter(make_server) -> None:
+    server = make_server("sqlite", OPENFT_SQLITE_DRIVER="aiosqlite")
+    tenant = Tenant(server, "default", server.api_key)
+    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
+    job = tenant.sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=training, metadata={"k": "v"})
+    assert tenant.sdk.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    assert [j.id for j in tenant.sdk.fine_tuning.jobs.list(metadata={"k": "v"})] == [job.id]
+    server.stop()
