@@ -122,11 +122,13 @@ def run_trl(model_dir: Path, work: Path, pairs: list[dict], *, lr: float | None,
                                "rejected": p["non_preferred_output"]} for p in pairs])
     options: dict = {"output_dir": str(work / f"trl-{time.time_ns()}"), "num_train_epochs": 3, "report_to": [],
                      "save_strategy": "no", "logging_steps": 1, "seed": 1, "use_cpu": True,
-                     "lr_scheduler_type": "linear", "warmup_ratio": 0.05}
+                     "lr_scheduler_type": "linear"}
     if lr is not None:
         options["learning_rate"] = lr
     if batch is not None:
         options["per_device_train_batch_size"] = batch
+    steps = -(-len(pairs) // options.get("per_device_train_batch_size", 8)) * 3
+    options["warmup_steps"] = int(steps * 0.05)  # openft's warm-up share
     if sft:
         options.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
     trainer = DPOTrainer(

@@ -27,10 +27,14 @@ PAIRS = [
 ]
 
 
-def margins(model, pairs) -> torch.Tensor:
+def logprobs(model, pairs) -> torch.Tensor:
     with torch.no_grad():
-        logprobs = pair_logprobs(model.eval(), pairs, torch.device("cpu"))
-    return logprobs[:, 0] - logprobs[:, 1]
+        return pair_logprobs(model.eval(), pairs, torch.device("cpu"))
+
+
+def margins(model, pairs) -> torch.Tensor:
+    both = logprobs(model, pairs)
+    return both[:, 0] - both[:, 1]
 
 
 def test_dpo_raises_the_preference_margin(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -49,7 +53,9 @@ def test_dpo_raises_the_preference_margin(tmp_path: Path, tiny_model_dir: Path) 
     reporter = ListReporter()
     run(config, reporter)
     assert reporter.of("done"), reporter.records[-1]
-    assert reporter.of("hyperparameters")[0]["resolved"]["beta"] == 0.5
+    resolved = reporter.of("hyperparameters")[0]["resolved"]
+    assert (resolved["beta"], resolved["rpo_alpha"]) == (0.5, 1.0)  # the RPO term is on by default
+    assert "train_reward_accuracy" in reporter.of("metrics")[0]["data"]
     losses = [r["data"]["train_loss"] for r in reporter.of("metrics")]
     assert losses[-1] < losses[0]
 
@@ -61,3 +67,6 @@ def test_dpo_raises_the_preference_margin(tmp_path: Path, tiny_model_dir: Path) 
                                       tmp_path / "blobs" / "models" / "ftjob-dpo")
     after = margins(tuned, pairs)
     assert after.mean() > before.mean() + 1.0, (before.mean(), after.mean())
+    # With the RPO term the preferred answers themselves became more likely,
+    # not just relatively more likely than the rejected ones.
+    assert logprobs(tuned, pairs)[:, 0].mean() > logprobs(base, pairs)[:, 0].mean()
