@@ -11,8 +11,6 @@ renewal; the worker renews it every ``OPENFT_HEARTBEAT_SECONDS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,10 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import JobStatus
 from openft.errors import Conflict, NotFound
+from openft.store.db import Transaction
 from openft.store.queries import jobs as job_queries
-
-Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

@@ -11,8 +11,7 @@ The cap ``OPENFT_MAX_FILE_BYTES`` is enforced while streaming.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +24,7 @@ from openft.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from openft.schemas.files import DeleteFileResponse, ListFilesResponse, OpenAIFile
 from openft.services.validation import FileSummary, FileValidationError, TrainingFileValidator
 from openft.store.blobs import BlobStore
+from openft.store.db import Transaction
 from openft.store.queries import files as file_queries
 from openft.store.queries.reads import Db
 from openft.store.tables import File
@@ -80,9 +80,6 @@ class Upload:
 
     def abort(self) -> None:
         self._writer.abort()
-
-
-Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 
 async def create_file(

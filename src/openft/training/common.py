@@ -14,6 +14,7 @@ import torch
 from openft.store.blobs import BlobStore
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import IGNORE
+from openft.training.hyperparameters import learning_rate
 
 
 class ModelLoadError(Exception):
@@ -69,6 +70,17 @@ def add_adapter(model: Any, hp: Hyperparameters) -> Any:
         r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
         target_modules="all-linear", task_type="CAUSAL_LM",
     ))
+
+
+def optimizer_and_schedule(
+    model: Any, hp: Hyperparameters, method: str, total_steps: int
+) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
+    """(trainable parameters, AdamW at the method's rate, linear warm-up then decay)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate(hp, method), weight_decay=0.0)
+    warmup = int(total_steps * hp.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, warmup))
+    return trainable, optimizer, scheduler
 
 
 def model_max_length(model: Any) -> int:

@@ -31,9 +31,9 @@ from openft.training.checkpoints import RunProgress
 from openft.training.common import (
     add_adapter,
     epoch_order,
-    linear_schedule,
     load_base,
     model_max_length,
+    optimizer_and_schedule,
     pick_device,
     read_lines,
     seed_everything,
@@ -43,7 +43,7 @@ from openft.training.common import (
 )
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Example, pack, tokenize_preferences
-from openft.training.hyperparameters import learning_rate, max_seq_length, resolve
+from openft.training.hyperparameters import max_seq_length, resolve
 from openft.training.report import Reporter
 
 Pair = tuple[Example, Example]
@@ -94,10 +94,7 @@ def run(config: RunConfig, reporter: Reporter) -> None:
     model = add_adapter(model, hp)
 
     # Optimizer and schedule.
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate(hp, "dpo"), weight_decay=0.0)
-    warmup = int(total_steps * hp.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, warmup))
+    trainable, optimizer, scheduler = optimizer_and_schedule(model, hp, "dpo", total_steps)
     reporter.emit("hyperparameters", resolved=hp.to_dict(), total_steps=total_steps)
 
     # Resume.
