@@ -25,6 +25,29 @@ def main() -> None:
     """openft: self-hosted fine-tuning behind the OpenAI fine-tuning API."""
 
 
+def preflight(settings: Settings, *, worker: bool) -> None:
+    """Fail start-up with one clear line when blob storage or the Ray cluster
+    cannot be used (rather than a traceback from inside the server)."""
+    from openft.store.blobs import BlobStore, StorageError
+
+    try:
+        BlobStore(settings.resolved_storage_url, settings.storage_options).check()
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ImportError as exc:  # s3fs missing
+        raise click.ClickException(
+            f"Blob storage {settings.resolved_storage_url} needs an extra package: {exc} "
+            "(pip install 'openft[s3]')"
+        ) from exc
+    if worker and settings.executor == "ray":
+        from openft.scheduler.executors.ray import RayExecutor, RayUnavailable
+
+        try:
+            RayExecutor(settings).connect()
+        except RayUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
 @main.command()
 @click.option("--host", default=None, help="Bind address (default: OPENFT_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default: OPENFT_PORT or 8000).")
@@ -37,6 +60,7 @@ def serve(host: str | None, port: int | None) -> None:
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = load_settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    preflight(settings, worker=settings.worker)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -54,6 +78,7 @@ def worker() -> None:
 
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    preflight(settings, worker=True)
 
     async def run() -> None:
         ctx = await start_context(settings, bootstrap_key=False)

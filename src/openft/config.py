@@ -40,7 +40,12 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         None,
         description="fsspec URL of blob storage. Default: the folder $OPENFT_HOME/blobs. "
-        "Any fsspec URL works (s3://bucket/prefix with s3fs installed).",
+        "Any fsspec URL works: s3://bucket/prefix (pip install openft[s3]; credentials from "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible store (MinIO, SeaweedFS, R2, ...) for "
+        "s3:// storage URLs. Default: AWS S3."
     )
     max_file_bytes: int = Field(
         512 * 1024 * 1024, gt=0, description="Largest accepted upload, in bytes (413 above)."
@@ -93,6 +98,22 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Runs a job may start (crashes re-queue it) before it fails."
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where workers run jobs: 'local' (a subprocess of the worker) or "
+        "'ray' (a Ray cluster, OPENFT_RAY_ADDRESS; pip install openft[ray]). API replicas of a "
+        "deployment with Ray workers set 'ray' too: it lets jobs ask for resources."
+    )
+    ray_address: str = Field(
+        "auto", description="Ray cluster to submit jobs to: 'auto' (as Ray reads it: RAY_ADDRESS, "
+        "or the cluster started on this machine) or host:port of the head's GCS."
+    )
+    ray_workers: int = Field(1, ge=1, le=256, description="Default data-parallel workers per job on Ray.")
+    ray_cpus_per_worker: float = Field(1.0, gt=0, description="Default CPUs per Ray training worker.")
+    ray_gpus_per_worker: float = Field(0.0, ge=0, description="Default GPUs per Ray training worker.")
+    ray_placement_timeout_seconds: float = Field(
+        600.0, gt=0, description="How long a job may wait queued for the resources it asks for "
+        "on the Ray cluster before it fails (resources_unavailable)."
+    )
     device: str = Field("auto", description="Training device: auto (GPU if any), cpu, cuda.")
     training_threads: int | None = Field(
         None, ge=1, description="CPU threads of each training process. Default: every core for a "
@@ -124,6 +145,13 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.home / "blobs")
+
+    @property
+    def storage_options(self) -> dict[str, object]:
+        """fsspec options of the blob store (the S3 endpoint, when one is set)."""
+        if self.s3_endpoint_url and self.resolved_storage_url.startswith(("s3://", "s3a://")):
+            return {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
+        return {}
 
     @property
     def models_dir(self) -> Path:

@@ -137,6 +137,8 @@ class JobSpec:
     suffix: str | None
     metadata: dict[str, str] | None
     integrations: list[dict[str, Any]] | None
+    resources: dict[str, Any] | None = None
+    """openft extension: workers / cpus_per_worker / gpus_per_worker (Ray executor)."""
 
     @property
     def method_type(self) -> MethodType:

@@ -50,7 +50,8 @@ async def start_context(settings: Settings, *, bootstrap_key: bool = True) -> Ap
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
     await migrate(engine)
-    blobs = BlobStore(settings.resolved_storage_url)
+    blobs = BlobStore(settings.resolved_storage_url, settings.storage_options)
+    await asyncio.to_thread(blobs.check)  # a missing bucket or refused key stops start-up here
     registry = ModelRegistry(settings)
     ctx = AppContext(
         settings=settings,

@@ -145,15 +145,15 @@ class Recorder:
         self.outcome = "failed"
         await fail(self.lease, record["code"], record["message"], record.get("param"))
 
-    async def finish(self, exit_code: int) -> None:
-        """The process ended: if it left no outcome, it crashed."""
+    async def finish(self, exit_code: int, how: str | None = None) -> None:
+        """The process ended: if it left no outcome, it crashed (``how``: in what way)."""
         if self.outcome is not None:
             return
         async with self.lease.transaction() as session:
             job = await job_queries.read_job_any_org(session, self.job_id)
         if job is None or job.status != JobStatus.RUNNING.value or job.worker_id != self.lease.worker_id:
             return  # cancelled or paused: the exit was asked for
-        how = f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
+        how = how or (f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}")
         if job.attempts >= self.max_attempts:
             await fail(self.lease, "internal_error", f"The training process exited unexpectedly "
                        f"({how}) on each of {job.attempts} attempts.", None)

@@ -7,6 +7,11 @@ died) and claims queued jobs up to ``OPENFT_MAX_CONCURRENT_JOBS``. A claim is
 the conditional status update ``queued -> running`` (with ``SKIP LOCKED`` on
 PostgreSQL), so two workers never run one job.
 
+The executor is ``local`` (a subprocess per job) or ``ray`` (Ray work on a
+cluster, ``executors/ray.py``); a Ray worker claims only jobs the cluster has
+room for now and leaves the others queued, with an event saying why, until
+``OPENFT_RAY_PLACEMENT_TIMEOUT_SECONDS`` fails them.
+
 For each running job a supervisor task launches the training process through
 the executor, heartbeats the lease, notices cancel/pause written by the API
 and passes them on as signals, and writes the process's progress records to
@@ -22,13 +27,16 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from openft.config import Settings
 from openft.domain import JobStatus, fine_tuned_name
+from openft.errors import Conflict, NotFound
 from openft.scheduler import progress
 from openft.scheduler.executors.local import LocalExecutor, LocalRun
 from openft.scheduler.lease import Lease, until, utcnow
@@ -39,6 +47,9 @@ from openft.store.queries import orgs as org_queries
 from openft.store.tables import Job
 from openft.training.config import RunConfig
 from openft.weights import resolve_base
+
+if TYPE_CHECKING:
+    from openft.scheduler.executors.ray import RayExecutor, RayRun
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +68,24 @@ def training_share(settings: Settings, colocated: bool) -> tuple[int | None, int
     return threads, nice
 
 
+def make_executor(settings: Settings) -> LocalExecutor | RayExecutor:
+    """The executor ``OPENFT_EXECUTOR`` names; Ray connects here (RayUnavailable if it cannot)."""
+    if settings.executor == "ray":
+        from openft.scheduler.executors.ray import RayExecutor
+
+        executor = RayExecutor(settings)
+        executor.connect()
+        return executor
+    return LocalExecutor(settings.home / "runs")
+
+
 class Worker:
     def __init__(
         self,
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         blobs: BlobStore,
-        executor: LocalExecutor | None = None,
+        executor: LocalExecutor | RayExecutor | None = None,
         *,
         colocated: bool = False,
     ):
@@ -72,10 +94,12 @@ class Worker:
         self.settings = settings
         self.sessions = sessions
         self.blobs = blobs
-        self.executor = executor or LocalExecutor(settings.home / "runs")
+        self.executor = executor or make_executor(settings)
         self.threads, self.nice = training_share(settings, colocated)
         self.id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.waiting_since: dict[str, float] = {}
+        """Queued jobs this worker cannot place yet (Ray), and since when."""
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -115,8 +139,38 @@ class Worker:
 
     # ---------------------------------------------------------------- claims
     async def claim(self) -> Job | None:
+        admission = await self.executor.admission()
         async with self.transaction() as session:
-            return await job_queries.claim_job(session, self.id, until(self.settings.lease_seconds))
+            job = await job_queries.claim_job(session, self.id, until(self.settings.lease_seconds), admission)
+        if job is not None:
+            self.waiting_since.pop(job.id, None)
+        await self._explain_waiting(getattr(admission, "waiting", {}))
+        return job
+
+    async def _explain_waiting(self, waiting: dict[str, str]) -> None:
+        """Jobs the cluster has no room for: one event when they start waiting,
+        failure once they have waited ``OPENFT_RAY_PLACEMENT_TIMEOUT_SECONDS``."""
+        timeout = self.settings.ray_placement_timeout_seconds
+        for job_id, why in waiting.items():
+            first = job_id not in self.waiting_since
+            since = self.waiting_since.setdefault(job_id, time.monotonic())
+            async with self.transaction() as session:
+                if first:
+                    await job_queries.add_event(
+                        session, job_id, f"Waiting for resources: {why}. The job stays queued and "
+                        f"fails if it cannot start within {timeout:g} s.", level="warn",
+                        data={"reason": why},
+                    )
+                elif time.monotonic() - since >= timeout:
+                    self.waiting_since.pop(job_id, None)
+                    message = f"No room on the Ray cluster within {timeout:g} s: {why}."
+                    with contextlib.suppress(Conflict, NotFound):  # cancelled meanwhile
+                        await job_queries.transition_job(
+                            session, job_id, JobStatus.FAILED, message=f"Fine-tuning job failed: {message}",
+                            action="fail", level="error", guard=[Job.status == JobStatus.QUEUED.value],
+                            values={"error": {"code": "resources_unavailable", "message": message,
+                                              "param": "resources"}},
+                        )
 
     async def reap_expired(self) -> None:
         async with self.transaction() as session:
@@ -129,11 +183,11 @@ class Worker:
     # ------------------------------------------------------------ supervision
     async def supervise(self, job: Job) -> None:
         lease = Lease(job.id, self.id, self.settings.lease_seconds, self.transaction)
-        run: LocalRun | None = None
+        run: LocalRun | RayRun | None = None
         try:
             config, org_name = await self._run_config(job)
-            run = await self.executor.launch(config, job.attempts)
-            log.info("job %s: training process %s (attempt %d)", job.id, run.pid, job.attempts)
+            run = await self.executor.launch(config, job.attempts, job.resources)
+            log.info("job %s: %s (attempt %d)", job.id, run.label, job.attempts)
             recorder = progress.Recorder(
                 lease, self.blobs, job, fine_tuned_name(job.model, org_name, job.suffix, job.id),
                 self.settings.max_attempts,
@@ -144,7 +198,7 @@ class Worker:
                     await recorder.apply(record)
                 exit_code = await run.wait()
                 group.cancel_scope.cancel()
-            await recorder.finish(exit_code)
+            await recorder.finish(exit_code, run.exit_reason(exit_code))
         except asyncio.CancelledError:
             if run is not None:  # worker shutting down: save state, give the job back
                 await run.stop("pause", self.settings.stop_grace_seconds)
@@ -157,7 +211,7 @@ class Worker:
                 await run.stop("cancel", self.settings.stop_grace_seconds)
             await progress.fail(lease, "internal_error", f"Worker error: {exc}", None)
 
-    async def _heartbeat(self, lease: Lease, run: LocalRun) -> None:
+    async def _heartbeat(self, lease: Lease, run: LocalRun | RayRun) -> None:
         """Keep the lease; pass cancel/pause from the database on to the process."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
@@ -194,6 +248,7 @@ class Worker:
             base=base.to_dict(),
             models_dir=str(self.settings.models_dir),
             storage_url=self.settings.resolved_storage_url,
+            storage_options=self.settings.storage_options,
             training_file_key=training.storage_key,
             validation_file_key=validation.storage_key if validation else None,
             method=job.method,

@@ -117,6 +117,15 @@ class Integration(RequestModel):
     wandb: WandbSettings
 
 
+class JobResources(ClosedRequestModel):
+    """openft extension: what one job runs on (Ray executor only). Omitted
+    fields take the server's defaults (``OPENFT_RAY_*``)."""
+
+    workers: int_in_range(1, 256, nullable=True) = None  # type: ignore[valid-type]
+    cpus_per_worker: number_above(0, nullable=True) = None  # type: ignore[valid-type]
+    gpus_per_worker: number_between(0, 64, nullable=True) = None  # type: ignore[valid-type]
+
+
 class FineTuningJobCreate(RequestModel):
     """``POST /fine_tuning/jobs``. Field-level limits are checked here; rules
     that need the database (files, model) are checked by the jobs service."""
@@ -132,6 +141,8 @@ class FineTuningJobCreate(RequestModel):
     seed: Seed | None = None
     method: Method | None = None
     metadata: Metadata = None
+    # openft extension (additive; OpenAI SDKs pass it with extra_body).
+    resources: JobResources | None = None
 
     def to_spec(self) -> JobSpec:
         method = self._resolve_method()
@@ -155,6 +166,7 @@ class FineTuningJobCreate(RequestModel):
             integrations=(
                 [i.model_dump() for i in self.integrations] if self.integrations else None
             ),
+            resources=(self.resources.model_dump(exclude_none=True) or None) if self.resources else None,
         )
 
     def _resolve_method(self) -> dict[str, Any]:
@@ -223,6 +235,8 @@ class FineTuningJob(WireModel):
     metadata: dict[str, str] | None
     # Extension, as OpenAI returns it: the suffix the user asked for.
     user_provided_suffix: str | None
+    # openft extension: the resources the job asked for (null: the server's defaults).
+    resources: dict[str, Any] | None = None
 
 
 class ListFineTuningJobsResponse(WireModel):

@@ -40,8 +40,19 @@ async def create_job(
     spec: JobSpec,
     *,
     request_metadata: dict[str, str] | None = None,
+    executor: str = "local",
 ) -> Job:
-    """Check the request against the database, then insert the job and queue it."""
+    """Check the request against the database, then insert the job and queue it.
+    ``executor``: the deployment's (``OPENFT_EXECUTOR``); only Ray places jobs
+    on the ``resources`` they ask for, so elsewhere asking is an error."""
+    if spec.resources and executor != "ray":
+        raise InvalidRequest(
+            "This server runs jobs with the local executor, which trains each job in one process "
+            "on the worker's own machine; 'resources' (workers, cpus_per_worker, gpus_per_worker) "
+            "needs a deployment with OPENFT_EXECUTOR=ray. Remove 'resources' to create the job.",
+            param="resources",
+            code="unsupported_resources",
+        )
     await registry.check_trainable(session, spec.model)
     training = await _usable_file(session, org_id, spec.training_file, "training_file", spec)
     if (training.n_examples or 0) < domain.MIN_TRAINING_EXAMPLES:
@@ -67,6 +78,7 @@ async def create_job(
         seed=spec.seed,
         metadata_=spec.metadata,
         integrations=spec.integrations,
+        resources=spec.resources,
         result_files=[],
         created_at=now,
         updated_at=now,
@@ -216,6 +228,7 @@ def job_to_wire(job: Any, *, gateway: bool = False) -> FineTuningJob:
         method=method,
         metadata=job.metadata_,
         user_provided_suffix=job.suffix,
+        resources=job.resources,
     )
 
 

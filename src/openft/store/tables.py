@@ -136,6 +136,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
     resume_state_key: Mapped[str | None] = mapped_column(String(256))
     resume_step: Mapped[int | None] = mapped_column(Integer())
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    """openft extension: what the job asked to run on (Ray executor); None: the defaults."""
 
 
 class JobMetadata(Base):

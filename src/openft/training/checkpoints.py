@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from openft.store.blobs import BlobStore
 from openft.training.report import Reporter
+from openft.training.team import SOLO, Team
 
 META = "meta.json"
 
@@ -162,8 +163,11 @@ class RunProgress:
         total_steps: int,
         steps_per_epoch: int,
         accuracy_name: str,
+        team: Team = SOLO,
     ):
         self.blobs, self.job_id, self.reporter = blobs, job_id, reporter
+        self.team = team
+        """Data-parallel ranks of the run: only rank 0 saves (every rank resumes)."""
         self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.accuracy_name = accuracy_name
@@ -219,7 +223,10 @@ class RunProgress:
 
     def checkpoint(self, full_valid: tuple[float, float] | None = None) -> None:
         """Save the training state and a usable model; report both, with the
-        last step's metrics (and a full validation pass's, when given)."""
+        last step's metrics (and a full validation pass's, when given).
+        Rank 0 only; the other ranks go straight on to the next step."""
+        if not self.team.is_main:
+            return
         row, name = self.results[-1], self.accuracy_name
         metrics = {
             "step": row["step"], "train_loss": row["train_loss"], f"train_{name}": row["train_accuracy"],
@@ -243,17 +250,21 @@ class RunProgress:
 
     def should_exit(self) -> bool:
         """Honour a stop request between steps: cancel exits at once, pause
-        saves the state first (there is nothing to pause after the last step)."""
-        stop = self.reporter.stop_requested()
+        saves the state first (there is nothing to pause after the last step).
+        All ranks follow rank 0's decision at the same step."""
+        stop = self.team.agree(self.reporter.stop_requested())
         if stop == "cancel":
             return True
         if stop == "pause" and not self.done:
-            self.reporter.emit("paused", step=self.step, state_key=self.save_state())
+            if self.team.is_main:
+                self.reporter.emit("paused", step=self.step, state_key=self.save_state())
             return True
         return False
 
     def finish(self) -> None:
-        """Save the final model and the result CSV, and report the run done."""
+        """Save the final model and the result CSV, and report the run done (rank 0)."""
+        if not self.team.is_main:
+            return
         model_key, results_key = save_final(
             self.blobs, self.job_id, model=self.model, tokenizer=self.tokenizer, results=self.results
         )

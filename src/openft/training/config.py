@@ -37,6 +37,8 @@ class RunConfig:
     """CPU threads for torch (None: every core)."""
     nice: int = 0
     """Scheduling niceness the process gives itself before it starts working."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options of the blob store (an S3 endpoint); credentials are never here."""
 
     @property
     def model(self) -> str:

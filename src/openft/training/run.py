@@ -17,15 +17,17 @@ from pathlib import Path
 
 from openft.training.config import RunConfig
 from openft.training.report import PipeReporter, Reporter
+from openft.training.team import SOLO, Team
 
 
-def run(config: RunConfig, reporter: Reporter) -> None:
+def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
+    """Run the job's recipe as one rank of ``team`` (a Ray Train worker) or alone."""
     from openft.training.common import ModelLoadError
     from openft.training.data import DataError
 
     try:
         recipe = _recipe(config.method_type)
-        recipe(config, reporter)
+        recipe(config, reporter, team)
     except DataError as exc:
         reporter.emit("failed", code=exc.code, message=str(exc), param="training_file")
     except ModelLoadError as exc:

@@ -30,7 +30,8 @@ async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) 
     spec = body.to_spec()
     async with ctx.transaction() as session:
         job = await service.create_job(
-            session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata
+            session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
+            executor=ctx.settings.executor,
         )
     return wire(service.job_to_wire(job, gateway=caller.gateway))
 

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,13 @@ class LocalRun:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def label(self) -> str:
+        return f"training process {self.pid}"
+
+    def exit_reason(self, code: int) -> str:
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
 
     async def records(self) -> AsyncIterator[dict[str, Any]]:
         assert self.process.stdout is not None
@@ -65,7 +72,16 @@ class LocalExecutor:
     def __init__(self, runs_dir: Path):
         self.runs_dir = runs_dir
 
-    async def launch(self, config: RunConfig, attempt: int) -> LocalRun:
+    @staticmethod
+    def accepts(job: Any) -> bool:
+        """Jobs that asked for resources need the Ray executor."""
+        return not job.resources
+
+    async def admission(self) -> Callable[[Any], bool]:
+        return self.accepts
+
+    async def launch(self, config: RunConfig, attempt: int, requested: dict[str, Any] | None = None) -> LocalRun:
+        assert not requested, "the local executor does not place jobs on resources"
         folder = self.runs_dir / config.job_id
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / f"attempt-{attempt}.json"

@@ -4,6 +4,7 @@ writer of ``status`` anywhere in openft."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Row, and_, bindparam, delete, select, update
@@ -172,17 +173,26 @@ RELEASED = {"worker_id": None, "lease_expires_at": None}
 """The lease fields of a job no worker holds."""
 
 
-async def claim_job(session: AsyncSession, worker_id: str, lease_until: datetime) -> Job | None:
-    """The oldest queued job, now ``running`` and leased to ``worker_id``, or
-    None. On PostgreSQL candidates are locked with SKIP LOCKED so concurrent
-    workers look at different rows; the conditional transition decides."""
-    stmt = select(Job.id).where(Job.status == JobStatus.QUEUED.value).order_by(Job.seq).limit(5)
+async def claim_job(
+    session: AsyncSession,
+    worker_id: str,
+    lease_until: datetime,
+    accepts: Callable[[Job], bool] | None = None,
+) -> Job | None:
+    """The oldest queued job (that ``accepts`` takes, if given), now ``running``
+    and leased to ``worker_id``, or None. On PostgreSQL candidates are locked
+    with SKIP LOCKED so concurrent workers look at different rows; the
+    conditional transition decides."""
+    stmt = select(Job).where(Job.status == JobStatus.QUEUED.value).order_by(Job.seq)
+    stmt = stmt.limit(5 if accepts is None else 50)
     if session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    for job_id in (await session.scalars(stmt)).all():
+    for job in (await session.scalars(stmt)).all():
+        if accepts is not None and not accepts(job):
+            continue
         try:
             return await transition_job(
-                session, job_id, JobStatus.RUNNING, message="Fine-tuning job started", action="start",
+                session, job.id, JobStatus.RUNNING, message="Fine-tuning job started", action="start",
                 values={"worker_id": worker_id, "lease_expires_at": lease_until, "attempts": Job.attempts + 1},
             )
         except Conflict:

@@ -45,14 +45,15 @@ from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Example, pack, tokenize_preferences
 from openft.training.hyperparameters import max_seq_length, resolve
 from openft.training.report import Reporter
+from openft.training.team import SOLO, Team
 
 Pair = tuple[Example, Example]
 
 
-def run(config: RunConfig, reporter: Reporter) -> None:
+def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     device = pick_device(config.device)
     setup_torch(device, config.threads)
-    blobs = BlobStore(config.storage_url)
+    blobs = BlobStore(config.storage_url, config.storage_options)
 
     # Model.
     tokenizer, model = load_base(config, device)
@@ -101,7 +102,7 @@ def run(config: RunConfig, reporter: Reporter) -> None:
     progress = RunProgress(
         blobs, config.job_id, reporter, model=model, tokenizer=tokenizer, optimizer=optimizer,
         scheduler=scheduler, total_steps=total_steps, steps_per_epoch=per_epoch,
-        accuracy_name="reward_accuracy",
+        accuracy_name="reward_accuracy", team=team,
     )
     progress.resume(config.resume_state_key)
 
@@ -112,19 +113,26 @@ def run(config: RunConfig, reporter: Reporter) -> None:
         order = epoch_order(len(train), config.seed, epoch)
         chosen_ids = order[index * hp.batch_size : (index + 1) * hp.batch_size]
         batch = [train[i] for i in chosen_ids]
-        loss, accuracy = dpo_loss(model, batch, reference_train[chosen_ids], hp, device)
-        loss.backward()
+        # This rank's share, with the global batch's denominators (see training.team).
+        mine = team.share(chosen_ids)
+        loss, correct = (
+            dpo_loss(model, [train[i] for i in mine], reference_train[mine], hp, device, whole=batch)
+            if mine else (torch.zeros(()), 0)
+        )
+        if mine:
+            loss.backward()
+        team.sync_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        row: dict[str, Any] = {"train_loss": loss.item(), "train_accuracy": accuracy}
+        row: dict[str, Any] = {"train_loss": team.sum(loss.item()), "train_accuracy": team.sum(correct) / len(batch)}
         step = progress.step + 1
-        if valid and (step % max(1, per_epoch // 4) == 0 or step == total_steps):
+        if valid and team.is_main and (step % max(1, per_epoch // 4) == 0 or step == total_steps):
             row["valid_loss"], row["valid_accuracy"] = evaluate(model, valid, reference_valid, hp, device)
         progress.stepped(sum(len(c.input_ids) + len(r.input_ids) for c, r in batch), row)
-        if progress.at_epoch_end:
+        if progress.at_epoch_end and team.is_main:
             full = (row["valid_loss"], row["valid_accuracy"]) if "valid_loss" in row else None
             progress.checkpoint(full)
         if progress.should_exit():
@@ -149,16 +157,20 @@ def reference_logprobs(model: Any, pairs: list[Pair], batch_size: int, device: t
 
 
 def dpo_loss(
-    model: Any, pairs: list[Pair], reference: torch.Tensor, hp: Hyperparameters, device: torch.device
-) -> tuple[torch.Tensor, float]:
-    """(DPO loss + rpo_alpha x mean NLL per preferred-answer token, reward accuracy)."""
+    model: Any, pairs: list[Pair], reference: torch.Tensor, hp: Hyperparameters, device: torch.device,
+    *, whole: list[Pair] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """(DPO loss + rpo_alpha x mean NLL per preferred-answer token, pairs whose
+    reward margin is positive). ``whole``: the global batch ``pairs`` is a
+    share of, whose pair and token counts are the denominators (default: ``pairs``)."""
+    whole = pairs if whole is None else whole
     policy = pair_logprobs(model, pairs, device)
     margin = (policy[:, 0] - policy[:, 1]) - (reference[:, 0] - reference[:, 1])
-    loss = -F.logsigmoid(float(hp.beta or 0.0) * margin).mean()
+    loss = -F.logsigmoid(float(hp.beta or 0.0) * margin).sum() / len(whole)
     if hp.rpo_alpha:
-        chosen_tokens = sum(chosen.n_label_tokens for chosen, _ in pairs)
+        chosen_tokens = sum(chosen.n_label_tokens for chosen, _ in whole)
         loss = loss + hp.rpo_alpha * (-policy[:, 0].sum() / max(chosen_tokens, 1))
-    return loss, float((margin > 0).float().mean())
+    return loss, int((margin > 0).sum())
 
 
 @torch.no_grad()
@@ -169,8 +181,8 @@ def evaluate(
     losses, accuracies = [], []
     for start in range(0, len(pairs), hp.batch_size):
         chunk = pairs[start : start + hp.batch_size]
-        loss, accuracy = dpo_loss(model, chunk, reference[start : start + hp.batch_size], hp, device)
+        loss, correct = dpo_loss(model, chunk, reference[start : start + hp.batch_size], hp, device)
         losses.append(loss.item() * len(chunk))
-        accuracies.append(accuracy * len(chunk))
+        accuracies.append(correct)
     model.train()
     return sum(losses) / len(pairs), sum(accuracies) / len(pairs)

@@ -36,15 +36,16 @@ from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Example, pack, tokenize
 from openft.training.hyperparameters import max_seq_length, resolve
 from openft.training.report import Reporter
+from openft.training.team import SOLO, Team
 
 VALIDATION_SAMPLE = 16
 """Examples in the quick validation run during training (the full one runs per epoch)."""
 
 
-def run(config: RunConfig, reporter: Reporter) -> None:
+def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     device = pick_device(config.device)
     setup_torch(device, config.threads)
-    blobs = BlobStore(config.storage_url)
+    blobs = BlobStore(config.storage_url, config.storage_options)
 
     # Model.
     tokenizer, model = load_base(config, device)
@@ -86,7 +87,7 @@ def run(config: RunConfig, reporter: Reporter) -> None:
     progress = RunProgress(
         blobs, config.job_id, reporter, model=model, tokenizer=tokenizer, optimizer=optimizer,
         scheduler=scheduler, total_steps=total_steps, steps_per_epoch=per_epoch,
-        accuracy_name="mean_token_accuracy",
+        accuracy_name="mean_token_accuracy", team=team,
     )
     progress.resume(config.resume_state_key)
 
@@ -96,19 +97,28 @@ def run(config: RunConfig, reporter: Reporter) -> None:
         epoch, index = progress.epoch_and_index
         order = epoch_order(len(train), config.seed, epoch)
         batch = [train[i] for i in order[index * hp.batch_size : (index + 1) * hp.batch_size]]
-        loss_sum, n_labels, correct = token_loss(model, pack(batch), device)
-        (loss_sum / n_labels).backward()
+        # This rank's share of the global batch, scaled by the global label count:
+        # summed over ranks, these are the one-worker gradients (see training.team).
+        mine = team.share(batch)
+        loss_sum, n_labels, correct = token_loss(model, pack(mine), device) if mine else (torch.zeros(()), 0, 0)
+        global_labels = team.sum(n_labels)
+        if mine:
+            (loss_sum / global_labels).backward()
+        team.sync_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        row: dict[str, Any] = {"train_loss": loss_sum.item() / n_labels, "train_accuracy": correct / n_labels}
+        row: dict[str, Any] = {
+            "train_loss": team.sum(loss_sum.item()) / global_labels,
+            "train_accuracy": team.sum(correct) / global_labels,
+        }
         step = progress.step + 1
-        if valid and (step % max(1, per_epoch // 4) == 0 or step == total_steps):
+        if valid and team.is_main and (step % max(1, per_epoch // 4) == 0 or step == total_steps):
             row["valid_loss"], row["valid_accuracy"] = evaluate(model, valid[:VALIDATION_SAMPLE], hp, device)
         progress.stepped(sum(len(e.input_ids) for e in batch), row)
-        if progress.at_epoch_end:
+        if progress.at_epoch_end and team.is_main:
             progress.checkpoint(evaluate(model, valid, hp, device) if valid else None)
         if progress.should_exit():
             return
