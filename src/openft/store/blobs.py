@@ -42,7 +42,11 @@ class BlobStore:
     def __init__(self, url: str, options: dict[str, Any] | None = None):
         """``options``: fsspec storage options (for S3: ``client_kwargs.endpoint_url``)."""
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url, **(options or {}))
+        options = dict(options or {})
+        if url.startswith(("s3://", "s3a://")):
+            # Other processes write here too: a cached listing would hide their blobs.
+            options.setdefault("use_listings_cache", False)
+        self.fs, self.root = fsspec.core.url_to_fs(url, **options)
         self.renames = not _is_object_store(self.fs)
         """Whether a rename is atomic and cheap here (file systems: yes; object stores: no)."""
         if self.renames:
