@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -75,6 +76,7 @@ class RayExecutor:
         if ray.is_initialized():
             self.node_id = ray.get_runtime_context().get_node_id()
             return
+        _probe(self.settings.ray_address)
         try:
             ray.init(
                 address=self.settings.ray_address, namespace="openft", log_to_driver=False,
@@ -177,6 +179,23 @@ class Admission:
         if why is not None:
             self.waiting[job.id] = why
         return why is None
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when a host:port address does not answer (``ray.init`` would
+    retry for minutes). 'auto' is left to Ray, which fails fast by itself."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"Cannot reach the Ray cluster at OPENFT_RAY_ADDRESS={address!r}: nothing answers at "
+            f"{host}:{port} ({exc}). Start one with `ray start --head` (see the README, "
+            "'Run on a cluster')."
+        ) from exc
 
 
 class _DataParallel:
