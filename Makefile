@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test setup bench bench-train bench-colocated bench-metadata bench-dpo clean
+.PHONY: run test setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,9 @@ bench-metadata: $(STAMP)
 
 bench-dpo: $(STAMP)
 	$(BIN)/python bench/dpo_defaults.py
+
+bench-ray: $(STAMP)
+	$(BIN)/python bench/ray_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -87,6 +87,16 @@ class TestCreateAndRead:
         assert "not supported" in error["message"]
         assert tenant.sdk.fine_tuning.jobs.list().data == []
 
+    def test_resources_need_the_ray_executor(self, tenant: Tenant, training_file: str) -> None:
+        """These servers run the local executor: asking for workers is refused, not ignored."""
+        body = {"model": SMOLLM, "training_file": training_file, "resources": {"workers": 2}}
+        response = post_job(tenant, body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("resources", "unsupported_resources")
+        assert "OPENFT_EXECUTOR=ray" in error["message"]
+        assert tenant.sdk.fine_tuning.jobs.list().data == []
+
     def test_deprecated_hyperparameters_map_to_supervised(self, tenant: Tenant, training_file: str) -> None:
         job = create(tenant, training_file, hyperparameters={"n_epochs": 3})
         assert job.method.type == "supervised"
@@ -240,6 +250,11 @@ class TestLimits:
             ({"training_file": None}, "training_file"),
             ({"training_file": "file-doesnotexist"}, "training_file"),
             ({"validation_file": "file-doesnotexist"}, "validation_file"),
+            ({"resources": {"workers": 0}}, "resources.workers"),
+            ({"resources": {"workers": 1.5}}, "resources.workers"),
+            ({"resources": {"cpus_per_worker": 0}}, "resources.cpus_per_worker"),
+            ({"resources": {"gpus_per_worker": -1}}, "resources.gpus_per_worker"),
+            ({"resources": {"nodes": 2}}, "resources.nodes"),
         ],
     )
     def test_request_fields(self, tenant: Tenant, training_file: str, extra: dict, param: str) -> None:

@@ -29,7 +29,7 @@ class OutOfMemoryError(RuntimeError):
     (ZeroDivisionError("boom"), "internal_error", None),
 ])
 def test_failures_become_one_record(monkeypatch, error, code, param) -> None:
-    def recipe(config, reporter):
+    def recipe(config, reporter, team):
         raise error
 
     monkeypatch.setattr(run_module, "_recipe", lambda method: recipe)
