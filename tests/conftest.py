@@ -146,7 +146,19 @@ def s3_storage(request: pytest.FixtureRequest) -> object:
     return make
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres", "s3"])
+STORAGE_MODULES = ("test_files.py", "test_jobs.py")
+"""API tests that also run with blobs on S3 (the others never touch blob storage)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server_kind" in metafunc.fixturenames:
+        kinds = ["sqlite", "postgres"]
+        if metafunc.definition.path.name in STORAGE_MODULES:
+            kinds.append("s3")
+        metafunc.parametrize("server_kind", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def server_kind(request: pytest.FixtureRequest) -> str:
     """sqlite / postgres: the database, blobs in a local folder; s3: SQLite and SeaweedFS."""
     if request.param == "postgres":
@@ -237,27 +249,6 @@ def storage_training_server(request: pytest.FixtureRequest, make_training_server
         require("s3")
         return make_training_server("s3")  # type: ignore[operator,no-any-return]
     return request.getfixturevalue("training_server")  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
-    """A bounded Ray cluster on loopback: a head with no CPUs and one 2-CPU node;
-    nodes get the S3 credentials of the session's SeaweedFS (as real nodes would
-    from their own environment)."""
-    import tempfile
-
-    from services import RayCluster
-
-    require("ray")
-    env = {k: v for k, v in request.getfixturevalue("seaweed").env.items() if k.startswith("AWS_")}
-    # Unix socket paths must stay short: a short temp folder, not pytest's.
-    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")), env=env)
-    try:
-        cluster.start()
-        cluster.add_node(2)
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def test_two_replicas_and_two_workers_share_one_database_and_store(
         replicas = [Tenant(server, "default", server.api_key) for server in (first, second)]
         jobs = {}
         for i, tenant in enumerate(replicas * 2):
-            extra = {"resources": {"workers": 2}} if i == 1 else None  # needs the Ray worker
+            extra = {"resources": {"workers": 1, "cpus_per_worker": 1}} if i == 1 else None  # Ray only
             job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), method=METHOD,
                                                      extra_body=extra)
             jobs[job.id] = extra
@@ -45,7 +45,7 @@ def test_two_replicas_and_two_workers_share_one_database_and_store(
             assert done.status == "succeeded", (done.error, _logs(tmp_path))
             messages = [e.message for e in replicas[1].sdk.fine_tuning.jobs.list_events(job_id, limit=100)]
             assert messages.count("Fine-tuning job started") == 1
-            ran_on[job_id] = "ray" if any(m.startswith("Training on") for m in messages) else "local"
+            ran_on[job_id] = "ray" if any(m.startswith("Training on Ray") for m in messages) else "local"
         assert ran_on[list(jobs)[1]] == "ray"
         assert set(ran_on.values()) == {"local", "ray"}, ran_on
 

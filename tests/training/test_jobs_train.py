@@ -30,6 +30,12 @@ def trainer(storage_training_server) -> Tenant:
     return Tenant(storage_training_server, "default", storage_training_server.api_key)
 
 
+@pytest.fixture
+def local_trainer(training_server) -> Tenant:
+    """For what does not depend on where blobs live (validation, events): local blobs only."""
+    return Tenant(training_server, "default", training_server.api_key)
+
+
 def upload(tenant: Tenant, n: int = 12) -> str:
     return tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(n))), purpose="fine-tune").id
 
@@ -82,7 +88,8 @@ def test_job_trains_to_success_with_everything_reported(trainer: Tenant) -> None
     assert done.fine_tuned_model in [m.id for m in trainer.sdk.models.list()]
 
 
-def test_failing_job_reports_error_and_next_job_runs(trainer: Tenant, tmp_path) -> None:
+def test_failing_job_reports_error_and_next_job_runs(local_trainer: Tenant, tmp_path) -> None:
+    trainer = local_trainer
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -125,7 +132,8 @@ def test_dpo_job_through_the_api(trainer: Tenant) -> None:
     assert done.method.dpo.hyperparameters.n_epochs == 1
 
 
-def test_truncated_lines_are_reported(trainer: Tenant) -> None:
+def test_truncated_lines_are_reported(local_trainer: Tenant) -> None:
+    trainer = local_trainer
     from support import chat_example, jsonl
 
     long = {"messages": [{"role": "user", "content": "hello " * 100}, {"role": "assistant", "content": "ok"}]}
