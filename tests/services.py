@@ -162,8 +162,11 @@ class RayCluster:
         binary = ray_binary()
         assert binary, "ray is part of the test set-up"
         low = 20000 + 1000 * len(self.nodes)
+        # Each node its own loopback address, as machines have their own: a driver on
+        # this host then attaches to the head (127.0.0.1), never to a node a test kills.
+        ip = f"127.0.0.{len(self.nodes) + 1}"
         ports = [
-            "--node-ip-address=127.0.0.1", f"--min-worker-port={low}", f"--max-worker-port={low + 999}",
+            f"--node-ip-address={ip}", f"--min-worker-port={low}", f"--max-worker-port={low + 999}",
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",

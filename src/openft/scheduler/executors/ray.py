@@ -2,7 +2,7 @@
 
 The worker process that claimed a job is a Ray driver (``ray.init`` on
 ``OPENFT_RAY_ADDRESS``). For each run it creates a
-:class:`~openft.training.ray_run.Channel` actor on its own node and starts
+:class:`~openft.training.ray_run.Channel` actor on the head node and starts
 the training:
 
 * ``workers == 1``: one :class:`~openft.training.ray_run.OneWorker` actor
@@ -36,6 +36,10 @@ from openft.training.config import RunConfig
 from openft.training.report import StopKind
 
 log = logging.getLogger(__name__)
+
+
+ON_HEAD = {"node:__internal_head__": 0.001}
+"""A sliver of the resource only the head node has: schedules an actor there."""
 
 
 class RayUnavailable(Exception):
@@ -89,7 +93,8 @@ class RayExecutor:
                 "'Run on a cluster')."
             ) from exc
         self.node_id = ray.get_runtime_context().get_node_id()
-        log.info("connected to Ray cluster %s: %s", self.settings.ray_address, ray.cluster_resources())
+        log.info("connected to Ray cluster %s as a driver on node %s: %s", self.settings.ray_address,
+                 self.node_id, ray.cluster_resources())
 
     def resources(self, requested: dict[str, Any] | None) -> Resources:
         """A job's resources: what it asked for, the server's defaults for the rest."""
@@ -139,16 +144,16 @@ class RayExecutor:
     # ------------------------------------------------------------------ runs
     async def launch(self, config: RunConfig, attempt: int, requested: dict[str, Any] | None = None) -> RayRun:
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from openft.training.ray_run import Channel, OneWorker
 
         resources = self.resources(requested)
         config.threads = max(1, int(resources.cpus))
         config.nice = 0
-        here = NodeAffinitySchedulingStrategy(self.node_id, soft=True) if self.node_id else "DEFAULT"
         name = f"{config.job_id}-attempt-{attempt}"
-        channel = ray.remote(Channel).options(num_cpus=0, scheduling_strategy=here, name=f"{name}-channel").remote()
+        # The channel and Ray Train's driver live on the head node: it lasts as long as
+        # the cluster does, so losing any other node never takes a run's bookkeeping with it.
+        channel = ray.remote(Channel).options(num_cpus=0, resources=ON_HEAD, name=f"{name}-channel").remote()
         payload = asdict(config)
         if resources.workers == 1:
             actor = ray.remote(OneWorker).options(
@@ -157,7 +162,7 @@ class RayExecutor:
             done = actor.train.remote(payload, channel)
         else:
             actor = ray.remote(_DataParallel).options(
-                num_cpus=0, scheduling_strategy=here, name=name, max_restarts=0,
+                num_cpus=0, resources=ON_HEAD, name=name, max_restarts=0,
             ).remote()
             done = actor.fit.remote(payload, channel, resources.workers, resources.cpus, resources.gpus, name)
         return RayRun(name, channel, actor, done)
