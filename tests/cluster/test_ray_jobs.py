@@ -183,15 +183,18 @@ def test_killing_the_node_that_trains_a_job_resumes_it_on_the_other_node(
     [[worker]] = placements(tenant, job_id)
     [victim] = [n for n in ray_cluster.nodes if worker["pid"] in n.pids()]
     assert victim.name != "head"
+    victim_node = worker["node_id"]
     victim.kill()
     started = time.monotonic()
     done = wait_for(tenant, job_id, {"succeeded", "failed"}, timeout=300)
     assert done.status == "succeeded", done.error
-    first, second = placements(tenant, job_id)
-    assert first[0]["node_id"] != second[0]["node_id"]
+    runs = placements(tenant, job_id)
+    assert runs[0][0]["node_id"] == victim_node and runs[-1][0]["node_id"] != victim_node
     messages = [e.message for e in tenant.sdk.fine_tuning.jobs.list_events(job_id, limit=100)]
     assert any("re-queued" in m for m in messages), messages
-    assert messages.count("Fine-tuning job started") == 2
+    # Usually 2 runs; a run launched in the seconds before Ray declares the node dead
+    # may still be sent there and cost one more attempt (never more than OPENFT_MAX_ATTEMPTS).
+    assert 2 <= messages.count("Fine-tuning job started") == len(runs) <= 3
     assert_same_weights(adapter(tenant.server, job_id), one_worker["weights"])
     assert done.trained_tokens == tenant.sdk.fine_tuning.jobs.retrieve(one_worker["id"]).trained_tokens
     print(f"node killed -> job succeeded on {spare.name if victim is not spare else 'the first node'} "
