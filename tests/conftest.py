@@ -60,14 +60,13 @@ def _ray_problem() -> str | None:
     return None if ray_binary() else "the ray command is not installed"
 
 
-_PG_PROBLEM: str | None = None
 _PROBLEMS: dict[str, str | None] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _PG_PROBLEM
-    _PG_PROBLEM = _postgres_problem()
-    _PROBLEMS.update(postgres=_PG_PROBLEM, s3=_s3_problem(), ray=_ray_problem())
+    problem = _postgres_problem()
+    postgres = None if problem is None else f"PostgreSQL at {POSTGRES_URL} is unreachable ({problem})"
+    _PROBLEMS.update(postgres=postgres, s3=_s3_problem(), ray=_ray_problem())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -93,13 +92,7 @@ def require(tier: str) -> None:
 
 
 def require_postgres() -> None:
-    if _PG_PROBLEM is None:
-        return
-    message = f"PostgreSQL at {POSTGRES_URL} is unreachable: {_PG_PROBLEM}"
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: the PostgreSQL tier may not be skipped)")
-    warnings.warn(message)
-    pytest.skip(f"SKIPPED PostgreSQL tier: {message}")
+    require("postgres")
 
 
 @pytest.fixture(scope="session")

