@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     serving_memory_mb: int = Field(
         4096, gt=0, description="Memory budget of the chat-completions model cache (LRU)."
     )
+    serving_max_batch: int = Field(
+        16, ge=1, le=512, description="Most sequences one base model generates at once (its batch; "
+        "a request's n choices count as n). 1 serves one request at a time."
+    )
+    serving_max_queue: int = Field(
+        64, ge=0, description="Most chat requests waiting for room in a base model's batch; more are "
+        "refused with 503 server_overloaded (and Retry-After)."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -42,6 +42,8 @@ def envelope(
 async def _openft_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpenFTError)
     headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
+    if exc.status_code == 503:
+        headers = {"retry-after": "1"}
     return envelope(
         exc.status_code,
         exc.message,
@@ -63,6 +65,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         )
     where, *path = first.get("loc", ("body",))
     param = ".".join(str(p) for p in path) or None
+    named = (first.get("ctx") or {}).get("param")  # a model-level check names its field itself
+    if named and not path:
+        param, path = named, named.split(".")
     if where == "body" and not path and first.get("type") == "missing":
         return envelope(400, "The request body is missing; send a JSON object.")
     detail = str(first.get("msg", "is invalid"))

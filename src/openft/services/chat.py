@@ -20,6 +20,7 @@ vLLM's ``OpenAIServingChat``): the router only hands it the request. It owns
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +36,27 @@ import anyio
 
 from openft.config import Settings
 from openft.errors import InvalidRequest, NotFound, OpenFTError, error_body
+from openft import tool_format
 from openft.schemas.chat import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    FunctionCallDelta,
+    FunctionCallOut,
+    NamedToolChoice,
+    TokenLogprobOut,
+    ToolCallDelta,
+    ToolCallOut,
+    TopLogprobOut,
     Usage,
 )
 from openft.services.models import ModelRegistry
-from openft.serving.types import Completion, GenerationParams, ModelRef, StopSignal
+from openft.serving.types import Completion, Failed, Finished, ModelRef, StopSignal, TokenEvent, TokenLogprob
 from openft.store.blobs import BlobStore
 from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
@@ -68,6 +79,30 @@ class ChatStream:
         self.events, self.stop = events, stop
 
 
+class Submission:
+    """A request's events, handed from the engine's thread to the event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[TokenEvent | Finished | Failed] = asyncio.Queue()
+
+    def put(self, event: TokenEvent | Finished | Failed) -> None:  # engine thread
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def get(self) -> TokenEvent | Finished | Failed:
+        return await self._queue.get()
+
+
+@dataclass
+class Plan:
+    """What a request asks of the generator, worked out before it is queued."""
+
+    prompt: list[int]
+    grammar: str | None
+    logprobs: int | None
+    tool_names: set[str]  # functions the answer may call; empty: tool calls are not parsed
+
+
 class ChatService:
     def __init__(self, settings: Settings, registry: ModelRegistry, blobs: BlobStore):
         self.settings, self.registry, self.blobs = settings, registry, blobs
@@ -80,7 +115,10 @@ class ChatService:
             if self._generator is None:
                 from openft.serving.generator import Generator
 
-                self._generator = Generator(self.settings.serving_memory_mb * 2**20, self.settings.device)
+                self._generator = Generator(
+                    self.settings.serving_memory_mb * 2**20, self.settings.device,
+                    max_batch=self.settings.serving_max_batch, max_queue=self.settings.serving_max_queue,
+                )
             return self._generator
 
     async def create(
@@ -95,15 +133,46 @@ class ChatService:
             raise InvalidRequest("Streaming supports n=1 only.", param="n")
         async with reader() as db:
             ref = await self.resolve(db, org_id, body.model)
-        prompt = await anyio.to_thread.run_sync(self.generator.prompt_ids, ref, body.plain_messages())
+        plan = await anyio.to_thread.run_sync(self.plan, ref, body)
         stop = StopSignal(self.settings.generation_timeout_seconds)
+        submission = Submission()
+        await anyio.to_thread.run_sync(lambda: self.generator.submit(
+            ref, plan.prompt, params, stop, submission.put, grammar=plan.grammar, logprobs=plan.logprobs))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return ChatStream(self.events(ref, prompt, params, body.model, include_usage, stop), stop)
-        completions = await _until_disconnected(
-            lambda: self.generator.generate(ref, prompt, params, stop), stop, is_disconnected
-        )
-        return completion_object(body.model, len(prompt), completions)
+            return ChatStream(self.events(submission, plan, body.model, include_usage, stop), stop)
+        completions = await _until_disconnected(collect(submission, params.n), stop, is_disconnected)
+        return completion_object(body.model, len(plan.prompt), completions, plan)
+
+    def plan(self, ref: ModelRef, body: ChatCompletionRequest) -> Plan:
+        """Prompt tokens, grammar and tool set of a request; every problem
+        with them is a 400 here, before anything is queued (blocking: it may
+        load the model)."""
+        from openft.serving import constraints
+
+        tools = body.tool_dicts() if body.tools and body.tool_choice != "none" else None
+        try:
+            prompt = self.generator.prompt_ids(ref, body.plain_messages(), tools)
+        except tool_format.ToolFormatError as exc:
+            raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
+                                 param="tools" if body.tools else "messages", code="tools_not_supported") from exc
+        grammar = None
+        if tools:
+            functions = [t["function"] for t in tools]
+            if body.tool_choice == "required":
+                grammar = constraints.tool_call_grammar(functions)
+            elif isinstance(body.tool_choice, NamedToolChoice):
+                named = [f for f in functions if f["name"] == body.tool_choice.function.name]
+                grammar = constraints.tool_call_grammar(named, param="tool_choice.function.name")
+        format_ = body.response_format
+        if format_ is not None and format_.type == "json_object":
+            grammar = constraints.json_object_grammar()
+        elif format_ is not None and format_.type == "json_schema":
+            assert format_.json_schema is not None
+            grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        names = {t["function"]["name"] for t in tools} if tools else set()
+        return Plan(prompt, grammar, logprobs, names)
 
     async def resolve(self, db: Db, org_id: str, model_id: str) -> ModelRef:
         tuned = await model_queries.read_fine_tuned_model(db, org_id, model_id)
@@ -133,45 +202,95 @@ class ChatService:
         return target
 
     async def events(
-        self, ref: ModelRef, prompt: list[int], params: GenerationParams, model: str,
-        include_usage: bool, stop: StopSignal,
+        self, submission: Submission, plan: Plan, model: str, include_usage: bool, stop: StopSignal,
     ) -> AsyncIterator[str]:
+        """The stream of one choice. With tools, text that may still become a
+        tool call is held back; a finished call goes out as ``tool_calls``
+        deltas with ``finish_reason: "tool_calls"``."""
         completion_id, created = new_completion_id(), int(time.time())
 
-        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True) -> str:
+        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True,
+                  logprobs: list[TokenLogprob] | None = None) -> str:
+            wire_logprobs = ChoiceLogprobs(content=[_wire_logprob(lp) for lp in logprobs]) if logprobs else None
             body = ChatCompletionChunk(
                 id=completion_id, created=created, model=model, usage=usage,
-                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)] if choices else [],  # type: ignore[arg-type]
+                choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish,  # type: ignore[arg-type]
+                                     logprobs=wire_logprobs)] if choices else [],
             )
             return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
 
+        held, pending = "", []  # text that may become a tool call; logprobs not yet sent
+        deciding = bool(plan.tool_names)
         try:
             yield chunk(Delta(role="assistant", content=""))
-            pieces = self.generator.stream(ref, prompt, params, stop)
-            sentinel = object()
-            while (item := await anyio.to_thread.run_sync(next, pieces, sentinel)) is not sentinel:
-                if isinstance(item, Completion):
-                    yield chunk(Delta(), finish=item.finish_reason)
-                    if include_usage:
-                        usage = Usage(prompt_tokens=len(prompt), completion_tokens=item.completion_tokens,
-                                      total_tokens=len(prompt) + item.completion_tokens)
-                        yield chunk(Delta(), usage=usage, choices=False)
-                else:
-                    yield chunk(Delta(content=item))
+            while True:
+                event = await submission.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, TokenEvent):
+                    if event.logprob is not None:
+                        pending.append(event.logprob)
+                    if deciding:
+                        held += event.text
+                        if tool_format.may_become_call(held):
+                            continue
+                        deciding, text = False, held
+                    else:
+                        text = event.text
+                    if text:
+                        yield chunk(Delta(content=text), logprobs=pending)
+                        pending = []
+                    continue
+                finish = event.finish_reason
+                calls = tool_format.parse_tool_calls(held, plan.tool_names) if deciding else None
+                if calls:
+                    for index, call in enumerate(calls):
+                        yield chunk(Delta(tool_calls=[ToolCallDelta(
+                            index=index, id=new_call_id(), type="function",
+                            function=FunctionCallDelta(name=call.name, arguments=call.arguments))]),
+                            logprobs=pending if index == 0 else None)
+                    finish, pending = "tool_calls", []
+                elif deciding and held:
+                    yield chunk(Delta(content=held), logprobs=pending)
+                    pending = []
+                yield chunk(Delta(), finish=finish, logprobs=pending or None)
+                if include_usage:
+                    prompt_tokens = len(plan.prompt)
+                    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=event.completion_tokens,
+                                  total_tokens=prompt_tokens + event.completion_tokens)
+                    yield chunk(Delta(), usage=usage, choices=False)
+                break
         except Exception as exc:
             log.exception("chat stream failed")
             error = exc if isinstance(exc, OpenFTError) else OpenFTError("Generation failed.")
             payload = error_body(error.message, type="server_error", param=error.param, code=error.code)
             yield f"data: {json.dumps(payload)}\n\n"
         finally:
-            stop.cancel()  # no-op after a finished generation; ends one nobody reads any more
+            stop.cancel()  # no-op after a finished generation; frees the slot of one nobody reads any more
         yield "data: [DONE]\n\n"
 
 
+async def collect(submission: Submission, n: int) -> list[Completion]:
+    logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(n)}
+    done: dict[int, Completion] = {}
+    while len(done) < n:
+        event = await submission.get()
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, TokenEvent):
+            if event.logprob is not None:
+                logprobs[event.index].append(event.logprob)
+        else:
+            done[event.index] = Completion(event.text, event.finish_reason, event.completion_tokens,
+                                           logprobs[event.index] or None)
+    return [done[i] for i in range(n)]
+
+
 async def _until_disconnected(
-    work: Callable[[], list[Completion]], stop: StopSignal, is_disconnected: Callable[[], Awaitable[bool]]
+    work: Awaitable[list[Completion]], stop: StopSignal, is_disconnected: Callable[[], Awaitable[bool]]
 ) -> list[Completion]:
-    """Run ``work`` in a thread; if the client goes away meanwhile, trip ``stop``."""
+    """Await ``work``; if the client goes away meanwhile, trip ``stop`` (the
+    engine then drops the request's rows at its next step)."""
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
@@ -184,21 +303,37 @@ async def _until_disconnected(
 
         group.start_soon(watch)
         try:
-            return await anyio.to_thread.run_sync(work)
+            return await work
         finally:
             group.cancel_scope.cancel()
 
 
-def completion_object(model: str, prompt_tokens: int, completions: list[Completion]) -> ChatCompletion:
+def _wire_logprob(lp: TokenLogprob) -> TokenLogprobOut:
+    return TokenLogprobOut(token=lp.token, logprob=lp.logprob, bytes=lp.bytes, top_logprobs=[
+        TopLogprobOut(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top_logprobs])
+
+
+def completion_object(model: str, prompt_tokens: int, completions: list[Completion], plan: Plan | None = None
+                      ) -> ChatCompletion:
     completion_tokens = sum(c.completion_tokens for c in completions)
+    choices = []
+    for i, c in enumerate(completions):
+        calls = tool_format.parse_tool_calls(c.text, plan.tool_names) if plan and plan.tool_names else None
+        logprobs = ChoiceLogprobs(content=[_wire_logprob(lp) for lp in c.logprobs or []]) if plan and \
+            plan.logprobs is not None else None
+        if calls:
+            message = AssistantMessage(content=None, tool_calls=[
+                ToolCallOut(id=new_call_id(), function=FunctionCallOut(name=call.name, arguments=call.arguments))
+                for call in calls])
+            choices.append(Choice(index=i, message=message, finish_reason="tool_calls", logprobs=logprobs))
+        else:
+            choices.append(Choice(index=i, message=AssistantMessage(content=c.text),
+                                  finish_reason=c.finish_reason, logprobs=logprobs))  # type: ignore[arg-type]
     return ChatCompletion(
         id=new_completion_id(),
         created=int(time.time()),
         model=model,
-        choices=[
-            Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)  # type: ignore[arg-type]
-            for i, c in enumerate(completions)
-        ],
+        choices=choices,
         usage=Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -209,3 +344,7 @@ def completion_object(model: str, prompt_tokens: int, completions: list[Completi
 
 def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_urlsafe(18)
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_urlsafe(18)

@@ -1,37 +1,45 @@
-"""Text generation for chat completions: loaded models, adapters, sampling.
+"""Text generation for chat completions: loaded models, adapters, engines.
 
 One :class:`Generator` per API process keeps base models in an LRU cache bounded
-by ``OPENFT_SERVING_MEMORY_MB``. A fine-tuned LoRA model is an adapter
-loaded onto the one cached copy of its base (PEFT multi-adapter); a full
-fine-tune is a base of its own. Each base has a lock: a generation selects its
-adapter (or disables adapters, for the base itself) and runs under that lock,
-so two concurrent requests for two adapters of one base each get their own
-adapter's output. Loading and generation are blocking and run in worker
-threads; the event loop stays free for health checks and the jobs API.
+by ``OPENFT_SERVING_MEMORY_MB`` (a base with requests in flight is never
+evicted). A fine-tuned LoRA model is an adapter loaded onto the one cached copy
+of its base (PEFT multi-adapter); a full fine-tune is a base of its own.
 
-Every generation carries a :class:`~openft.serving.types.StopSignal`, checked
-before each new token and while waiting for the base's lock: a client that
-leaves (a closed stream, a dropped connection) or the time limit
-``OPENFT_GENERATION_TIMEOUT_SECONDS`` ends it at once, so abandoned work never
-holds a base that other requests wait for.
+Each cached base has an :class:`~openft.serving.engine.Engine`: a thread that
+batches every request for that base and its adapters, token by token (see
+the engine's docstring). Callers :meth:`Generator.submit` a request with a
+sink for its events; :meth:`Generator.generate` is the blocking form used by
+tests and tools. Loading runs in the caller's thread (under the base's lock
+where it changes the model the engine is using).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
-from openft.errors import Overloaded
-from openft.serving.types import Completion, GenerationParams, ModelRef, StopSignal
+from openft import tool_format
+from openft.serving.constraints import Matchers
+from openft.serving.engine import Engine, Request
+from openft.serving.types import (
+    Completion,
+    Failed,
+    Finished,
+    GenerationParams,
+    ModelRef,
+    StopSignal,
+    TokenEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +49,32 @@ class _Loaded:
     tokenizer: Any
     model: Any  # a PeftModel once an adapter is loaded
     adapters: set[str]
-    lock: threading.Lock
+    lock: threading.Lock  # held by the engine for each step, and while the model changes
     bytes: int
+    engine: Engine | None = None
+    token_strings: _TokenStrings | None = None
 
 
 class Generator:
-    def __init__(self, memory_budget_bytes: int, device: str = "auto"):
+    def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
+                 max_queue: int = 64):
         self._budget = memory_budget_bytes
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
+        self.max_batch, self.max_queue = max_batch, max_queue
         self._bases: OrderedDict[str, _Loaded] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop every engine (waiting requests fail with a retryable error)."""
+        with self._cache_lock:
+            loaded, self._bases = list(self._bases.values()), OrderedDict()
+        for base in loaded:
+            if base.engine is not None:
+                base.engine.close()
 
     # ------------------------------------------------------------------ loading
     def _base(self, path: Path) -> _Loaded:
@@ -74,20 +95,35 @@ class Generator:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self._device).eval()
             size = sum(p.numel() * p.element_size() for p in model.parameters())
             loaded = _Loaded(tokenizer, model, set(), threading.Lock(), size)
+            loaded.token_strings = _TokenStrings(tokenizer)
+            matchers = Matchers(tokenizer)
+            loaded.engine = Engine(
+                lambda: loaded.model, tokenizer, self._device,
+                max_batch=self.max_batch, max_queue=self.max_queue, name=path.name,
+                lock=loaded.lock, token_strings=loaded.token_strings, matcher_factory=matchers.new,
+            )
             with self._cache_lock:
                 self._bases[key] = loaded
                 self._evict()
             return loaded
 
     def _evict(self) -> None:
-        while len(self._bases) > 1 and sum(b.bytes for b in self._bases.values()) > self._budget:
-            evicted, _ = self._bases.popitem(last=False)
-            log.info("serving: evicted %s from the model cache", evicted)
+        """Least recently used bases out while over budget; busy ones stay."""
+        for key in list(self._bases):
+            if len(self._bases) <= 1 or sum(b.bytes for b in self._bases.values()) <= self._budget:
+                return
+            loaded = self._bases[key]
+            if loaded.engine is not None and loaded.engine.busy:
+                continue
+            del self._bases[key]
+            if loaded.engine is not None:
+                threading.Thread(target=loaded.engine.close, daemon=True).start()
+            log.info("serving: evicted %s from the model cache", key)
 
     def _ready(self, ref: ModelRef) -> _Loaded:
         loaded = self._base(ref.base_path)
         if ref.adapter_path is not None and ref.id not in loaded.adapters:
-            with loaded.lock:
+            with loaded.lock:  # between two engine steps
                 if ref.id not in loaded.adapters:
                     from peft import PeftModel
 
@@ -101,165 +137,108 @@ class Generator:
                     loaded.adapters.add(ref.id)
         return loaded
 
-    # --------------------------------------------------------------- generation
-    def prompt_ids(self, ref: ModelRef, messages: list[dict[str, str]]) -> list[int]:
+    # --------------------------------------------------------------- requests
+    def template_style(self, ref: ModelRef) -> str:
+        """How this model's chat template shows tools (see :mod:`openft.tool_format`)."""
+        return tool_format.tool_style(getattr(self._ready(ref).tokenizer, "chat_template", None))
+
+    def prompt_ids(self, ref: ModelRef, messages: list[dict[str, Any]],
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
         loaded = self._ready(ref)
-        ids = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        style = tool_format.tool_style(getattr(loaded.tokenizer, "chat_template", None))
+        rendered, native_tools = tool_format.to_template_messages(messages, tools, style)
+        extra = {"tools": native_tools} if native_tools else {}
+        ids = loaded.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, **extra)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
 
+    def submit(
+        self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal,
+        sink: Callable[[TokenEvent | Finished | Failed], None], *,
+        grammar: str | None = None, logprobs: int | None = None,
+    ) -> None:
+        """Queue a request on its base's engine; events go to ``sink`` from the
+        engine's thread. Raises :class:`~openft.errors.Overloaded` when the
+        queue is full."""
+        loaded = self._ready(ref)
+        assert loaded.engine is not None
+        adapter = _adapter_name(ref.id) if ref.adapter_path is not None else None
+        loaded.engine.submit(Request(prompt, params, stop, sink, adapter=adapter, grammar=grammar,
+                                     logprobs=logprobs))
+
     def generate(
-        self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal
+        self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal, *,
+        grammar: str | None = None, logprobs: int | None = None,
     ) -> list[Completion]:
-        loaded = self._ready(ref)
-        with _held(loaded.lock, stop), self._adapter(loaded, ref), torch.no_grad():
-            output = self._run(loaded, prompt, params, stop, num_return_sequences=params.n)
-        return [self._finish(loaded, row[len(prompt):].tolist(), params, stop) for row in output]
+        """Blocking: every choice of one request, in order."""
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.submit(ref, prompt, params, stop, events.put, grammar=grammar, logprobs=logprobs)
+        return collect(events.get, params.n)
 
-    def stream(
-        self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal
-    ) -> Iterator[str | Completion]:
-        """Text pieces as they are generated, then the final Completion (n = 1).
-        Whoever stops iterating must ``stop.cancel()``: the generating thread
-        then ends at its next token and releases the base's lock."""
-        from transformers import TextIteratorStreamer
+    def engine(self, ref: ModelRef) -> Engine:
+        engine = self._ready(ref).engine
+        assert engine is not None
+        return engine
 
-        loaded = self._ready(ref)
-        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result: dict[str, Any] = {}
+    def stats(self) -> dict[str, dict[str, int]]:
+        with self._cache_lock:
+            return {Path(k).name: b.engine.stats.as_dict() for k, b in self._bases.items() if b.engine}
 
-        def work() -> None:
-            try:
-                with _held(loaded.lock, stop), self._adapter(loaded, ref), torch.no_grad():
-                    out = self._run(loaded, prompt, params, stop, streamer=streamer)
-                result["tokens"] = out[0][len(prompt):].tolist()
-            except BaseException as exc:  # surfaced to the caller after the stream ends
-                result["error"] = exc
-                streamer.end()
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        sent = ""
-        try:
-            for piece in streamer:
-                if not piece:
-                    continue
-                text = sent + piece
-                cut = _first_stop(text, params.stop)
-                if cut is not None:
-                    if text[:cut] != sent:
-                        yield text[len(sent):cut]
-                    sent = text[:cut]
-                    break
-                yield piece
-                sent = text
-        finally:
-            if thread.is_alive() and "tokens" not in result:
-                stop.cancel()  # a stop string ended the text, or the reader left
-            thread.join()
-        if "error" in result:
-            raise result["error"]
-        yield self._finish(loaded, result["tokens"], params, stop)
-
-    def _run(
-        self, loaded: _Loaded, prompt: list[int], params: GenerationParams, stop: StopSignal, **extra: Any
-    ) -> torch.Tensor:
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        input_ids = torch.tensor([prompt], device=self._device)
-        return loaded.model.generate(  # type: ignore[no-any-return]
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            stopping_criteria=StoppingCriteriaList([_Stop(stop)]),
-            **self._sampling(loaded, params),
-            **extra,
-        )
-
-    def _sampling(self, loaded: _Loaded, params: GenerationParams) -> dict[str, Any]:
-        tokenizer = loaded.tokenizer
-        options: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        }
-        if params.temperature == 0:
-            options.update(do_sample=False)
+def collect(get: Callable[[], Any], n: int) -> list[Completion]:
+    """Completions from a request's events (``get`` blocks for the next)."""
+    logprobs: dict[int, list[Any]] = {i: [] for i in range(n)}
+    done: dict[int, Completion] = {}
+    while len(done) < n:
+        event = get()
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, TokenEvent):
+            if event.logprob is not None:
+                logprobs[event.index].append(event.logprob)
         else:
-            options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.stop:
-            options.update(stop_strings=params.stop, tokenizer=tokenizer)
-        return options
-
-    def _finish(
-        self, loaded: _Loaded, tokens: list[int], params: GenerationParams, stop: StopSignal
-    ) -> Completion:
-        tokenizer = loaded.tokenizer
-        eos = tokenizer.eos_token_id
-        ended = eos in tokens
-        if ended:
-            tokens = tokens[: tokens.index(eos)]
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = _first_stop(text, params.stop)
-        if cut is not None:
-            text, ended = text[:cut], True
-        # Cut short by the time limit (or a cancel) counts as "length": the answer is incomplete.
-        complete = ended or (len(tokens) < params.max_new_tokens and not stop.should_stop())
-        reason = "stop" if complete else "length"
-        return Completion(text=text, finish_reason=reason, completion_tokens=len(tokens) + int(eos is not None and ended))
-
-    class _NoAdapter:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, *exc: Any) -> None:
-            return None
-
-    def _adapter(self, loaded: _Loaded, ref: ModelRef) -> Any:
-        if not loaded.adapters:
-            return self._NoAdapter()
-        if ref.adapter_path is None:
-            return loaded.model.disable_adapter()
-        loaded.model.set_adapter(_adapter_name(ref.id))
-        return self._NoAdapter()
+            done[event.index] = Completion(event.text, event.finish_reason, event.completion_tokens,
+                                           logprobs[event.index] or None)
+    return [done[i] for i in range(n)]
 
 
-class _Stop(StoppingCriteria):
-    """Asked by ``generate`` after every token: stop when the signal says so."""
+class _TokenStrings:
+    """A token's text and exact bytes, for logprobs (cached per token)."""
 
-    def __init__(self, signal: StopSignal):
-        self.signal = signal
+    def __init__(self, tokenizer: Any):
+        self._tokenizer = tokenizer
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+        self._byte_of = _byte_decoder()
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.signal.should_stop(), dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+    def __call__(self, token: int) -> tuple[str, list[int]]:
+        if token not in self._cache:
+            piece = self._tokenizer.convert_ids_to_tokens(token)
+            raw: bytes
+            if piece is not None and all(ch in self._byte_of for ch in piece):  # byte-level BPE
+                raw = bytes(self._byte_of[ch] for ch in piece)
+            elif piece is not None and piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+                raw = bytes([int(piece[3:5], 16)])  # SentencePiece byte fallback
+            elif piece is not None and "\u2581" in piece:
+                raw = piece.replace("\u2581", " ").encode()
+            else:
+                raw = self._tokenizer.decode([token]).encode()
+            self._cache[token] = (raw.decode("utf-8", errors="replace"), list(raw))
+        return self._cache[token]
 
 
-class _held:
-    """The base's lock, waited for no longer than the generation's deadline."""
-
-    def __init__(self, lock: threading.Lock, stop: StopSignal):
-        self.lock, self.stop = lock, stop
-
-    def __enter__(self) -> None:
-        while not self.lock.acquire(timeout=0.25):
-            if self.stop.cancelled:
-                raise Overloaded("The request was cancelled while waiting for the model.")
-            if self.stop.timed_out:
-                raise Overloaded(
-                    "The model was busy for the whole generation time limit "
-                    "(OPENFT_GENERATION_TIMEOUT_SECONDS); retry later."
-                )
-
-    def __exit__(self, *exc: Any) -> None:
-        self.lock.release()
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-printable-character table, inverted."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
+        range(ord("\xae"), ord("\xff") + 1))
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
 def _adapter_name(model_id: str) -> str:
     return "a" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(s) for s in stops if s and s in text]
-    return min(positions) if positions else None
-
-

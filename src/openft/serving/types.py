@@ -34,6 +34,49 @@ class Completion:
     text: str
     finish_reason: str  # "stop" | "length"
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability under the model (before
+    temperature, top-p or a grammar reshaped the distribution), and the most
+    likely alternatives at that position."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+@dataclass
+class TokenEvent:
+    """A sequence generated one token; ``text`` is what it adds to the visible
+    answer ("" while the text may still turn into a stop string)."""
+
+    index: int
+    text: str
+    logprob: TokenLogprob | None
+
+
+@dataclass
+class Finished:
+    index: int
+    finish_reason: str  # "stop" | "length"
+    completion_tokens: int
+    text: str
+
+
+@dataclass
+class Failed:
+    error: BaseException
 
 
 class StopSignal:

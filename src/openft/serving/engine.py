@@ -1,0 +1,510 @@
+"""Continuous batching for one loaded base model: many requests, one forward
+pass per step.
+
+An :class:`Engine` owns a thread that runs the decode loop of one base. Every
+step it
+
+1. **admits** waiting requests while the batch has room (``max_batch``
+   sequences): each is prefilled on its own (requests with prompts of one
+   length, and the ``n`` choices of one request, share a prefill), samples its
+   first token and joins the running batch;
+2. **decodes** one token for every running sequence in a single forward pass:
+   the batch's key/value cache is left-padded, each row has its own attention
+   mask and position ids, and each row names its LoRA adapter
+   (``adapter_names``, PEFT's mixed-adapter batches; ``"__base__"`` for the
+   base itself), so a base and any number of its adapters share the pass;
+3. **retires** sequences that finished (end of turn, a stop string,
+   ``max_tokens``, a grammar that is complete) or whose client left or whose
+   time ran out: their rows leave the cache at once, and the cache's leading
+   columns that only padding still uses are cut away.
+
+A new request therefore starts at the next step, not when the batch drains,
+and a finished or abandoned one frees its slot immediately.
+
+Per-row work happens in this thread too, so the API's event loop only
+forwards events: sampling (greedy, or temperature/top-p with the sequence's
+own ``torch.Generator``, so a seed means the same output whatever the batch),
+grammar masks for structured output (:mod:`openft.serving.constraints`),
+log-probabilities of the model's distribution, incremental detokenisation and
+stop strings (text that may be the start of a stop string is held back).
+
+Greedy output is what the model would produce alone, up to floating-point
+reordering: padded key columns add exact zeros to attention, but matrix
+products over a batch may sum in another order than over one row, so a
+near-tie between two tokens can flip (measured in ``bench/serving.py``).
+
+The engine is bounded: at most ``max_batch`` running sequences and
+``max_queue`` waiting requests; :meth:`Engine.submit` refuses beyond that with
+:class:`~openft.errors.Overloaded` (503, ``Retry-After``). A request still
+waiting when its deadline passes fails with the same error.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from openft.errors import Overloaded
+from openft.serving.types import (
+    Failed,
+    Finished,
+    GenerationParams,
+    StopSignal,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+)
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Request:
+    """One chat completion as the engine sees it: ``params.n`` sequences over
+    one prompt. ``sink`` receives its events, from the engine's thread."""
+
+    prompt: list[int]
+    params: GenerationParams
+    stop: StopSignal
+    sink: Callable[[TokenEvent | Finished | Failed], None]
+    adapter: str | None = None
+    grammar: str | None = None  # an llguidance grammar (structured output, forced tool calls)
+    logprobs: int | None = None  # None: off; 0..20: the chosen token plus this many alternatives
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class EngineStats:
+    """Counters of what the engine did, for tests and benchmarks."""
+
+    steps: int = 0  # decode steps
+    rows: int = 0  # sequences summed over decode steps
+    largest_batch: int = 0
+    mixed_steps: int = 0  # decode steps whose rows used more than one adapter (or base + adapter)
+    joined_running: int = 0  # sequences admitted while others were mid-generation
+    prefills: int = 0
+    refused: int = 0  # requests refused because the queue was full
+    cancelled: int = 0  # sequences dropped because the client left or time ran out
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class _Sequence:
+    """One choice being generated: its tokens, sampler, grammar and text."""
+
+    def __init__(self, request: Request, index: int, detok: _Detokenizer, matcher: Any):
+        self.request, self.index = request, index
+        self.tokens: list[int] = []
+        self.matcher = matcher
+        self.text = _TextStream(detok, request.params.stop)
+        self.done = False
+        seed = request.params.seed
+        base = secrets.randbits(63) if seed is None else seed
+        self.generator: torch.Generator | None = None
+        if request.params.temperature > 0:
+            self.generator = torch.Generator().manual_seed((base + index * 0x9E3779B97F4A7C15) % 2**63)
+
+    @property
+    def adapter(self) -> str:
+        return self.request.adapter or BASE_ADAPTER
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Callable[[], Any],
+        tokenizer: Any,
+        device: torch.device,
+        *,
+        max_batch: int,
+        max_queue: int,
+        name: str,
+        lock: threading.Lock,
+        token_strings: Callable[[int], tuple[str, list[int]]],
+        matcher_factory: Callable[[str], Any] | None = None,
+    ):
+        """``model()`` gives the current model (a PeftModel once an adapter is
+        loaded); ``lock`` is held for each step, and by whoever changes the
+        model (loading an adapter)."""
+        self._model, self.tokenizer, self.device = model, tokenizer, device
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.lock = lock
+        self._token_strings = token_strings
+        self._matcher_factory = matcher_factory
+        self.stats = EngineStats()
+        self._eos = _eos_ids(model(), tokenizer)
+        self._cache_kw = _cache_keyword(model())
+        self._detok = _Detokenizer(tokenizer)
+        self._waiting: deque[Request] = deque()
+        self._running: list[_Sequence] = []
+        self._cache: Any = None  # DynamicCache of the running rows, left-padded
+        self._mask: torch.Tensor | None = None  # [rows, cached columns]: 1 real, 0 padding
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"openft-engine-{name}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ API
+    def submit(self, request: Request) -> None:
+        if request.params.n > self.max_batch:
+            raise Overloaded(f"n={request.params.n} is more than this server's batch size ({self.max_batch}).")
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                self.stats.refused += 1
+                raise Overloaded(
+                    "The model's request queue is full (OPENFT_SERVING_MAX_QUEUE); retry shortly.",
+                    code="server_overloaded",
+                )
+            self._waiting.append(request)
+            self._cond.notify()
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(self._waiting or self._running)
+
+    def load(self) -> tuple[int, int]:
+        """(running sequences, waiting requests)."""
+        with self._cond:
+            return len(self._running), len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # ----------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._closed:
+                    for request in self._waiting:
+                        request.sink(Failed(Overloaded("The model was unloaded; retry.")))
+                    for seq in self._running:
+                        seq.request.sink(Failed(Overloaded("The model was unloaded; retry.")))
+                    return
+                admitted = self._take_admissible()
+            try:
+                with self.lock, torch.inference_mode():
+                    if admitted:
+                        self._prefill(admitted)
+                    self._retire()
+                    if self._running:
+                        self._decode()
+                        self._retire()
+            except Exception as exc:  # a failed step fails its rows, never the engine
+                log.exception("serving engine step failed")
+                failed = {id(s.request): s.request for s in self._running}
+                failed.update({id(r): r for r in admitted})
+                for request in failed.values():
+                    request.sink(Failed(exc))
+                self._running, self._cache, self._mask = [], None, None
+
+    def _take_admissible(self) -> list[Request]:
+        """Waiting requests that fit in the batch now (in arrival order);
+        requests that waited past their deadline, or whose client left, are
+        answered here and never start."""
+        admitted: list[Request] = []
+        room = self.max_batch - len(self._running)
+        while self._waiting:
+            request = self._waiting[0]
+            if request.stop.cancelled:
+                self._waiting.popleft()
+                self.stats.cancelled += 1
+                continue
+            if request.stop.timed_out:
+                self._waiting.popleft()
+                request.sink(Failed(Overloaded(
+                    "The model was busy for the whole generation time limit "
+                    "(OPENFT_GENERATION_TIMEOUT_SECONDS); retry later.")))
+                continue
+            if request.params.n > room:
+                break
+            room -= request.params.n
+            admitted.append(self._waiting.popleft())
+        return admitted
+
+    # -------------------------------------------------------------- prefill
+    def _prefill(self, requests: list[Request]) -> None:
+        """Run the prompts of newly admitted requests, sample their first
+        tokens, and merge their cache rows into the running batch."""
+        if self._running:
+            self.stats.joined_running += sum(r.params.n for r in requests)
+        by_length: dict[int, list[Request]] = {}
+        for request in requests:
+            by_length.setdefault(len(request.prompt), []).append(request)
+        for group in by_length.values():
+            self.stats.prefills += 1
+            # One row per distinct prompt; the n choices of a request share it.
+            ids = torch.tensor([r.prompt for r in group], device=self.device)
+            out = self._model()(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                use_cache=True,
+                logits_to_keep=1,
+                **self._adapters([r.adapter or BASE_ADAPTER for r in group]),
+            )
+            sequences, rows = [], []
+            for row, request in enumerate(group):
+                for index in range(request.params.n):
+                    matcher = self._matcher_factory(request.grammar) if request.grammar else None
+                    sequences.append(_Sequence(request, index, self._detok, matcher))
+                    rows.append(row)
+            cache = _cache_of(out)
+            logits = out.logits[:, -1, :]
+            if rows != list(range(len(group))):
+                index = torch.tensor(rows, device=self.device)
+                cache.batch_select_indices(index)
+                logits = logits[index]
+            self._merge(cache, torch.ones(len(rows), ids.shape[1], dtype=torch.long, device=self.device))
+            self._running.extend(sequences)
+            self._advance(sequences, logits)
+
+    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+            return
+        assert self._mask is not None
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)])
+            old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])
+        self._mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+
+    # --------------------------------------------------------------- decode
+    def _decode(self) -> None:
+        assert self._mask is not None
+        rows = self._running
+        self.stats.steps += 1
+        self.stats.rows += len(rows)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
+        adapters = [s.adapter for s in rows]
+        if len(set(adapters)) > 1:
+            self.stats.mixed_steps += 1
+        ids = torch.tensor([[s.tokens[-1]] for s in rows], device=self.device)
+        positions = self._mask.sum(dim=1, keepdim=True)  # real tokens before the new one
+        self._mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
+        out = self._model()(
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_kw: self._cache},
+            **self._adapters(adapters),
+        )
+        self._cache = _cache_of(out)
+        self._advance(rows, out.logits[:, -1, :])
+
+    def _adapters(self, names: list[str]) -> dict[str, Any]:
+        model = self._model()
+        return {"adapter_names": names} if hasattr(model, "peft_config") else {}
+
+    # -------------------------------------------------------------- sampling
+    def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample one token for each sequence from its row of ``logits``."""
+        logits = logits.float()
+        for seq, row in zip(sequences, logits, strict=True):
+            request = seq.request
+            if request.stop.should_stop():
+                self._end(seq, "length", cancelled=True)
+                continue
+            scores = row
+            if seq.matcher is not None:
+                scores = _masked(row, seq.matcher, self._eos)
+            token = _sample(scores, request.params, seq.generator)
+            logprob = self._logprob(row, token, request.logprobs) if request.logprobs is not None else None
+            seq.tokens.append(token)
+            if seq.matcher is not None:
+                seq.matcher.consume_token(token)
+            if token in self._eos:
+                request.sink(TokenEvent(seq.index, "", logprob))
+                self._end(seq, "stop")
+                continue
+            piece, stopped = seq.text.add(seq.tokens)
+            request.sink(TokenEvent(seq.index, piece, logprob))
+            if stopped:
+                self._end(seq, "stop")
+            elif seq.matcher is not None and seq.matcher.is_stopped():
+                self._end(seq, "stop")
+            elif len(seq.tokens) >= request.params.max_new_tokens:
+                self._end(seq, "length")
+
+    def _end(self, seq: _Sequence, reason: str, *, cancelled: bool = False) -> None:
+        seq.done = True
+        if cancelled and seq.request.stop.cancelled:
+            self.stats.cancelled += 1
+            return  # the client left: nobody is listening
+        tail = "" if seq.text.stopped else seq.text.flush()  # text held back for a stop string that never came
+        if tail:
+            seq.request.sink(TokenEvent(seq.index, tail, None))
+        seq.request.sink(Finished(seq.index, reason, len(seq.tokens), seq.text.text))
+
+    def _logprob(self, row: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        logprobs = torch.log_softmax(row, dim=-1)
+        text, raw = self._token_strings(token)
+        alternatives = []
+        if top:
+            values, indices = torch.topk(logprobs, top)
+            for value, index in zip(values.tolist(), indices.tolist(), strict=True):
+                alt_text, alt_raw = self._token_strings(index)
+                alternatives.append(TopLogprob(alt_text, value, alt_raw))
+        return TokenLogprob(text, float(logprobs[token]), raw, alternatives)
+
+    def _retire(self) -> None:
+        """Drop finished rows from the batch and cut padding-only columns."""
+        keep = [i for i, s in enumerate(self._running) if not s.done]
+        if len(keep) == len(self._running):
+            return
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        assert self._mask is not None
+        index = torch.tensor(keep, device=self.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        first = int(self._mask.any(dim=0).nonzero()[0])
+        if first:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+
+# ---------------------------------------------------------------- helpers
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _cache_keyword(model: Any) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in transformers
+    5.x, ``past_key_values`` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list):
+        ids.update(configured)
+    return frozenset(ids)
+
+
+def _sample(scores: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
+    if params.temperature == 0 or generator is None:
+        return int(torch.argmax(scores))
+    probs = torch.softmax(scores / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > params.top_p  # keeps at least one
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def _masked(row: torch.Tensor, matcher: Any, eos: frozenset[int]) -> torch.Tensor:
+    """``row`` with every token the grammar forbids next set to -inf."""
+    import numpy as np
+
+    bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+    allowed = np.unpackbits(bits, bitorder="little")[: row.shape[0]].astype(bool)
+    if matcher.is_stopped():  # complete: only the end of turn may follow
+        allowed[:] = False
+        allowed[list(eos)] = True
+    mask = torch.from_numpy(allowed).to(row.device)
+    if mask.shape[0] < row.shape[0]:  # padding rows of the embedding matrix
+        mask = torch.cat([mask, torch.zeros(row.shape[0] - mask.shape[0], dtype=torch.bool, device=row.device)])
+    return row.masked_fill(~mask, float("-inf"))
+
+
+class _Detokenizer:
+    """Incremental decoding: text added by the newest tokens, never half a
+    character (a byte-level token that ends mid-UTF-8 waits for the next)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)  # type: ignore[no-any-return]
+
+
+class _TextStream:
+    """A sequence's visible text: grows token by token, ends at the first
+    stop string, and holds back any tail that could still become one."""
+
+    def __init__(self, detok: _Detokenizer, stops: list[str]):
+        self.detok, self.stops = detok, [s for s in stops if s]
+        self.text = ""  # decoded text (up to the stop string, once stopped)
+        self.sent = 0  # characters of ``text`` already handed out
+        self.prefix, self.read = 0, 0  # token offsets of the incremental decoder
+        self.stopped = False
+
+    def add(self, tokens: list[int]) -> tuple[str, bool]:
+        """(text that may be shown now, whether a stop string ended it)."""
+        before = self.detok.decode(tokens[self.prefix:self.read])
+        now = self.detok.decode(tokens[self.prefix:])
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return "", False  # an incomplete character: wait for more tokens
+        self.text += now[len(before):]
+        self.prefix, self.read = self.read, len(tokens)
+        if self.stops:
+            cut = _first_stop(self.text, self.stops, max(0, self.sent - max(map(len, self.stops))))
+            if cut is not None:
+                self.text, self.stopped = self.text[:cut], True
+                return self._take(len(self.text)), True
+            return self._take(len(self.text) - _held_back(self.text, self.stops)), False
+        return self._take(len(self.text)), False
+
+    def flush(self) -> str:
+        return self._take(len(self.text))
+
+    def _take(self, upto: int) -> str:
+        upto = max(upto, self.sent)
+        piece, self.sent = self.text[self.sent:upto], upto
+        return piece
+
+
+def _first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
+    positions = [p for p in (text.find(s, start) for s in stops) if p >= 0]
+    return min(positions) if positions else None
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of ``text`` that begins some stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-size:]):
+                longest = size
+                break
+    return longest
