@@ -1,17 +1,63 @@
-"""The serving generator: its model cache is bounded by its memory budget
-(LRU), and a stop signal ends a generation at the next token."""
+"""The serving generator and its batching engine, driven directly: the model
+cache (LRU), batching that does not change greedy answers, requests joining
+and leaving a running batch, the bounded queue, logprobs against a plain
+forward pass, and grammar-constrained JSON."""
 
 from __future__ import annotations
 
+import json
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import jsonschema
 import pytest
+import torch
 from support import build_tiny_model
 
-from openft.serving.generator import Generator
-from openft.serving.types import GenerationParams, ModelRef, StopSignal
+from openft.errors import Overloaded
+from openft.serving import constraints
+from openft.serving.generator import Generator, collect
+from openft.serving.types import Finished, GenerationParams, ModelRef, StopSignal, TokenEvent
 
 pytestmark = pytest.mark.training
 
 HI = [{"role": "user", "content": "hi"}]
+GREEDY = GenerationParams(max_new_tokens=12, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    return Generator(memory_budget_bytes=2**30, device="cpu", max_batch=8, max_queue=4)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_model_dir) -> ModelRef:
+    return ModelRef("tiny", tiny_model_dir)
+
+
+def prompts(generator: Generator, ref: ModelRef, count: int) -> list[list[int]]:
+    """Prompts of several lengths, so batched rows need padding."""
+    return [generator.prompt_ids(ref, [{"role": "user", "content": "word " * (i + 1)}]) for i in range(count)]
+
+
+class Events:
+    """A request's events, readable from the test thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.first_token, self.finished = threading.Event(), threading.Event()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, TokenEvent):
+            self.first_token.set()
+        elif isinstance(event, Finished):
+            self.finished.set()
+        self.queue.put(event)
+
+    def result(self):
+        (completion,) = collect(self.queue.get, 1)
+        return completion
 
 
 def test_least_recently_used_base_is_evicted(tmp_path, tiny_model_dir) -> None:
@@ -23,24 +69,129 @@ def test_least_recently_used_base_is_evicted(tmp_path, tiny_model_dir) -> None:
     assert list(generator._bases) == [str(tiny_model_dir)]
     generator.generate(second, prompt, GenerationParams(max_new_tokens=2, temperature=0), StopSignal(60))
     assert list(generator._bases) == [str(other)]
+    generator.close()
 
 
-def test_a_stopped_signal_ends_generation_and_reports_length(tiny_model_dir) -> None:
-    generator = Generator(memory_budget_bytes=2**30, device="cpu")
-    ref = ModelRef("a", tiny_model_dir)
-    prompt = generator.prompt_ids(ref, HI)
-    params = GenerationParams(max_new_tokens=500, temperature=1.0, seed=1)
-    stop = StopSignal(60)
-    stream = generator.stream(ref, prompt, params, stop)
-    first = next(stream)
-    assert isinstance(first, str)
+def test_batched_greedy_answers_equal_the_answers_alone(generator, ref) -> None:
+    asks = prompts(generator, ref, 8)
+    alone = [generator.generate(ref, p, GREEDY, StopSignal(60))[0] for p in asks]
+    before = generator.engine(ref).stats.as_dict()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda p: generator.generate(ref, p, GREEDY, StopSignal(60))[0], asks))
+    after = generator.engine(ref).stats.as_dict()
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert after["rows"] - before["rows"] > after["steps"] - before["steps"]  # steps carried several rows
+
+
+def test_a_request_joins_a_running_batch_and_finishes_first(generator, ref) -> None:
+    engine = generator.engine(ref)
+    long, short, stop = Events(), Events(), StopSignal(60)
+    joined = engine.stats.joined_running
+    generator.submit(ref, generator.prompt_ids(ref, HI), GenerationParams(max_new_tokens=4000, temperature=0),
+                     stop, long)
+    assert long.first_token.wait(30)
+    generator.submit(ref, generator.prompt_ids(ref, HI), GenerationParams(max_new_tokens=3, temperature=0),
+                     StopSignal(60), short)
+    assert short.result().completion_tokens == 3
+    assert not long.finished.is_set()  # the long one is still generating
+    assert engine.stats.joined_running == joined + 1
     stop.cancel()
-    *_, final = stream
-    assert final.finish_reason == "length"
-    assert final.completion_tokens < 100  # stopped at once, far from 500
-    assert not generator._bases[str(tiny_model_dir)].lock.locked()
 
-    # Past its deadline: a free lock is still taken, and generation ends after one token.
-    (completion,) = generator.generate(ref, prompt, params, StopSignal(0))
-    assert completion.finish_reason == "length" and completion.completion_tokens <= 1
 
+def test_a_cancelled_request_leaves_at_once_and_a_full_queue_refuses(tiny_model_dir) -> None:
+    generator = Generator(memory_budget_bytes=2**30, device="cpu", max_batch=1, max_queue=1)
+    ref = ModelRef("tiny", tiny_model_dir)
+    prompt = generator.prompt_ids(ref, HI)
+    long_params = GenerationParams(max_new_tokens=4000, temperature=1.0, seed=1)
+    running, waiting, stop = Events(), Events(), StopSignal(60)
+    generator.submit(ref, prompt, long_params, stop, running)
+    assert running.first_token.wait(30)
+    generator.submit(ref, prompt, GenerationParams(max_new_tokens=2, temperature=0), StopSignal(60), waiting)
+    with pytest.raises(Overloaded) as refused:  # one running, one waiting: full
+        generator.submit(ref, prompt, GREEDY, StopSignal(60), Events())
+    assert refused.value.status_code == 503 and refused.value.code == "server_overloaded"
+    stop.cancel()  # the client left: its slot goes to the waiting request
+    assert waiting.result().completion_tokens == 2
+    assert generator.engine(ref).stats.cancelled == 1
+    generated = running.queue.qsize()
+    assert generated < 4000 and not any(isinstance(e, Finished) for e in iter_queue(running.queue))
+    generator.close()
+
+
+def iter_queue(q: queue.SimpleQueue):
+    while not q.empty():
+        yield q.get()
+
+
+def test_a_request_waiting_past_its_deadline_fails_with_503(tiny_model_dir) -> None:
+    generator = Generator(memory_budget_bytes=2**30, device="cpu", max_batch=1, max_queue=4)
+    ref = ModelRef("tiny", tiny_model_dir)
+    prompt = generator.prompt_ids(ref, HI)
+    running, stop = Events(), StopSignal(60)
+    generator.submit(ref, prompt, GenerationParams(max_new_tokens=4000, temperature=0), stop, running)
+    assert running.first_token.wait(30)
+    late = Events()
+    generator.submit(ref, prompt, GREEDY, StopSignal(0), late)  # deadline already over
+    stop.cancel()
+    with pytest.raises(Overloaded, match="busy for the whole generation time limit"):
+        late.result()
+    generator.close()
+
+
+def test_logprobs_match_a_plain_forward_pass(generator, ref, tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    prompt = prompts(generator, ref, 1)[0]
+    (completion,) = generator.generate(ref, prompt, GenerationParams(max_new_tokens=6, temperature=0),
+                                       StopSignal(60), logprobs=5)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = list(prompt)
+    for position, entry in enumerate(completion.logprobs):
+        with torch.no_grad():
+            reference = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+        best = torch.topk(reference, 5)
+        token = int(best.indices[0])  # greedy: the chosen token is the most likely one
+        assert abs(entry.logprob - float(reference[token])) < 1e-4, position
+        assert [round(t.logprob, 4) for t in entry.top_logprobs] == [round(v, 4) for v in best.values.tolist()]
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        ids.append(token)
+    assert len(completion.logprobs) == completion.completion_tokens
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "colour": {"enum": ["red", "green", "blue"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["name", "age", "colour", "tags", "ok"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_outputs_parse_and_validate_when_sampled(generator, ref) -> None:
+    grammar = constraints.json_schema_grammar(SCHEMA)
+    prompt = generator.prompt_ids(ref, [{"role": "user", "content": "A person as JSON."}])
+
+    def sample(seed: int) -> str:
+        params = GenerationParams(max_new_tokens=200, temperature=1.0, seed=seed)
+        (completion,) = generator.generate(ref, prompt, params, StopSignal(60), grammar=grammar)
+        assert completion.finish_reason == "stop"
+        return completion.text
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outputs = list(pool.map(sample, range(20)))
+    for text in outputs:
+        jsonschema.validate(json.loads(text), SCHEMA)
+    assert len(set(outputs)) > 10  # sampled, not one answer
+
+
+def test_unsupported_schema_keywords_are_named() -> None:
+    from openft.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as caught:
+        constraints.json_schema_grammar({"type": "array", "contains": {"type": "integer"}})
+    assert caught.value.param == "response_format.json_schema.schema" and "contains" in caught.value.message

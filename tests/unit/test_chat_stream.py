@@ -1,5 +1,7 @@
-"""A chat stream that fails half-way still ends with ``data: [DONE]``, and a
-stream that ends (however it ends) trips its generation's stop signal."""
+"""The chat stream's wire format from engine events: a stream that fails
+half-way still ends with ``data: [DONE]``; a stream that ends (however it
+ends) trips its generation's stop signal; text that turns out to be a tool
+call goes out as ``tool_calls`` deltas, other text as content."""
 
 from __future__ import annotations
 
@@ -7,54 +9,82 @@ import asyncio
 import json
 
 from openft.config import load_settings
-from openft.services.chat import ChatService
-from openft.serving.types import GenerationParams, StopSignal
+from openft.services.chat import ChatService, Plan
+from openft.serving.types import Failed, Finished, StopSignal, TokenEvent
 
 
-class FailingGenerator:
-    def stream(self, ref, prompt, params, stop):
-        yield "Hel"
-        raise RuntimeError("the GPU caught fire")
+class Script:
+    """Stands in for a submission: hands out scripted engine events."""
+
+    def __init__(self, events, endless: bool = False):
+        self.events, self.endless = list(events), endless
+
+    async def get(self):
+        if self.events:
+            return self.events.pop(0)
+        assert self.endless
+        return TokenEvent(0, "tok ", None)
 
 
-def service(tmp_path, generator) -> ChatService:
-    chat = ChatService(load_settings(home=tmp_path), registry=None, blobs=None)  # type: ignore[arg-type]
-    chat._generator = generator
-    return chat
+def service(tmp_path) -> ChatService:
+    return ChatService(load_settings(home=tmp_path), registry=None, blobs=None)  # type: ignore[arg-type]
 
 
-def test_error_mid_stream_is_an_event_then_done(tmp_path) -> None:
-    chat = service(tmp_path, FailingGenerator())
-    stop = StopSignal(60)
-
+def run(chat: ChatService, script: Script, plan: Plan, stop: StopSignal) -> list[dict]:
     async def collect() -> list[str]:
-        return [e async for e in chat.events(None, [1, 2], GenerationParams(), "m", False, stop)]  # type: ignore[arg-type]
+        return [e async for e in chat.events(script, plan, "m", False, stop)]  # type: ignore[arg-type]
 
     events = asyncio.run(collect())
     assert events[-1] == "data: [DONE]\n\n"
-    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    return [json.loads(e[6:]) for e in events[:-1]]
+
+
+PLAIN = Plan(prompt=[1, 2], grammar=None, logprobs=None, tool_names=set())
+
+
+def test_error_mid_stream_is_an_event_then_done(tmp_path) -> None:
+    stop = StopSignal(60)
+    payloads = run(service(tmp_path), Script([TokenEvent(0, "Hel", None), Failed(RuntimeError("the GPU caught fire"))]),
+                   PLAIN, stop)
     assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert payloads[1]["choices"][0]["delta"]["content"] == "Hel"
     assert payloads[2]["error"]["type"] == "server_error"
-    assert "fire" not in events[2]  # no internals leak to the client
+    assert "fire" not in json.dumps(payloads[2])  # no internals leak to the client
     assert stop.cancelled
 
 
-class EndlessGenerator:
-    def stream(self, ref, prompt, params, stop):
-        while not stop.should_stop():
-            yield "tok "
-
-
 def test_a_reader_that_leaves_stops_the_generation(tmp_path) -> None:
-    chat = service(tmp_path, EndlessGenerator())
-    stop = StopSignal(60)
+    chat, stop = service(tmp_path), StopSignal(60)
 
     async def read_two_then_leave() -> None:
-        events = chat.events(None, [1], GenerationParams(), "m", False, stop)  # type: ignore[arg-type]
+        events = chat.events(Script([], endless=True), PLAIN, "m", False, stop)  # type: ignore[arg-type]
         await events.__anext__()
         await events.__anext__()
         await events.aclose()
 
     asyncio.run(read_two_then_leave())
     assert stop.cancelled
+
+
+TOOLS = Plan(prompt=[1], grammar=None, logprobs=None, tool_names={"get_weather"})
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+def test_a_tool_call_streams_as_tool_call_deltas(tmp_path) -> None:
+    pieces = [CALL[i:i + 7] for i in range(0, len(CALL), 7)]
+    events = [TokenEvent(0, p, None) for p in pieces] + [Finished(0, "stop", len(pieces) + 1, CALL)]
+    payloads = run(service(tmp_path), Script(events), TOOLS, StopSignal(60))
+    deltas = [p["choices"][0]["delta"] for p in payloads[1:]]
+    assert not any(d.get("content") for d in deltas)  # nothing of the call leaked as text
+    [call] = deltas[0]["tool_calls"]
+    assert call["id"].startswith("call_") and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+    assert payloads[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_text_with_tools_available_streams_as_content(tmp_path) -> None:
+    events = [TokenEvent(0, "<to", None), TokenEvent(0, "day it rains", None), Finished(0, "stop", 3, "x")]
+    payloads = run(service(tmp_path), Script(events), TOOLS, StopSignal(60))
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads)
+    assert text == "<today it rains"
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"

@@ -121,6 +121,12 @@ class ChatService:
                 )
             return self._generator
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per loaded base: engine counters plus ``running``/``waiting`` now."""
+        if self._generator is None:
+            return {}
+        return self._generator.stats()
+
     async def create(
         self,
         reader: Callable[[], AbstractAsyncContextManager[Db]],

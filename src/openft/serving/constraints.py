@@ -72,7 +72,8 @@ def tool_call_grammar(functions: list[dict[str, Any]], param: str = "tool_choice
         }
         for f in functions
     ]
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
+    schema["x-guidance"] = {"whitespace_flexible": False}  # compact JSON: no runs of spaces
     lark = f'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json {json.dumps(schema)}\n'
     return _validated(LLMatcher.grammar_from_lark(lark), param, "A function's parameters schema")
 

@@ -160,7 +160,8 @@ class Engine:
         if request.params.n > self.max_batch:
             raise Overloaded(f"n={request.params.n} is more than this server's batch size ({self.max_batch}).")
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
+            room = max(0, self.max_batch - len(self._running))  # taken at the next step, not queued
+            if len(self._waiting) >= self.max_queue + room:
                 self.stats.refused += 1
                 raise Overloaded(
                     "The model's request queue is full (OPENFT_SERVING_MAX_QUEUE); retry shortly.",

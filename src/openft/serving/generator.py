@@ -183,7 +183,13 @@ class Generator:
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._cache_lock:
-            return {Path(k).name: b.engine.stats.as_dict() for k, b in self._bases.items() if b.engine}
+            bases = list(self._bases.items())
+        out = {}
+        for key, base in bases:
+            if base.engine is not None:
+                running, waiting = base.engine.load()
+                out[Path(key).name] = {**base.engine.stats.as_dict(), "running": running, "waiting": waiting}
+        return out
 
 
 def collect(get: Callable[[], Any], n: int) -> list[Completion]:

@@ -33,6 +33,15 @@ async def create_chat_completion(
     return wire(result)
 
 
+@router.get("/serving/stats")
+async def serving_stats(
+    caller: Annotated[Caller, Depends(get_caller)], ctx: Annotated[AppContext, Depends(get_ctx)]
+) -> dict[str, object]:
+    """openft extension: what each loaded base model's engine is doing and
+    has done (counters since the process started; no request content)."""
+    return {"object": "serving.stats", "engines": ctx.chat.stats()}
+
+
 class EventStream(StreamingResponse):
     """Server-sent events whose generation stops when the response ends,
     however it ends (finished, client gone, server shutting down)."""
