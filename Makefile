@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray clean
+.PHONY: run test setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-dpo: $(STAMP)
 
 bench-ray: $(STAMP)
 	$(BIN)/python bench/ray_overhead.py
+
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

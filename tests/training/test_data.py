@@ -45,6 +45,40 @@ class TestLabels:
         assert labelled_text(tokenizer, example) == "Right answer<|im_end|>\n"
         assert "Wrong answer" in tokenizer.decode(example.input_ids)  # still context
 
+    def test_tool_calls_carry_loss_as_the_model_writes_them(self, tokenizer) -> None:
+        from openft.tool_format import parse_tool_calls
+
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+        [example], _ = tokenize(tokenizer, lines({"tools": tools, "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+            {"role": "assistant", "content": "It is 21 C."},
+        ]}), max_seq_length=512)
+        learned = labelled_text(tokenizer, example)
+        first, second = learned.split("<|im_end|>\n", 1)
+        [parsed] = parse_tool_calls(first, {"get_weather"})  # what serving will read back
+        assert (parsed.name, json.loads(parsed.arguments)) == ("get_weather", {"city": "Oslo"})
+        assert second == "It is 21 C.<|im_end|>\n"
+        context = tokenizer.decode(example.input_ids)
+        assert "<tools>" in context and '"name": "get_weather"' in context  # the signatures, in the system turn
+        assert "<tool_response>\n21 C\n</tool_response>" in context  # the result, not learned
+
+    def test_tools_on_a_template_without_a_tool_format_name_the_line(self, tokenizer) -> None:
+        from copy import copy
+
+        from openft.training.data import DataError
+
+        plain = copy(tokenizer)
+        plain.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        example = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}
+        with pytest.raises(DataError, match="Line 2: has tools or tool calls"):
+            tokenize(plain, ["", json.dumps(example)], max_seq_length=512)
+
     def test_prompt_completion(self, tokenizer) -> None:
         [example], _ = tokenize(tokenizer, lines({"prompt": "2+2=", "completion": " 4"}), max_seq_length=512)
         assert labelled_text(tokenizer, example) == " 4" + tokenizer.eos_token

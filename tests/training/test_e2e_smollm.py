@@ -86,3 +86,60 @@ def test_first_job_on_a_fresh_home_trains_like_every_later_one(make_training_ser
     assert len(first) == 3
     assert first == second  # bit for bit, from step 1 to the last
     server.stop()
+
+
+FUNCTION_CALLING = REPO / "examples" / "function-calling"
+
+
+def test_fine_tuned_bundled_model_calls_the_function_it_was_shown(make_training_server, bundled_model_dir) -> None:
+    """README "Fine-tune for function calling": the bundled model, trained on
+    examples/function-calling/train.jsonl, answers every request of
+    held-out.jsonl (cities it never saw) with a call to the right function
+    and the right arguments, through the SDK's tools interface, streamed and
+    not; the base model does not."""
+    import io
+    import json
+    import time
+
+    from test_jobs_train import wait_for
+
+    server = make_training_server(OPENFT_TRAINING_THREADS="2")  # nothing else is served meanwhile
+    models = server.home / "models"
+    models.mkdir(exist_ok=True)
+    (models / bundled_model_dir.name).symlink_to(bundled_model_dir)
+    tenant = Tenant(server, "default", server.api_key)
+    training = tenant.sdk.files.create(file=open(FUNCTION_CALLING / "train.jsonl", "rb"), purpose="fine-tune").id
+    started = time.monotonic()
+    job = tenant.sdk.fine_tuning.jobs.create(
+        model=SMOLLM, training_file=training, suffix="tools", seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": FUNCTION_CALLING_HYPERPARAMETERS}})
+    done = wait_for(tenant, job.id, {"succeeded", "failed"}, timeout=900)
+    assert done.status == "succeeded", done.error
+    print(f"\nfunction-calling job: {time.monotonic() - started:.0f} s")
+
+    held_out = [json.loads(line) for line in (FUNCTION_CALLING / "held-out.jsonl").read_text().splitlines()]
+    right = {"base": 0, "tuned": 0}
+    for example in held_out:
+        ask, expected = example["messages"][:1], example["messages"][1]["tool_calls"][0]["function"]
+        for which, model in (("base", SMOLLM), ("tuned", done.fine_tuned_model)):
+            reply = tenant.sdk.chat.completions.create(model=model, messages=ask, tools=example["tools"],
+                                                       temperature=0, max_tokens=60)
+            calls = reply.choices[0].message.tool_calls or []
+            got = [(c.function.name, json.loads(c.function.arguments)) for c in calls]
+            print(f"{which}: {ask[0]['content']!r} -> {got or reply.choices[0].message.content!r}")
+            if got == [(expected["name"], json.loads(expected["arguments"]))]:
+                right[which] += 1
+                assert reply.choices[0].finish_reason == "tool_calls"
+    assert right["tuned"] == len(held_out), right
+    assert right["base"] < len(held_out) // 2, right
+
+    example = held_out[0]
+    with tenant.sdk.chat.completions.stream(model=done.fine_tuned_model, messages=example["messages"][:1],
+                                            tools=example["tools"], temperature=0, max_tokens=60) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert call.function.name == example["messages"][1]["tool_calls"][0]["function"]["name"]
+    server.stop()
+
+
+FUNCTION_CALLING_HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.0}

@@ -9,13 +9,23 @@ vLLM's ``OpenAIServingChat``): the router only hands it the request. It owns
   resolver (``ModelRegistry.weights``); fine-tuned weights are fetched from
   blob storage once into ``$OPENFT_HOME/cache``;
 * the generator, created on the first request (importing torch then, not
-  when the API starts);
+  when the API starts), whose per-base engines batch every request;
+* the request's :class:`Plan`: prompt tokens (tools rendered in the model's
+  tool format), the grammar of ``response_format`` or a forced
+  ``tool_choice``, logprobs; every problem with them is a 400 before the
+  request is queued;
+* the hand-over from the engine's thread: events go through a
+  :class:`Submission` (``call_soon_threadsafe`` into an asyncio queue), so
+  the event loop never blocks on generation;
 * work nobody waits for: every generation has a :class:`StopSignal` that a
-  disconnect (polled for plain requests, noticed at the next chunk for
-  streams) or ``OPENFT_GENERATION_TIMEOUT_SECONDS`` trips;
-* the stream's wire format: a role chunk, content chunks, a finish chunk,
-  an optional usage chunk and ``data: [DONE]``, also after an error (sent as
-  an error event in the OpenAI envelope, without internals).
+  disconnect (polled for plain requests, noticed when the response ends for
+  streams) or ``OPENFT_GENERATION_TIMEOUT_SECONDS`` trips; the engine drops
+  the request's rows at its next step;
+* the wire format: a role chunk, content chunks (with logprobs), tool-call
+  deltas, a finish chunk, an optional usage chunk and ``data: [DONE]``, also
+  after an error (sent as an error event in the OpenAI envelope, without
+  internals); tool calls parsed out of the answer with
+  :mod:`openft.tool_format`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 batches.
 
 * Chat examples are rendered with the model's own chat template. The loss
-  covers assistant messages only (their content and end-of-turn marker), and
-  skips assistant messages with ``weight: 0``. Spans are found by rendering
+  covers assistant messages only (their content, tool calls and end-of-turn
+  marker), and skips assistant messages with ``weight: 0``. ``tools`` and
+  assistant ``tool_calls`` are written in the model's tool format
+  (:mod:`openft.tool_format`), exactly as serving shows them and parses them. Spans are found by rendering
   each conversation prefix: the text of ``messages[:i]`` plus the generation
   prompt must be a prefix of the text through message ``i`` (true of ChatML-
   style templates; anything else is refused with a clear error).
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from openft import tool_format
 
 IGNORE = -100
 
@@ -64,21 +68,30 @@ def _text(content: Any) -> str:
     return str(content)
 
 
-def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as plain-text dicts that any chat template can render.
-    Tool calls without content are rendered as their JSON."""
-    out = []
-    for message in messages:
-        content = _text(message.get("content"))
-        if not content and message.get("tool_calls"):
-            content = json.dumps(message["tool_calls"])
-        out.append({"role": message["role"], "content": content})
-    return out
+def example_tools(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """An example's tools: ``tools``, or the legacy ``functions`` list."""
+    if raw.get("tools"):
+        return list(raw["tools"])
+    if raw.get("functions"):
+        return [{"type": "function", "function": f} for f in raw["functions"]]
+    return None
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+def template_messages(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Messages (and tools) as the model's chat template takes them, with
+    tool calls and tool results in the model's tool format (see
+    :mod:`openft.tool_format`); serving renders prompts the same way."""
+    style = tool_format.tool_style(getattr(tokenizer, "chat_template", None))
+    return tool_format.to_template_messages(messages, tools, style)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], *, generation_prompt: bool,
+            tools: list[dict[str, Any]] | None = None) -> str:
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+        messages, tokenize=False, add_generation_prompt=generation_prompt, **extra
     )
 
 
@@ -93,15 +106,21 @@ def _label_spans(text: str, spans: list[tuple[int, int]], tokenizer: Any) -> tup
 
 
 def chat_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
-    messages = normalise_messages(raw["messages"])
+    """Loss on assistant turns: their text, their tool calls (as the model
+    writes them) and their end-of-turn marker."""
+    try:
+        messages, tools = template_messages(tokenizer, raw["messages"], example_tools(raw))
+    except tool_format.ToolFormatError as exc:
+        raise DataError(f"has tools or tool calls, but {exc}", line, code="invalid_tools") from exc
     weights = [m.get("weight", 1) for m in raw["messages"]]
-    text = _render(tokenizer, messages, generation_prompt=False)
+    text = _render(tokenizer, messages, generation_prompt=False, tools=tools)
+    offset = 1 if len(messages) > len(weights) else 0  # a system turn listing the tools was added
     spans = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant" or weights[index] == 0:
+        if message["role"] != "assistant" or weights[index - offset] == 0:
             continue
-        before = _render(tokenizer, messages[:index], generation_prompt=True) if index else ""
-        through = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        before = _render(tokenizer, messages[:index], generation_prompt=True, tools=tools) if index else ""
+        through = _render(tokenizer, messages[: index + 1], generation_prompt=False, tools=tools)
         if not (through.startswith(before) and text.startswith(through)):
             raise DataError(
                 "the model's chat template does not render conversations prefix by prefix, "
@@ -124,9 +143,9 @@ def prompt_completion_example(tokenizer: Any, raw: dict[str, Any], line: int) ->
 def preference_pair(tokenizer: Any, raw: dict[str, Any], line: int) -> tuple[Example, Example]:
     """(chosen, rejected): the prompt conversation followed by each answer, with
     loss labels on the answer only."""
-    prompt = raw["input"]["messages"]
-    chosen = chat_example(tokenizer, {"messages": prompt + raw["preferred_output"][:1]}, line)
-    rejected = chat_example(tokenizer, {"messages": prompt + raw["non_preferred_output"][:1]}, line)
+    prompt, tools = raw["input"]["messages"], example_tools(raw["input"])
+    chosen = chat_example(tokenizer, {"messages": prompt + raw["preferred_output"][:1], "tools": tools}, line)
+    rejected = chat_example(tokenizer, {"messages": prompt + raw["non_preferred_output"][:1], "tools": tools}, line)
     for example in (chosen, rejected):  # prompt turns never carry loss in DPO
         labels = example.labels
         last = max(i for i, label in enumerate(labels) if label != IGNORE)
