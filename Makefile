@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving clean
+.PHONY: run test test-examples setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-examples: $(STAMP)
+	$(BIN)/python -m pytest -m example -s
 
 bench: $(STAMP)
 	$(BIN)/python bench/api_latency.py

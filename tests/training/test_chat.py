@@ -25,8 +25,25 @@ def chat_tenant(storage_training_server) -> Tenant:
     return Tenant(storage_training_server, "default", storage_training_server.api_key)
 
 
+@pytest.fixture(scope="module")
+def base_tenant(training_server) -> Tenant:
+    """For what does not depend on where fine-tuned weights are stored."""
+    return Tenant(training_server, "default", training_server.api_key)
+
+
+_TRAINED: dict[tuple[str, str], tuple[str, str]] = {}
+
+
 def train_on(tenant: Tenant, word: str) -> tuple[str, str]:
-    """A tiny model fine-tuned hard to answer ``word``: (model id, a checkpoint id)."""
+    """A tiny model fine-tuned hard to answer ``word``: (model id, a checkpoint id).
+    Trained once per server and word; modules on one server share them."""
+    key = (tenant.server.url, word)
+    if key not in _TRAINED:
+        _TRAINED[key] = _train(tenant, word)
+    return _TRAINED[key]
+
+
+def _train(tenant: Tenant, word: str) -> tuple[str, str]:
     data = jsonl([{"messages": [{"role": "user", "content": "Say something."},
                                 {"role": "assistant", "content": f"{word} {word} {word}"}]}] * 12)
     training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
@@ -49,14 +66,14 @@ def say(tenant: Tenant, model: str, **extra) -> str:
     return response.choices[0].message.content
 
 
-def test_base_model_completion(chat_tenant: Tenant) -> None:
-    response = chat_tenant.sdk.chat.completions.create(model=TINY, messages=ASK, temperature=0, max_tokens=5)
+def test_base_model_completion(base_tenant: Tenant) -> None:
+    response = base_tenant.sdk.chat.completions.create(model=TINY, messages=ASK, temperature=0, max_tokens=5)
     assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
     assert response.model == TINY and len(response.choices) == 1
     assert response.choices[0].finish_reason in ("stop", "length")
     assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens <= 6
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
-    assert say(chat_tenant, TINY) == say(chat_tenant, TINY)  # temperature 0 is greedy
+    assert say(base_tenant, TINY) == say(base_tenant, TINY)  # temperature 0 is greedy
 
 
 def test_fine_tuned_and_checkpoint_models_answer_what_they_learned(chat_tenant, tuned) -> None:
@@ -91,15 +108,15 @@ def test_two_adapters_of_one_base_served_concurrently(chat_tenant, tuned) -> Non
     assert answers == [expected[m] for m in models]
 
 
-def test_errors(chat_tenant) -> None:
+def test_errors(base_tenant) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        say(chat_tenant, "nobody/nothing")
+        say(base_tenant, "nobody/nothing")
     assert caught.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as caught:
-        say(chat_tenant, TINY, top_p=2)
+        say(base_tenant, TINY, top_p=2)
     assert caught.value.body["param"] == "top_p"
     with pytest.raises(openai.BadRequestError) as caught:
-        chat_tenant.sdk.chat.completions.create(model=TINY, messages=[])
+        base_tenant.sdk.chat.completions.create(model=TINY, messages=[])
     assert caught.value.body["param"] == "messages"
 
 
@@ -110,8 +127,8 @@ def test_other_organisations_fine_tuned_model_is_404(chat_tenant, tuned) -> None
         say(stranger, tuned["apple"][0])
 
 
-def test_sampling_parameters(chat_tenant) -> None:
-    sdk = chat_tenant.sdk.chat.completions
+def test_sampling_parameters(base_tenant) -> None:
+    sdk = base_tenant.sdk.chat.completions
     three = sdk.create(model=TINY, messages=ASK, temperature=1.0, seed=5, n=3, max_completion_tokens=6)
     assert [c.index for c in three.choices] == [0, 1, 2]
     again = sdk.create(model=TINY, messages=ASK, temperature=1.0, seed=5, n=3, max_completion_tokens=6)
@@ -132,13 +149,13 @@ def test_stop_strings_cut_the_answer(chat_tenant, tuned) -> None:
     assert streamed == cut.choices[0].message.content
 
 
-def test_health_stays_responsive_during_generation(chat_tenant) -> None:
+def test_health_stays_responsive_during_generation(base_tenant) -> None:
     import time
 
     done = threading.Event()
 
     def generate() -> None:
-        chat_tenant.sdk.chat.completions.create(model=TINY, messages=ASK, temperature=0, max_tokens=400)
+        base_tenant.sdk.chat.completions.create(model=TINY, messages=ASK, temperature=0, max_tokens=400)
         done.set()
 
     worker = threading.Thread(target=generate)
@@ -146,7 +163,7 @@ def test_health_stays_responsive_during_generation(chat_tenant) -> None:
     latencies = []
     while not done.is_set():
         started = time.monotonic()
-        assert httpx.get(f"{chat_tenant.server.url}/health", timeout=5).status_code == 200
+        assert httpx.get(f"{base_tenant.server.url}/health", timeout=5).status_code == 200
         latencies.append(time.monotonic() - started)
     worker.join()
     assert latencies and max(latencies) < 0.5, latencies

@@ -173,13 +173,16 @@ class ChatService:
             raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
                                  param="tools" if body.tools else "messages", code="tools_not_supported") from exc
         grammar = None
-        if tools:
+        if tools:  # calls always parse and match their function's parameters schema
             functions = [t["function"] for t in tools]
-            if body.tool_choice == "required":
-                grammar = constraints.tool_call_grammar(functions)
-            elif isinstance(body.tool_choice, NamedToolChoice):
+            parallel = body.parallel_tool_calls is not False
+            if isinstance(body.tool_choice, NamedToolChoice):
                 named = [f for f in functions if f["name"] == body.tool_choice.function.name]
-                grammar = constraints.tool_call_grammar(named, param="tool_choice.function.name")
+                grammar = constraints.tool_call_grammar(named, "tool_choice.function.name", parallel=False)
+            elif body.tool_choice == "required":  # exactly one call
+                grammar = constraints.tool_call_grammar(functions, "tools", parallel=False)
+            else:
+                grammar = constraints.tool_call_grammar(functions, "tools", parallel=parallel, optional=True)
         format_ = body.response_format
         if format_ is not None and format_.type == "json_object":
             grammar = constraints.json_object_grammar()

@@ -57,24 +57,54 @@ def json_object_grammar() -> str:
     return json_schema_grammar({"type": "object"}, param="response_format")
 
 
-def tool_call_grammar(functions: list[dict[str, Any]], param: str = "tool_choice") -> str:
-    """Exactly one call, in the Hermes format, of one of ``functions`` (each
-    ``{"name", "parameters"}``), its arguments valid against the function's
-    parameters schema."""
-    from llguidance import LLMatcher
+def _strict(schema: Any) -> Any:
+    """A ``strict: true`` function's parameters as OpenAI enforces them:
+    objects allow no properties beyond those listed."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _strict(value) for key, value in schema.items()}
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
-    options = [
-        {
+
+def _call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
+    options = []
+    for f in functions:
+        parameters = f.get("parameters") or {"type": "object"}
+        options.append({
             "type": "object",
-            "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}},
+            "properties": {"name": {"const": f["name"]},
+                           "arguments": _strict(parameters) if f.get("strict") else parameters},
             "required": ["name", "arguments"],
             "additionalProperties": False,
-        }
-        for f in functions
-    ]
+        })
     schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
     schema["x-guidance"] = {"whitespace_flexible": False}  # compact JSON: no runs of spaces
-    lark = f'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json {json.dumps(schema)}\n'
+    return schema
+
+
+def tool_call_grammar(functions: list[dict[str, Any]], param: str = "tool_choice", *,
+                      optional: bool = False, parallel: bool = True) -> str:
+    """Calls in the Hermes format (``<tool_call>\\n{"name", "arguments"}\\n</tool_call>``)
+    of ``functions`` (each ``{"name", "parameters", "strict"}``), arguments
+    valid against the function's parameters schema (``strict``: no extra
+    properties). ``optional`` (``tool_choice: "auto"``): the answer may
+    instead be text that does not start a call. ``parallel``: one call or
+    several."""
+    from llguidance import LLMatcher
+
+    calls = 'call ("\\n" call)*' if parallel else "call"
+    lark = (
+        f"start: {'TEXT | ' if optional else ''}calls\n"
+        f"calls: {calls}\n"
+        'call: "<tool_call>\\n" arguments "\\n</tool_call>"\n'
+        f"arguments: %json {json.dumps(_call_schema(functions))}\n"
+    )
+    if optional:
+        lark += "TEXT: /(.|\\n)*/ & ~/\\s*<tool_call>(.|\\n)*/\n"
     return _validated(LLMatcher.grammar_from_lark(lark), param, "A function's parameters schema")
 
 
