@@ -47,12 +47,15 @@ TOPICS = ["the sea", "a lighthouse", "winter", "a robot", "a library", "the moon
 
 
 def train_adapters(tenant: Tenant) -> list[str]:
-    """Three quick fine-tunes of the bundled model, each with its own voice."""
+    """Three quick fine-tunes of the bundled model, each with its own voice
+    and long answers (so every client really generates its tokens)."""
     models = []
     for word in ("Ahoy", "Indeed", "Verily"):
-        data = jsonl([{"messages": [{"role": "user", "content": f"Tell me about {t}."},
-                                    {"role": "assistant", "content": f"{word}! {t.capitalize()} is a fine thing."}]}
-                      for t in TOPICS[:8]])
+        answer = (f"{word}! {{topic}} is a fine thing. " + "Let me tell you a long story about it, with every "
+                  "detail I remember, from the very beginning to the very end, and then some more. ") * 2
+        data = jsonl([{"messages": [{"role": "user", "content": f"Write a long story about {t}."},
+                                    {"role": "assistant", "content": answer.format(topic=t.capitalize())}]}
+                      for t in TOPICS[:12]])
         file_id = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
         job = tenant.sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=file_id, seed=1, method={
             "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
@@ -153,7 +156,9 @@ def main() -> None:
     alone, batched = rows["one at a time"], rows["batched"]
     same = sum(a == b for a, b in zip(alone["texts"], batched["texts"], strict=True))
     speedup = batched["tokens_per_s"] / alone["tokens_per_s"]
-    print(f"throughput: {speedup:.2f}x; identical greedy answers: {same} of {args.clients}")
+    print(f"throughput: {speedup:.2f}x; identical greedy answers: {same} of {args.clients}; "
+          f"tokens generated: {alone['tokens']} one at a time, {batched['tokens']} batched "
+          f"(of {args.clients * args.tokens})")
     for i, (a, b) in enumerate(zip(alone["texts"], batched["texts"], strict=True)):
         if a != b:
             prefix = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))

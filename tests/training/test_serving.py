@@ -136,7 +136,7 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                                     "unit": {"enum": ["celsius", "fahrenheit"]}},
                    "required": ["city", "unit"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+TIME = {"type": "function", "function": {"name": "get_time", "strict": True, "parameters": {
     "type": "object", "properties": {"zone": {"type": "string", "maxLength": 10}}, "required": ["zone"]}}}
 WEATHER_ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
 

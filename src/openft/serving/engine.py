@@ -11,8 +11,9 @@ step it
 2. **decodes** one token for every running sequence in a single forward pass:
    the batch's key/value cache is left-padded, each row has its own attention
    mask and position ids, and each row names its LoRA adapter
-   (``adapter_names``, PEFT's mixed-adapter batches; ``"__base__"`` for the
-   base itself), so a base and any number of its adapters share the pass;
+   (:mod:`openft.serving.lora`: stacked adapter weights and two batched
+   matrix products per LoRA layer; PEFT's ``adapter_names`` where that does
+   not apply), so a base and any number of its adapters share the pass;
 3. **retires** sequences that finished (end of turn, a stop string,
    ``max_tokens``, a grammar that is complete) or whose client left or whose
    time ran out: their rows leave the cache at once, and the cache's leading
@@ -52,7 +53,7 @@ from typing import Any
 
 import torch
 
-from openft.errors import Overloaded
+from openft.errors import InvalidRequest, Overloaded
 from openft.serving.types import (
     Failed,
     Finished,
@@ -133,6 +134,7 @@ class Engine:
         lock: threading.Lock,
         token_strings: Callable[[int], tuple[str, list[int]]],
         matcher_factory: Callable[[str], Any] | None = None,
+        adapter_kwargs: Callable[[list[str]], dict[str, Any]] | None = None,
     ):
         """``model()`` gives the current model (a PeftModel once an adapter is
         loaded); ``lock`` is held for each step, and by whoever changes the
@@ -142,6 +144,7 @@ class Engine:
         self.lock = lock
         self._token_strings = token_strings
         self._matcher_factory = matcher_factory
+        self._adapter_kwargs = adapter_kwargs
         self.stats = EngineStats()
         self._eos = _eos_ids(model(), tokenizer)
         self._cache_kw = _cache_keyword(model())
@@ -158,7 +161,8 @@ class Engine:
     # ------------------------------------------------------------------ API
     def submit(self, request: Request) -> None:
         if request.params.n > self.max_batch:
-            raise Overloaded(f"n={request.params.n} is more than this server's batch size ({self.max_batch}).")
+            raise InvalidRequest(f"n={request.params.n} is more than this server's batch size "
+                                 f"(OPENFT_SERVING_MAX_BATCH={self.max_batch}).", param="n")
         with self._cond:
             room = max(0, self.max_batch - len(self._running))  # taken at the next step, not queued
             if len(self._waiting) >= self.max_queue + room:
@@ -311,8 +315,11 @@ class Engine:
         self._advance(rows, out.logits[:, -1, :])
 
     def _adapters(self, names: list[str]) -> dict[str, Any]:
-        model = self._model()
-        return {"adapter_names": names} if hasattr(model, "peft_config") else {}
+        """Forward arguments that give each row its adapter (and set up the
+        batched LoRA hooks, which read the rows from their own state)."""
+        if self._adapter_kwargs is not None:
+            return self._adapter_kwargs(names)
+        return {"adapter_names": names} if hasattr(self._model(), "peft_config") else {}
 
     # -------------------------------------------------------------- sampling
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:

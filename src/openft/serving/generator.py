@@ -31,6 +31,7 @@ import torch
 from openft import tool_format
 from openft.serving.constraints import Matchers
 from openft.serving.engine import Engine, Request
+from openft.serving.lora import BatchedLoRA
 from openft.serving.types import (
     Completion,
     Failed,
@@ -53,7 +54,8 @@ class _Loaded:
     bytes: int
     engine: Engine | None = None
     token_strings: _TokenStrings | None = None
-
+    lora: BatchedLoRA | None = None  # None: no adapters yet, or PEFT's mixed batches instead
+    peft_path: bool = False  # an adapter the batched LoRA cannot run was loaded
 
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
@@ -101,6 +103,7 @@ class Generator:
                 lambda: loaded.model, tokenizer, self._device,
                 max_batch=self.max_batch, max_queue=self.max_queue, name=path.name,
                 lock=loaded.lock, token_strings=loaded.token_strings, matcher_factory=matchers.new,
+                adapter_kwargs=lambda names: self._adapter_kwargs(loaded, names),
             )
             with self._cache_lock:
                 self._bases[key] = loaded
@@ -135,7 +138,26 @@ class Generator:
                     else:
                         loaded.model.load_adapter(ref.adapter_path, adapter_name=name)
                     loaded.adapters.add(ref.id)
+                    self._stack_adapters(loaded)
         return loaded
+
+    @staticmethod
+    def _stack_adapters(loaded: _Loaded) -> None:
+        if loaded.peft_path:
+            return
+        loaded.lora = loaded.lora or BatchedLoRA(loaded.model)
+        if not loaded.lora.rebuild():
+            log.info("serving: an adapter is not plain LoRA on linear layers; using PEFT's mixed batches")
+            loaded.model.base_model.enable_adapter_layers()
+            loaded.lora, loaded.peft_path = None, True
+
+    def _adapter_kwargs(self, loaded: _Loaded, names: list[str]) -> dict[str, Any]:
+        if not loaded.adapters:
+            return {}
+        if loaded.lora is not None:
+            loaded.lora.select(names, self._device)
+            return {}
+        return {"adapter_names": names}
 
     # --------------------------------------------------------------- requests
     def template_style(self, ref: ModelRef) -> str:
