@@ -195,3 +195,44 @@ def test_unsupported_schema_keywords_are_named() -> None:
     with pytest.raises(InvalidRequest) as caught:
         constraints.json_schema_grammar({"type": "array", "contains": {"type": "integer"}})
     assert caught.value.param == "response_format.json_schema.schema" and "contains" in caught.value.message
+
+
+def random_adapter(base_dir, folder, seed: int, **config) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4 + seed, target_modules="all-linear", init_lora_weights=False, **config))
+    model.save_pretrained(folder)
+
+
+def test_batched_lora_equals_peft_mixed_batches(tiny_model_dir, tmp_path) -> None:
+    """Every row gets exactly its own adapter's output (ranks 4 and 5, and the
+    base), as PEFT's adapter_names computes it; DoRA falls back to PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from openft.serving.lora import BatchedLoRA
+
+    for seed in (0, 1):
+        random_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "a0",
+                                      adapter_name="a0").eval()
+    model.load_adapter(tmp_path / "a1", adapter_name="a1")
+    names = ["__base__", "a0", "a1", "a1", "a0"]
+    ids = torch.randint(0, 1000, (len(names), 7), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model(input_ids=ids, adapter_names=names).logits
+        lora = BatchedLoRA(model)
+        assert lora.rebuild()
+        lora.select(names, torch.device("cpu"))
+        batched = model(input_ids=ids).logits
+        lora.select(["__base__"] * len(names), torch.device("cpu"))
+        base = model(input_ids=ids).logits
+    assert torch.allclose(batched, reference, atol=1e-5)
+    assert torch.equal(base[0], batched[0]) and not torch.allclose(base[1], batched[1], atol=1e-3)
+
+    random_adapter(tiny_model_dir, tmp_path / "dora", 2, use_dora=True)
+    model.load_adapter(tmp_path / "dora", adapter_name="dora")
+    assert not BatchedLoRA(model).rebuild()
