@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import io
 import json
-import statistics
 import sys
 import tempfile
 import time

@@ -121,6 +121,13 @@ def to_template_messages(
     return out, None
 
 
+def template_input(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """:func:`to_template_messages` in the style of ``tokenizer``'s own chat template."""
+    return to_template_messages(messages, tools, tool_style(getattr(tokenizer, "chat_template", None)))
+
+
 @dataclass
 class ParsedCall:
     name: str

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -66,7 +66,16 @@ from openft.schemas.chat import (
     Usage,
 )
 from openft.services.models import ModelRegistry
-from openft.serving.types import Completion, Failed, Finished, ModelRef, StopSignal, TokenEvent, TokenLogprob
+from openft.serving.types import (
+    Completion,
+    Completions,
+    Failed,
+    Finished,
+    ModelRef,
+    StopSignal,
+    TokenEvent,
+    TokenLogprob,
+)
 from openft.store.blobs import BlobStore
 from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
@@ -290,19 +299,10 @@ class ChatService:
 
 
 async def collect(submission: Submission, n: int) -> list[Completion]:
-    logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(n)}
-    done: dict[int, Completion] = {}
-    while len(done) < n:
-        event = await submission.get()
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, TokenEvent):
-            if event.logprob is not None:
-                logprobs[event.index].append(event.logprob)
-        else:
-            done[event.index] = Completion(event.text, event.finish_reason, event.completion_tokens,
-                                           logprobs[event.index] or None)
-    return [done[i] for i in range(n)]
+    completions = Completions(n)
+    while not completions.add(await submission.get()):
+        pass
+    return completions.result()
 
 
 async def _until_disconnected(

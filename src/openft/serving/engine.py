@@ -45,15 +45,15 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from openft.errors import InvalidRequest, Overloaded
+from openft.serving.lora import BASE
 from openft.serving.types import (
     Failed,
     Finished,
@@ -65,8 +65,6 @@ from openft.serving.types import (
 )
 
 log = logging.getLogger(__name__)
-
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -81,7 +79,6 @@ class Request:
     adapter: str | None = None
     grammar: str | None = None  # an llguidance grammar (structured output, forced tool calls)
     logprobs: int | None = None  # None: off; 0..20: the chosen token plus this many alternatives
-    submitted: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -104,11 +101,11 @@ class EngineStats:
 class _Sequence:
     """One choice being generated: its tokens, sampler, grammar and text."""
 
-    def __init__(self, request: Request, index: int, detok: _Detokenizer, matcher: Any):
+    def __init__(self, request: Request, index: int, decode: Callable[[list[int]], str], matcher: Any):
         self.request, self.index = request, index
         self.tokens: list[int] = []
         self.matcher = matcher
-        self.text = _TextStream(detok, request.params.stop)
+        self.text = _TextStream(decode, request.params.stop)
         self.done = False
         seed = request.params.seed
         base = secrets.randbits(63) if seed is None else seed
@@ -118,7 +115,7 @@ class _Sequence:
 
     @property
     def adapter(self) -> str:
-        return self.request.adapter or BASE_ADAPTER
+        return self.request.adapter or BASE
 
 
 class Engine:
@@ -134,11 +131,12 @@ class Engine:
         lock: threading.Lock,
         token_strings: Callable[[int], tuple[str, list[int]]],
         matcher_factory: Callable[[str], Any] | None = None,
-        adapter_kwargs: Callable[[list[str]], dict[str, Any]] | None = None,
+        adapter_kwargs: Callable[[list[str]], dict[str, Any]],
     ):
         """``model()`` gives the current model (a PeftModel once an adapter is
         loaded); ``lock`` is held for each step, and by whoever changes the
-        model (loading an adapter)."""
+        model (loading an adapter); ``adapter_kwargs(names)`` readies a
+        forward pass whose rows use those adapters and gives its arguments."""
         self._model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch, self.max_queue = max_batch, max_queue
         self.lock = lock
@@ -148,7 +146,7 @@ class Engine:
         self.stats = EngineStats()
         self._eos = _eos_ids(model(), tokenizer)
         self._cache_kw = _cache_keyword(model())
-        self._detok = _Detokenizer(tokenizer)
+        self._decode_text = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []
         self._cache: Any = None  # DynamicCache of the running rows, left-padded
@@ -261,13 +259,13 @@ class Engine:
                 attention_mask=torch.ones_like(ids),
                 use_cache=True,
                 logits_to_keep=1,
-                **self._adapters([r.adapter or BASE_ADAPTER for r in group]),
+                **self._adapter_kwargs([r.adapter or BASE for r in group]),
             )
             sequences, rows = [], []
             for row, request in enumerate(group):
                 for index in range(request.params.n):
                     matcher = self._matcher_factory(request.grammar) if request.grammar else None
-                    sequences.append(_Sequence(request, index, self._detok, matcher))
+                    sequences.append(_Sequence(request, index, self._decode_text, matcher))
                     rows.append(row)
             cache = _cache_of(out)
             logits = out.logits[:, -1, :]
@@ -309,17 +307,10 @@ class Engine:
             position_ids=positions,
             use_cache=True,
             **{self._cache_kw: self._cache},
-            **self._adapters(adapters),
+            **self._adapter_kwargs(adapters),
         )
         self._cache = _cache_of(out)
         self._advance(rows, out.logits[:, -1, :])
-
-    def _adapters(self, names: list[str]) -> dict[str, Any]:
-        """Forward arguments that give each row its adapter (and set up the
-        batched LoRA hooks, which read the rows from their own state)."""
-        if self._adapter_kwargs is not None:
-            return self._adapter_kwargs(names)
-        return {"adapter_names": names} if hasattr(self._model(), "peft_config") else {}
 
     # -------------------------------------------------------------- sampling
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
@@ -455,23 +446,14 @@ def _masked(row: torch.Tensor, matcher: Any, eos: frozenset[int]) -> torch.Tenso
     return row.masked_fill(~mask, float("-inf"))
 
 
-class _Detokenizer:
-    """Incremental decoding: text added by the newest tokens, never half a
-    character (a byte-level token that ends mid-UTF-8 waits for the next)."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-
-    def decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)  # type: ignore[no-any-return]
-
-
 class _TextStream:
-    """A sequence's visible text: grows token by token, ends at the first
-    stop string, and holds back any tail that could still become one."""
+    """A sequence's visible text: grows token by token (decoded incrementally,
+    never half a character: a byte-level token that ends mid-UTF-8 waits for
+    the next), ends at the first stop string, and holds back any tail that
+    could still become one."""
 
-    def __init__(self, detok: _Detokenizer, stops: list[str]):
-        self.detok, self.stops = detok, [s for s in stops if s]
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str]):
+        self.decode, self.stops = decode, [s for s in stops if s]
         self.text = ""  # decoded text (up to the stop string, once stopped)
         self.sent = 0  # characters of ``text`` already handed out
         self.prefix, self.read = 0, 0  # token offsets of the incremental decoder
@@ -479,8 +461,8 @@ class _TextStream:
 
     def add(self, tokens: list[int]) -> tuple[str, bool]:
         """(text that may be shown now, whether a stop string ended it)."""
-        before = self.detok.decode(tokens[self.prefix:self.read])
-        now = self.detok.decode(tokens[self.prefix:])
+        before = self.decode(tokens[self.prefix:self.read])
+        now = self.decode(tokens[self.prefix:])
         if len(now) <= len(before) or now.endswith("\ufffd"):
             return "", False  # an incomplete character: wait for more tokens
         self.text += now[len(before):]

@@ -34,6 +34,7 @@ from openft.serving.engine import Engine, Request
 from openft.serving.lora import BatchedLoRA
 from openft.serving.types import (
     Completion,
+    Completions,
     Failed,
     Finished,
     GenerationParams,
@@ -160,15 +161,10 @@ class Generator:
         return {"adapter_names": names}
 
     # --------------------------------------------------------------- requests
-    def template_style(self, ref: ModelRef) -> str:
-        """How this model's chat template shows tools (see :mod:`openft.tool_format`)."""
-        return tool_format.tool_style(getattr(self._ready(ref).tokenizer, "chat_template", None))
-
     def prompt_ids(self, ref: ModelRef, messages: list[dict[str, Any]],
                    tools: list[dict[str, Any]] | None = None) -> list[int]:
         loaded = self._ready(ref)
-        style = tool_format.tool_style(getattr(loaded.tokenizer, "chat_template", None))
-        rendered, native_tools = tool_format.to_template_messages(messages, tools, style)
+        rendered, native_tools = tool_format.template_input(loaded.tokenizer, messages, tools)
         extra = {"tools": native_tools} if native_tools else {}
         ids = loaded.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, **extra)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -216,19 +212,10 @@ class Generator:
 
 def collect(get: Callable[[], Any], n: int) -> list[Completion]:
     """Completions from a request's events (``get`` blocks for the next)."""
-    logprobs: dict[int, list[Any]] = {i: [] for i in range(n)}
-    done: dict[int, Completion] = {}
-    while len(done) < n:
-        event = get()
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, TokenEvent):
-            if event.logprob is not None:
-                logprobs[event.index].append(event.logprob)
-        else:
-            done[event.index] = Completion(event.text, event.finish_reason, event.completion_tokens,
-                                           logprobs[event.index] or None)
-    return [done[i] for i in range(n)]
+    completions = Completions(n)
+    while not completions.add(get()):
+        pass
+    return completions.result()
 
 
 class _TokenStrings:

@@ -79,6 +79,30 @@ class Failed:
     error: BaseException
 
 
+class Completions:
+    """Folds one request's events into its ``n`` completions (sync and async
+    readers alike): :meth:`add` each event until it returns True."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(n)}
+        self._done: dict[int, Completion] = {}
+
+    def add(self, event: TokenEvent | Finished | Failed) -> bool:
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, TokenEvent):
+            if event.logprob is not None:
+                self._logprobs[event.index].append(event.logprob)
+        else:
+            self._done[event.index] = Completion(event.text, event.finish_reason, event.completion_tokens,
+                                                 self._logprobs[event.index] or None)
+        return len(self._done) == self.n
+
+    def result(self) -> list[Completion]:
+        return [self._done[i] for i in range(self.n)]
+
+
 class StopSignal:
     """Ends a generation early, checked before every new token: its client
     left (:meth:`cancel`), or its time limit (``OPENFT_GENERATION_TIMEOUT_SECONDS``)

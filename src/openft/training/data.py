@@ -77,16 +77,6 @@ def example_tools(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-def template_messages(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Messages (and tools) as the model's chat template takes them, with
-    tool calls and tool results in the model's tool format (see
-    :mod:`openft.tool_format`); serving renders prompts the same way."""
-    style = tool_format.tool_style(getattr(tokenizer, "chat_template", None))
-    return tool_format.to_template_messages(messages, tools, style)
-
-
 def _render(tokenizer: Any, messages: list[dict[str, Any]], *, generation_prompt: bool,
             tools: list[dict[str, Any]] | None = None) -> str:
     extra = {"tools": tools} if tools else {}
@@ -109,7 +99,7 @@ def chat_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
     """Loss on assistant turns: their text, their tool calls (as the model
     writes them) and their end-of-turn marker."""
     try:
-        messages, tools = template_messages(tokenizer, raw["messages"], example_tools(raw))
+        messages, tools = tool_format.template_input(tokenizer, raw["messages"], example_tools(raw))
     except tool_format.ToolFormatError as exc:
         raise DataError(f"has tools or tool calls, but {exc}", line, code="invalid_tools") from exc
     weights = [m.get("weight", 1) for m in raw["messages"]]
