@@ -93,36 +93,38 @@ FUNCTION_CALLING = REPO / "examples" / "function-calling"
 
 @pytest.mark.example
 def test_fine_tuned_bundled_model_calls_the_function_it_was_shown(make_training_server, bundled_model_dir) -> None:
-    """README "Fine-tune for function calling": the bundled model, trained on
+    """README "Fine-tune for function calling", its Python block run as
+    printed: the bundled model, trained on
     examples/function-calling/train.jsonl, answers every request of
     held-out.jsonl (cities it never saw) with a call to the right function
     and the right arguments, through the SDK's tools interface, streamed and
     not; the base model does not."""
     import json
+    import sys
     import time
-
-    from test_jobs_train import wait_for
 
     server = make_training_server(OPENFT_TRAINING_THREADS="2")  # nothing else is served meanwhile
     models = server.home / "models"
     models.mkdir(exist_ok=True)
     (models / bundled_model_dir.name).symlink_to(bundled_model_dir)
     tenant = Tenant(server, "default", server.api_key)
-    training = tenant.sdk.files.create(file=open(FUNCTION_CALLING / "train.jsonl", "rb"), purpose="fine-tune").id
+    readme = (REPO / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "function-calling/train" in b]
     started = time.monotonic()
-    job = tenant.sdk.fine_tuning.jobs.create(
-        model=SMOLLM, training_file=training, suffix="tools", seed=1,
-        method={"type": "supervised", "supervised": {"hyperparameters": FUNCTION_CALLING_HYPERPARAMETERS}})
-    done = wait_for(tenant, job.id, {"succeeded", "failed"}, timeout=900)
-    assert done.status == "succeeded", done.error
-    print(f"\nfunction-calling job: {time.monotonic() - started:.0f} s")
+    result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
+                            env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,
+                            timeout=1500)
+    assert result.returncode == 0, result.stdout + result.stderr + server.log()
+    print(f"\nthe README block: {time.monotonic() - started:.0f} s\n{result.stdout}")
+    status, model = result.stdout.splitlines()[0].split()
+    assert status == "succeeded" and model.startswith(f"ft:{SMOLLM}:default:tools:")
 
     held_out = [json.loads(line) for line in (FUNCTION_CALLING / "held-out.jsonl").read_text().splitlines()]
     named, exact, base_exact = 0, 0, 0
     for index, example in enumerate(held_out):
         ask, expected = example["messages"][:1], example["messages"][1]["tool_calls"][0]["function"]
         want = (expected["name"], json.loads(expected["arguments"]))
-        reply = tenant.sdk.chat.completions.create(model=done.fine_tuned_model, messages=ask,
+        reply = tenant.sdk.chat.completions.create(model=model, messages=ask,
                                                    tools=example["tools"], temperature=0, max_tokens=60)
         calls = reply.choices[0].message.tool_calls or []
         got = [(c.function.name, json.loads(c.function.arguments)) for c in calls]
@@ -144,12 +146,10 @@ def test_fine_tuned_bundled_model_calls_the_function_it_was_shown(make_training_
     assert base_exact == 0
 
     example = held_out[0]
-    with tenant.sdk.chat.completions.stream(model=done.fine_tuned_model, messages=example["messages"][:1],
+    with tenant.sdk.chat.completions.stream(model=model, messages=example["messages"][:1],
                                             tools=example["tools"], temperature=0, max_tokens=60) as stream:
         final = stream.get_final_completion()
     [call] = final.choices[0].message.tool_calls
     assert call.function.name == example["messages"][1]["tool_calls"][0]["function"]["name"]
     server.stop()
 
-
-FUNCTION_CALLING_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2.0}
