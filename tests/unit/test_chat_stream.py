@@ -88,3 +88,34 @@ def test_text_with_tools_available_streams_as_content(tmp_path) -> None:
     text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads)
     assert text == "<today it rains"
     assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+class RecordingGenerator:
+    """Stands in for the generator when a request is planned: records the tools the prompt shows."""
+
+    def __init__(self):
+        self.shown = "not asked"
+
+    def prompt_ids(self, ref, messages, tools=None):
+        self.shown = tools
+        return [1, 2, 3]
+
+
+def test_tool_choice_decides_what_the_model_sees_and_may_emit(tmp_path) -> None:
+    from openft.schemas.chat import ChatCompletionRequest
+
+    chat = service(tmp_path)
+    chat._generator = generator = RecordingGenerator()
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+
+    def plan(**extra) -> Plan:
+        body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], tools=[tool], **extra)
+        return chat.plan(None, body)  # type: ignore[arg-type]
+
+    none = plan(tool_choice="none")
+    assert generator.shown is None and none.grammar is None and none.tool_names == set()
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "get_time"}}):
+        forced = plan(tool_choice=choice)
+        assert generator.shown == [tool] and forced.tool_names == {"get_time"}
+        assert "<tool_call>" in forced.grammar  # calls are held to the call grammar
+    assert "TEXT" in plan(tool_choice="auto").grammar and "TEXT" not in plan(tool_choice="required").grammar
