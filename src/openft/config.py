@@ -139,6 +139,18 @@ class Settings(BaseSettings):
         "refused with 503 server_overloaded (and Retry-After)."
     )
 
+    python_grader_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest one call of a python grader's grade() may run; past it the "
+        "sample's reward is 0 with python_grader_runtime_error, and the grader's process is restarted."
+    )
+    python_grader_memory_mb: int = Field(
+        2048, ge=64, description="Address-space limit of a python grader's process."
+    )
+    grader_embedding_model: Path | None = Field(
+        None, description="A local Hugging Face model folder used for text_similarity graders with "
+        "evaluation_metric 'cosine' (mean-pooled hidden states). Unset: 'cosine' is refused with a 400."
+    )
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
