@@ -69,6 +69,9 @@ class FileFormat(str, enum.Enum):
     CHAT = "chat"
     PREFERENCE = "preference"
     PROMPT_COMPLETION = "prompt_completion"
+    REINFORCEMENT = "reinforcement"
+    """Chat prompts without the answer (the last message is not the assistant's),
+    any other keys being the line's item for graders."""
 
 
 class MethodType(str, enum.Enum):
@@ -80,7 +83,7 @@ class MethodType(str, enum.Enum):
 FORMATS_FOR_METHOD: dict[MethodType, frozenset[FileFormat]] = {
     MethodType.SUPERVISED: frozenset({FileFormat.CHAT, FileFormat.PROMPT_COMPLETION}),
     MethodType.DPO: frozenset({FileFormat.PREFERENCE}),
-    MethodType.REINFORCEMENT: frozenset({FileFormat.CHAT}),
+    MethodType.REINFORCEMENT: frozenset({FileFormat.REINFORCEMENT}),
 }
 
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

@@ -73,7 +73,7 @@ class TestUploadAndRead:
 
 class TestBadFiles:
     CASES = [
-        (b'{"messages": [{"role": "user", "content": "hi"}]}\n', 1, "missing_assistant_message"),
+        (jsonl([chat_example(0)]) + b'{"messages": [{"role": "user", "content": "hi"}]}\n', 2, "mixed_formats"),
         (jsonl([chat_example(0)]) + b"{oops\n", 2, "invalid_json"),
         (jsonl([chat_example(0)] * 2) + b'{"prompt": "a", "completion": "b"}\n', 3, "mixed_formats"),
         (jsonl([chat_example(0)]) + b'"text"\n', 2, "invalid_line_type"),

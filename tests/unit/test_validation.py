@@ -43,7 +43,7 @@ BAD_FILES = [
     ("invalid_weight", 1, chat({**USER, "weight": 1}, {"role": "assistant", "content": "x"})),
     ("invalid_weight", 1, chat(USER, {"role": "assistant", "content": "x", "weight": 2})),
     ("invalid_weight", 1, chat(USER, {"role": "assistant", "content": "x", "weight": True})),
-    ("missing_assistant_message", 1, chat(USER)),
+    ("mixed_formats", 2, GOOD + chat(USER)),  # an answer missing in a chat file
     ("missing_assistant_message", 1, chat(USER, {"role": "assistant", "content": "x", "weight": 0})),
     ("missing_assistant_message", 1, chat(USER, {"role": "assistant", "content": "  "})),
     ("invalid_content", 1, chat({"role": "user", "content": None}, {"role": "assistant", "content": "x"})),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -12,6 +12,7 @@ from openft.api.gate import FairGate
 from openft.config import Settings
 from openft.services.auth import Authenticator
 from openft.services.chat import ChatService
+from openft.services.graders import GraderService
 from openft.services.models import ModelRegistry
 from openft.store.blobs import BlobStore
 
@@ -29,10 +30,13 @@ class AppContext:
     authenticator: Authenticator | None = None  # set at startup, once the default org exists
     gate: FairGate | None = None
     """Admits requests to the database first come, first served (``OPENFT_DB_CONCURRENCY``)."""
+    graders: GraderService = field(init=False)
+    """The graders API; model graders judge with ``chat``'s generator."""
 
     def __post_init__(self) -> None:
         if self.gate is None:
             self.gate = FairGate(self.settings.db_concurrency)
+        self.graders = GraderService(self.settings, self.chat)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

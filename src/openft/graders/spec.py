@@ -51,13 +51,18 @@ def validate(grader: Any, param: str = "grader", *, cosine_available: bool = Fal
     return checked
 
 
-def judge_models(grader: dict[str, Any]) -> set[str]:
-    """Models the grader asks to judge with (score_model, label_model, inside multi too)."""
+def judge_models(grader: dict[str, Any], param: str = "grader") -> list[tuple[str, str]]:
+    """(param of the model field, model) of every model grader, inside multi too."""
     if grader["type"] in ("score_model", "label_model"):
-        return {grader["model"]}
+        return [(f"{param}.model", grader["model"])]
     if grader["type"] == "multi":
-        return set().union(*(judge_models(g) for g in sub_graders(grader).values()))
-    return set()
+        keyed = isinstance(grader["graders"], dict) and "type" not in grader["graders"]
+        found = []
+        for index, (name, sub) in enumerate(sub_graders(grader).items()):
+            where = f"{param}.graders." + (name if keyed else str(index))
+            found += judge_models(sub, where)
+        return found
+    return []
 
 
 def sub_graders(grader: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -43,6 +43,7 @@ from openft.scheduler.lease import Lease, until, utcnow
 from openft.store.blobs import BlobStore
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
+from openft.store.queries import models as model_queries
 from openft.store.queries import orgs as org_queries
 from openft.store.tables import Job
 from openft.training.config import RunConfig
@@ -239,6 +240,7 @@ class Worker:
             base = await resolve_base(
                 session, job.model, models_file=self.settings.models_file, hub=self.settings.hub == "auto"
             )
+            judges = await self._judges(session, job)
         if training is None:
             raise FileNotFoundError(f"training file {job.training_file} is gone")
         if base is None:
@@ -257,8 +259,33 @@ class Worker:
             device=self.settings.device,
             threads=self.threads,
             nice=self.nice,
+            judges=judges,
+            grader_limits={
+                "timeout_seconds": self.settings.python_grader_timeout_seconds,
+                "memory_mb": self.settings.python_grader_memory_mb,
+                "embedding_model": str(self.settings.grader_embedding_model or "") or None,
+            },
         )
         return config, org.name if org else job.org_id
+
+    async def _judges(self, session: AsyncSession, job: Job) -> dict[str, dict[str, object]]:
+        """Where the judge models of a reinforcement job's grader are, for its organisation."""
+        if job.method["type"] != "reinforcement":
+            return {}
+        from openft.graders import spec as grader_spec
+
+        judges: dict[str, dict[str, object]] = {}
+        for _, model in grader_spec.judge_models(job.method["reinforcement"]["grader"]):
+            tuned = await model_queries.read_fine_tuned_model(session, job.org_id, model)
+            checkpoint = None if tuned else await job_queries.read_checkpoint_model(session, job.org_id, model)
+            key, base_model = (tuned.storage_key, tuned.base_model) if tuned else (
+                tuple(checkpoint) if checkpoint else (None, model))
+            base = await resolve_base(session, base_model, models_file=self.settings.models_file,
+                                      hub=self.settings.hub == "auto")
+            if base is None:
+                raise FileNotFoundError(f"judge model {model} is no longer available")
+            judges[model] = {"base": base.to_dict(), "adapter_key": key}
+        return judges
 
     def __repr__(self) -> str:  # pragma: no cover
         return f"Worker({self.id})"

@@ -83,6 +83,19 @@ class DpoHyperparameters(SupervisedHyperparameters):
     rpo_alpha: number_between(0, 10, nullable=True) = None  # type: ignore[valid-type]
 
 
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    """OpenAI's reinforcement hyperparameters, plus openft's extensions
+    (``beta``, ``max_completion_tokens`` and the supervised ones that apply)."""
+
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+    compute_multiplier: number_above(0.00001, 10, auto=True) = "auto"  # type: ignore[valid-type]
+    eval_interval: int_in_range(1, 1_000_000, auto=True) = "auto"  # type: ignore[valid-type]
+    eval_samples: int_in_range(1, 64, auto=True) = "auto"  # type: ignore[valid-type]
+    # openft extensions: weight of the KL penalty to the starting model; completion budget.
+    beta: number_between(0, 10, nullable=True) = None  # type: ignore[valid-type]
+    max_completion_tokens: int_in_range(1, 4096, nullable=True) = None  # type: ignore[valid-type]
+
+
 class SupervisedMethod(ClosedRequestModel):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
@@ -91,11 +104,17 @@ class DpoMethod(ClosedRequestModel):
     hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
 
 
+class ReinforcementMethod(ClosedRequestModel):
+    grader: Any = None
+    """Checked by the jobs route with :mod:`openft.graders.spec` (errors point into it)."""
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+
+
 class Method(ClosedRequestModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
     @model_validator(mode="after")
     def _only_the_chosen_method(self) -> Method:
@@ -173,13 +192,6 @@ class FineTuningJobCreate(RequestModel):
         """The method as ``{"type": t, t: {"hyperparameters": {...}}}``, mapping
         the deprecated top-level ``hyperparameters`` onto ``method.supervised``."""
         method = self.method or Method(type="supervised")
-        if method.type == "reinforcement":
-            raise InvalidRequest(
-                "Reinforcement fine-tuning is not supported by this server yet; "
-                "use method.type 'supervised' or 'dpo'.",
-                param="method.type",
-                code="unsupported_method",
-            )
         if self.hyperparameters is not None:
             explicit = method.supervised is not None and (
                 "hyperparameters" in method.supervised.model_fields_set
@@ -192,6 +204,14 @@ class FineTuningJobCreate(RequestModel):
                 )
             method = Method(type="supervised", supervised=SupervisedMethod(
                 hyperparameters=self.hyperparameters))
+        if method.type == "reinforcement":
+            if method.reinforcement is None or method.reinforcement.grader is None:
+                raise InvalidRequest("A reinforcement job needs a grader: method.reinforcement.grader.",
+                                     param="method.reinforcement.grader")
+            return {"type": "reinforcement", "reinforcement": {
+                "grader": method.reinforcement.grader,
+                "hyperparameters": method.reinforcement.hyperparameters.model_dump(exclude_none=True),
+            }}
         chosen = getattr(method, method.type) or (
             SupervisedMethod() if method.type == "supervised" else DpoMethod()
         )

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft import domain
-from openft.domain import FileFormat, JobSpec, JobStatus
+from openft.domain import FileFormat, JobSpec, JobStatus, MethodType
 from openft.errors import InvalidRequest, NotFound
 from openft.schemas.jobs import (
     FineTuningJob,
@@ -61,6 +61,13 @@ async def create_job(
             f"at least {domain.MIN_TRAINING_EXAMPLES} are required.",
             param="training_file",
             code="invalid_n_examples",
+        )
+    if spec.method_type is MethodType.REINFORCEMENT and spec.validation_file is None:
+        raise InvalidRequest(
+            "Reinforcement fine-tuning needs a validation file (prompts in the same format as the "
+            "training file): its mean reward is how the job's progress is measured.",
+            param="validation_file",
+            code="missing_validation_file",
         )
     if spec.validation_file is not None:
         await _usable_file(session, org_id, spec.validation_file, "validation_file", spec)
@@ -207,7 +214,7 @@ def job_to_wire(job: Any, *, gateway: bool = False) -> FineTuningJob:
     hyper = dict(method[method["type"]]["hyperparameters"])
     if job.resolved_hyperparameters:
         hyper.update(job.resolved_hyperparameters)
-        method = {"type": method["type"], method["type"]: {"hyperparameters": hyper}}
+        method = {**method, method["type"]: {**method[method["type"]], "hyperparameters": hyper}}
     return FineTuningJob(
         id=job.id,
         created_at=int(job.created_at.timestamp()),

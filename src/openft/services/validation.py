@@ -3,7 +3,9 @@
 :class:`TrainingFileValidator` is fed the bytes of an upload as they arrive
 and keeps only the unfinished last line, so memory stays flat in file size.
 It stops at the first bad line and reports it by 1-based number with a
-stable ``code``. One file holds one format: chat (``messages``), preference
+stable ``code``. One file holds one format: chat (``messages`` ending with
+the assistant's answer), reinforcement (``messages`` ending before the
+answer, plus any keys graders read as ``{{item.<key>}}``), preference
 (``input`` / ``preferred_output`` / ``non_preferred_output``) or
 prompt/completion. Blank lines are skipped (they still count for numbering).
 """
@@ -104,15 +106,27 @@ class TrainingFileValidator:
         elif found is not self._format:
             raise _LineError(
                 "mixed_formats",
-                f"is in {found.value} format, but line {self._format_line} is in "
-                f"{self._format.value} format; a file holds one format.",
+                f"is in {_FORMAT_NAMES[found]} format, but line {self._format_line} is in "
+                f"{_FORMAT_NAMES[self._format]} format; a file holds one format.",
             )
         _CHECKS[found](example)
         self._examples += 1
 
 
+_FORMAT_NAMES = {
+    FileFormat.CHAT: "chat",
+    FileFormat.REINFORCEMENT: "reinforcement (its last message is not an assistant answer)",
+    FileFormat.PREFERENCE: "preference",
+    FileFormat.PROMPT_COMPLETION: "prompt_completion",
+}
+
+
 def _detect_format(example: dict[str, Any]) -> FileFormat:
     if "messages" in example:
+        messages = example["messages"]
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") not in (None, "assistant"):
+            return FileFormat.REINFORCEMENT
         return FileFormat.CHAT
     if {"input", "preferred_output", "non_preferred_output"} & example.keys():
         return FileFormat.PREFERENCE
@@ -152,6 +166,12 @@ def _check_chat(example: dict[str, Any]) -> None:
         )
 
 
+def _check_reinforcement(example: dict[str, Any]) -> None:
+    """A prompt for sampling: messages up to (not including) the answer."""
+    _messages(example.get("messages"), "messages")
+    _check_tools(example)
+
+
 def _check_preference(example: dict[str, Any]) -> None:
     for key in ("input", "preferred_output", "non_preferred_output"):
         if key not in example:
@@ -182,6 +202,7 @@ def _check_prompt_completion(example: dict[str, Any]) -> None:
 
 _CHECKS = {
     FileFormat.CHAT: _check_chat,
+    FileFormat.REINFORCEMENT: _check_reinforcement,
     FileFormat.PREFERENCE: _check_preference,
     FileFormat.PROMPT_COMPLETION: _check_prompt_completion,
 }

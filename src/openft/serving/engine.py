@@ -172,6 +172,14 @@ class Engine:
             self._waiting.append(request)
             self._cond.notify()
 
+    def submit_all(self, requests: list[Request]) -> None:
+        """Queue several requests at once, unbounded by ``max_queue``: the
+        engine sees all of them at its next step, so batches are formed the
+        same way on every run (the training sampler's determinism rests on it)."""
+        with self._cond:
+            self._waiting.extend(requests)
+            self._cond.notify()
+
     @property
     def busy(self) -> bool:
         with self._cond:
@@ -350,7 +358,7 @@ class Engine:
         tail = "" if seq.text.stopped else seq.text.flush()  # text held back for a stop string that never came
         if tail:
             seq.request.sink(TokenEvent(seq.index, tail, None))
-        seq.request.sink(Finished(seq.index, reason, len(seq.tokens), seq.text.text))
+        seq.request.sink(Finished(seq.index, reason, len(seq.tokens), seq.text.text, list(seq.tokens)))
 
     def _logprob(self, row: torch.Tensor, token: int, top: int) -> TokenLogprob:
         logprobs = torch.log_softmax(row, dim=-1)

@@ -35,6 +35,8 @@ class Completion:
     finish_reason: str  # "stop" | "length"
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    tokens: list[int] = field(default_factory=list)
+    """The sampled token ids (the end-of-turn token included when it ended the answer)."""
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Finished:
     finish_reason: str  # "stop" | "length"
     completion_tokens: int
     text: str
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -96,7 +99,7 @@ class Completions:
                 self._logprobs[event.index].append(event.logprob)
         else:
             self._done[event.index] = Completion(event.text, event.finish_reason, event.completion_tokens,
-                                                 self._logprobs[event.index] or None)
+                                                 self._logprobs[event.index] or None, event.tokens)
         return len(self._done) == self.n
 
     def result(self) -> list[Completion]:

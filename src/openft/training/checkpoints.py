@@ -119,23 +119,24 @@ RESULT_COLUMNS = {  # OpenAI's result-file header -> key of a result row
 }
 
 
-def results_csv(results: list[dict[str, Any]]) -> str:
+def results_csv(results: list[dict[str, Any]], columns: dict[str, str] = RESULT_COLUMNS) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RESULT_COLUMNS)
+    writer.writerow(columns)
     for row in results:
-        writer.writerow("" if row.get(key) is None else row[key] for key in RESULT_COLUMNS.values())
+        writer.writerow("" if row.get(key) is None else row[key] for key in columns.values())
     return out.getvalue()
 
 
 def save_final(
-    blobs: BlobStore, job_id: str, *, model: Any, tokenizer: Any, results: list[dict[str, Any]]
+    blobs: BlobStore, job_id: str, *, model: Any, tokenizer: Any, results: list[dict[str, Any]],
+    columns: dict[str, str] = RESULT_COLUMNS,
 ) -> tuple[str, str]:
     """The finished model and the result CSV; returns (model key, results key)."""
     model_key, results_key = f"models/{job_id}", f"jobs/{job_id}/results.csv"
     save_model(blobs, model_key, model=model, tokenizer=tokenizer)
     with blobs.writer(results_key) as out:
-        out.write(results_csv(results).encode())
+        out.write(results_csv(results, columns).encode())
     return model_key, results_key
 
 
@@ -164,6 +165,7 @@ class RunProgress:
         steps_per_epoch: int,
         accuracy_name: str,
         team: Team = SOLO,
+        result_columns: dict[str, str] = RESULT_COLUMNS,
     ):
         self.blobs, self.job_id, self.reporter = blobs, job_id, reporter
         self.team = team
@@ -171,7 +173,9 @@ class RunProgress:
         self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.accuracy_name = accuracy_name
-        """What the accuracy is (``mean_token_accuracy``, ``reward_accuracy``): names it in events."""
+        """What the accuracy is (``mean_token_accuracy``, ``reward_accuracy``, ``reward_mean``): names it in events."""
+        self.result_columns = result_columns
+        """Header of the result CSV -> key of a result row."""
         self.step, self.tokens = 0, 0
         self.results: list[dict[str, Any]] = []
         self._started, self._first_step = time.monotonic(), 0
@@ -194,28 +198,28 @@ class RunProgress:
         self._started, self._first_step = time.monotonic(), self.step
         self.reporter.event(f"Resuming training from step {self.step}/{self.total_steps}")
 
-    def stepped(self, tokens: int, row: dict[str, Any]) -> None:
+    def stepped(self, tokens: int, row: dict[str, Any], summary: str = "") -> None:
         """One optimizer step is done: count it and report its metrics.
-        ``row`` holds ``train_loss``, ``train_accuracy`` and optionally
-        ``valid_loss`` / ``valid_accuracy``."""
-        accuracy_name = self.accuracy_name
+        ``row`` holds ``train_loss`` and ``train_accuracy``, optionally
+        ``valid_loss`` / ``valid_accuracy``, and any recipe-specific metrics
+        (reported under their own names); ``summary`` ends the event's message."""
         self.step += 1
         self.tokens += tokens
         row = {"step": self.step, **row}
         self.results.append(row)
         rate = (time.monotonic() - self._started) / (self.step - self._first_step)
         message = f"Step {self.step}/{self.total_steps}: training loss={row['train_loss']:.4f}"
-        data = {
-            "step": self.step, "total_steps": self.total_steps,
-            "train_loss": row["train_loss"], f"train_{accuracy_name}": row["train_accuracy"],
-        }
         if "valid_loss" in row:
             message += f", validation loss={row['valid_loss']:.4f}"
-            data.update(valid_loss=row["valid_loss"], **{f"valid_{accuracy_name}": row["valid_accuracy"]})
         self.reporter.emit(
-            "metrics", message=message, data=data,
+            "metrics", message=message + summary, data={"total_steps": self.total_steps, **self._named(row)},
             estimated_finish=time.time() + rate * (self.total_steps - self.step),
         )
+
+    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A result row with the accuracy named (``train_mean_token_accuracy``...)."""
+        names = {"train_accuracy": f"train_{self.accuracy_name}", "valid_accuracy": f"valid_{self.accuracy_name}"}
+        return {names.get(key, key): value for key, value in row.items() if value is not None}
 
     @property
     def at_epoch_end(self) -> bool:
@@ -227,11 +231,8 @@ class RunProgress:
         Rank 0 only; the other ranks go straight on to the next step."""
         if not self.team.is_main:
             return
-        row, name = self.results[-1], self.accuracy_name
-        metrics = {
-            "step": row["step"], "train_loss": row["train_loss"], f"train_{name}": row["train_accuracy"],
-            "valid_loss": row.get("valid_loss"), f"valid_{name}": row.get("valid_accuracy"),
-        }
+        name = self.accuracy_name
+        metrics = self._named(self.results[-1])
         if full_valid is not None:
             metrics.update({"full_valid_loss": full_valid[0], f"full_valid_{name}": full_valid[1]})
         state = self.save_state()
@@ -239,7 +240,7 @@ class RunProgress:
         save_model(self.blobs, model_key, model=self.model, tokenizer=self.tokenizer)
         self.reporter.emit(
             "checkpoint", step=self.step, state_key=state, model_key=model_key,
-            metrics={k: float(v) for k, v in metrics.items() if v is not None},
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         )
 
     def save_state(self) -> str:
@@ -266,6 +267,7 @@ class RunProgress:
         if not self.team.is_main:
             return
         model_key, results_key = save_final(
-            self.blobs, self.job_id, model=self.model, tokenizer=self.tokenizer, results=self.results
+            self.blobs, self.job_id, model=self.model, tokenizer=self.tokenizer, results=self.results,
+            columns=self.result_columns,
         )
         self.reporter.emit("done", model_key=model_key, results_key=results_key, trained_tokens=self.tokens)

@@ -148,11 +148,20 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n_examples, generator=generator).tolist()
 
 
-def sequence_logprobs(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Summed log-probability of the labelled tokens of each example in a packed
-    row (one value per example, in packing order)."""
+def label_logprobs(
+    model: Any, row: dict[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of every labelled token of a packed row, the index of
+    the example each belongs to, in packing order)."""
     logits, labels, mask = label_logits(model, row, device)
     token_logprobs = torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
     example_of = (row["position_ids"][0] == 0).cumsum(0)[1:].to(device) - 1
+    return token_logprobs, example_of[mask[0]]
+
+
+def sequence_logprobs(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Summed log-probability of the labelled tokens of each example in a packed
+    row (one value per example, in packing order)."""
+    token_logprobs, example_of = label_logprobs(model, row, device)
     sums = torch.zeros(int((row["position_ids"][0] == 0).sum()), device=device)
-    return sums.index_add(0, example_of[mask[0]], token_logprobs)
+    return sums.index_add(0, example_of, token_logprobs)

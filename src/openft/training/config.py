@@ -39,6 +39,11 @@ class RunConfig:
     """Scheduling niceness the process gives itself before it starts working."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options of the blob store (an S3 endpoint); credentials are never here."""
+    judges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Reinforcement: the grader's judge models, ``{model: {"base": BaseWeights dict,
+    "adapter_key": blob key or None}}``, resolved for the job's organisation."""
+    grader_limits: dict[str, Any] = field(default_factory=dict)
+    """Reinforcement: python grader limits (``SandboxLimits`` fields) and ``embedding_model``."""
 
     @property
     def model(self) -> str:
@@ -82,11 +87,23 @@ class Hyperparameters:
     lora_rank: int | None = _help("LoRA rank (LoRA only).")
     lora_alpha: float | None = _help("LoRA scaling (LoRA only).")
     lora_dropout: float | None = _help("Dropout on the LoRA input (LoRA only).")
-    beta: float | None = _help("DPO only: strength of the pull towards the reference model.")
+    beta: float | None = _help(
+        "DPO: strength of the pull towards the reference model. Reinforcement: weight of the KL "
+        "penalty that keeps the policy near the starting model."
+    )
     rpo_alpha: float | None = _help(
         "DPO only: weight of the negative log-likelihood of the preferred answer added to the "
         "DPO loss (RPO). Keeps the preferred answer's likelihood rising while the margin grows."
     )
+
+    reasoning_effort: str | None = _help(
+        "Reinforcement only: sets the completion budget (low 64, default/medium 256, high 1024 tokens).")
+    compute_multiplier: float | None = _help(
+        "Reinforcement only: scales the group size (completions sampled per prompt, 8 x multiplier, at least 2).")
+    group_size: int | None = _help("Reinforcement only: completions sampled and graded per prompt.")
+    max_completion_tokens: int | None = _help("Reinforcement only: most tokens one sampled completion may have.")
+    eval_interval: int | None = _help("Reinforcement only: optimizer steps between validation runs.")
+    eval_samples: int | None = _help("Reinforcement only: completions sampled per validation prompt.")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that apply to this run (None ones are left out)."""

@@ -208,3 +208,48 @@ def pack(batch: list[Example]) -> dict[str, torch.Tensor]:
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
     }
+
+
+@dataclass
+class Prompt:
+    """One line of a reinforcement file: the prompt's token ids (chat template
+    plus generation prompt), and its ``item`` (every key but ``messages`` and
+    ``tools``), which graders see as ``{{item.<key>}}``."""
+
+    input_ids: list[int]
+    item: dict[str, Any]
+    line: int
+    tool_names: frozenset[str] = frozenset()
+    """Functions the line offers (completions that call them are parsed for graders)."""
+
+
+PROMPT_KEYS = ("messages", "tools")
+
+
+def tokenize_prompts(tokenizer: Any, lines: Iterable[str], *, max_prompt_length: int) -> list[Prompt]:
+    """The prompts of a reinforcement file; a prompt longer than
+    ``max_prompt_length`` (``max_seq_length`` less the completion budget) is
+    an error naming its line, since cutting a prompt changes the task."""
+    prompts = []
+    for line, raw in read_jsonl(lines):
+        if "messages" not in raw:
+            raise DataError("has no 'messages' (reinforcement format)", line)
+        try:
+            messages, tools = tool_format.template_input(tokenizer, raw["messages"], example_tools(raw))
+        except tool_format.ToolFormatError as exc:
+            raise DataError(f"has tools, but {exc}", line, code="invalid_tools") from exc
+        text = _render(tokenizer, messages, generation_prompt=True, tools=tools)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_length:
+            raise DataError(
+                f"has a prompt of {len(ids)} tokens; at most {max_prompt_length} fit "
+                "(max_seq_length less the completion budget)", line)
+        names = frozenset(t["function"]["name"] for t in example_tools(raw) or [] if "function" in t)
+        prompts.append(Prompt(ids, {k: v for k, v in raw.items() if k not in PROMPT_KEYS}, line, names))
+    return prompts
+
+
+def completion_example(prompt: Prompt, completion: list[int]) -> Example:
+    """A prompt and one sampled completion as a packed-row example, with
+    labels on the completion's tokens only."""
+    return Example(prompt.input_ids + completion, [IGNORE] * len(prompt.input_ids) + completion, prompt.line)

@@ -9,6 +9,12 @@
 * Extensions: ``training_type`` lora, ``lora_rank`` 16, ``lora_alpha`` 2x rank,
   ``lora_dropout`` 0.05, ``max_seq_length`` min(model limit, 2048),
   ``warmup_ratio`` 0.05; DPO ``beta`` 0.1 and ``rpo_alpha`` 1.0.
+* Reinforcement: ``batch_size`` 4 prompts (fewer if the file has fewer),
+  learning rate ``RFT_LEARNING_RATE_FACTOR`` of the base rate,
+  ``compute_multiplier`` 1.0 (group size 8 x multiplier, at least 2),
+  ``reasoning_effort`` sets the completion budget (``COMPLETION_BUDGET``)
+  unless ``max_completion_tokens`` is given, ``eval_interval`` a quarter of
+  the steps, ``eval_samples`` 1, KL weight ``beta`` 0.04.
 """
 
 from __future__ import annotations
@@ -26,6 +32,18 @@ BASE_LEARNING_RATE = {"lora": 1e-3, "full": 2e-5}
 DPO_LEARNING_RATE_FACTOR = 0.1
 DPO_RPO_ALPHA = 1.0
 MAX_SEQ_LENGTH = 2048
+RFT_BATCH_SIZE = 4
+RFT_GROUP_SIZE = 8
+RFT_LEARNING_RATE_FACTOR = 0.2
+RFT_BETA = 0.04
+COMPLETION_BUDGET = {"low": 64, "default": 256, "medium": 256, "high": 1024}
+
+
+def completion_budget(requested: dict[str, Any]) -> int:
+    """Most tokens one sampled completion may have (decided before the data is read)."""
+    if requested.get("max_completion_tokens") not in (None, "auto"):
+        return int(requested["max_completion_tokens"])
+    return COMPLETION_BUDGET[requested.get("reasoning_effort") or "default"]
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -67,10 +85,15 @@ def resolve(
     training_type = given("training_type", "lora")
     rank = given("lora_rank", 16)
     lora = training_type == "lora"
-    dpo = method == "dpo"
+    dpo, rft = method == "dpo", method == "reinforcement"
+    n_epochs = given("n_epochs", auto_epochs(n_examples))
+    batch_size = given("batch_size", min(RFT_BATCH_SIZE, n_examples) if rft
+                       else auto_batch_size(n_examples, mean_tokens, device))
+    multiplier = float(given("compute_multiplier", 1.0))
+    total_steps = math.ceil(n_examples / batch_size) * n_epochs
     return Hyperparameters(
-        n_epochs=given("n_epochs", auto_epochs(n_examples)),
-        batch_size=given("batch_size", auto_batch_size(n_examples, mean_tokens, device)),
+        n_epochs=n_epochs,
+        batch_size=batch_size,
         learning_rate_multiplier=float(given("learning_rate_multiplier", 1.0)),
         training_type=training_type,
         max_seq_length=max_length,
@@ -78,8 +101,14 @@ def resolve(
         lora_rank=rank if lora else None,
         lora_alpha=float(given("lora_alpha", 2 * rank)) if lora else None,
         lora_dropout=float(given("lora_dropout", 0.05)) if lora else None,
-        beta=float(given("beta", 0.1)) if dpo else None,
+        beta=float(given("beta", 0.1 if dpo else RFT_BETA)) if dpo or rft else None,
         rpo_alpha=float(given("rpo_alpha", DPO_RPO_ALPHA)) if dpo else None,
+        reasoning_effort=given("reasoning_effort", "default") if rft else None,
+        compute_multiplier=multiplier if rft else None,
+        group_size=max(2, round(RFT_GROUP_SIZE * multiplier)) if rft else None,
+        max_completion_tokens=completion_budget(requested) if rft else None,
+        eval_interval=int(given("eval_interval", max(1, total_steps // 4))) if rft else None,
+        eval_samples=int(given("eval_samples", 1)) if rft else None,
     )
 
 
@@ -87,4 +116,6 @@ def learning_rate(hp: Hyperparameters, method: str) -> float:
     base = BASE_LEARNING_RATE[hp.training_type]
     if method == "dpo":
         base *= DPO_LEARNING_RATE_FACTOR
+    if method == "reinforcement":
+        base *= RFT_LEARNING_RATE_FACTOR
     return base * hp.learning_rate_multiplier

@@ -54,6 +54,10 @@ def _recipe(method: str):  # type: ignore[no-untyped-def]
         from openft.training.recipes import dpo
 
         return dpo.run
+    if method == "reinforcement":
+        from openft.training.recipes import rft
+
+        return rft.run
     raise ValueError(f"no recipe for method {method!r}")
 
 

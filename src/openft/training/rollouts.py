@@ -1,0 +1,91 @@
+"""Sampling completions from the policy during reinforcement fine-tuning,
+with the serving engine (:mod:`openft.serving.engine`).
+
+The engine brings what the recipe needs: continuous batching (a finished
+completion leaves the batch at once, so short answers do not wait for long
+ones), one prefill per prompt shared by its group of completions, and a
+``torch.Generator`` per completion seeded from the request, so a sample
+depends on (seed, step, prompt) and not on timing: all of a step's requests
+are queued at once (:meth:`Engine.submit_all`), and the batches form the same
+way every run.
+
+For a LoRA policy the engine decodes with a plain copy of the base model
+whose linear weights are refreshed to ``W + scale * B @ A`` before each
+round (:meth:`Rollouts.sync`): generation pays nothing for the adapter, and
+the copy's base weights never drift (they are rebuilt from the untouched
+originals each time). A full fine-tune decodes with the policy itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+from typing import Any
+
+import torch
+
+from openft.serving.engine import Engine, Request
+from openft.serving.generator import collect
+from openft.serving.types import Completion, GenerationParams, StopSignal
+
+NO_DEADLINE = 10 * 365 * 24 * 3600.0
+
+
+class Rollouts:
+    def __init__(self, base: Any, tokenizer: Any, device: torch.device, *, max_batch: int, lora: bool):
+        """``base``: the model as loaded, before the adapter is added (a LoRA
+        run then decodes with a copy of it)."""
+        self.device = device
+        self._copy = copy.deepcopy(base).eval() if lora else None
+        self._policy: Any = None if lora else base
+        self._pairs: list[tuple[torch.nn.Linear, torch.nn.Module]] = []
+        self.engine = Engine(
+            lambda: self._copy if self._copy is not None else self._policy, tokenizer, device,
+            max_batch=max_batch, max_queue=0, name="rollouts", lock=threading.Lock(),
+            token_strings=lambda _token: ("", []), adapter_kwargs=lambda _names: {},
+        )
+
+    def attach(self, policy: Any) -> None:
+        """The model being trained (a PeftModel for LoRA)."""
+        if self._copy is None:
+            self._policy = policy
+            return
+        from peft.tuners.lora import Linear as LoraLinear
+
+        for name, module in policy.named_modules():
+            if isinstance(module, LoraLinear):
+                target = self._copy.get_submodule(name.removeprefix("base_model.model."))
+                self._pairs.append((target, module))
+        if not self._pairs:
+            raise RuntimeError("the LoRA policy has no linear LoRA layers to merge for sampling")
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Bring the decoding copy up to the policy's current weights."""
+        for target, lora in self._pairs:
+            delta = sum(lora.get_delta_weight(name) for name in lora.active_adapters)
+            target.weight.copy_(lora.base_layer.weight + delta)
+
+    def sample(self, prompts: list[list[int]], n: int, seeds: list[int], *, max_tokens: int,
+               temperature: float = 1.0) -> list[list[Completion]]:
+        """``n`` completions of each prompt, sampled at ``temperature``."""
+        self.sync()
+        was_training = self._policy is not None and self._policy.training
+        if was_training:
+            self._policy.eval()
+        inboxes: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in prompts]
+        params = [GenerationParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed, n=n)
+                  for seed in seeds]
+        self.engine.submit_all([
+            Request(prompt, param, StopSignal(NO_DEADLINE), inbox.put)
+            for prompt, param, inbox in zip(prompts, params, inboxes, strict=True)
+        ])
+        try:
+            return [collect(inbox.get, n) for inbox in inboxes]
+        finally:
+            if was_training:
+                self._policy.train()
+
+    def close(self) -> None:
+        self.engine.close()
