@@ -106,6 +106,16 @@ class TestGoodFiles:
         summary = validate(jsonl([preference_example(i) for i in range(3)]))
         assert (summary.format, summary.n_examples) == (FileFormat.PREFERENCE, 3)
 
+    def test_reinforcement_prompts_with_items(self) -> None:
+        lines = [{"messages": [{"role": "system", "content": "Answer."}, {"role": "user", "content": f"{i} + 1?"}],
+                  "answer": str(i + 1), "meta": {"level": i}} for i in range(4)]
+        summary = validate(jsonl(lines))
+        assert (summary.format, summary.n_examples) == (FileFormat.REINFORCEMENT, 4)
+        with pytest.raises(FileValidationError) as mixed:
+            validate(jsonl(lines) + GOOD)
+        assert (mixed.value.code, mixed.value.line) == ("mixed_formats", 5)
+        assert "reinforcement (its last message is not an assistant answer)" in str(mixed.value)
+
     def test_prompt_completion_without_trailing_newline(self) -> None:
         data = b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}'
         summary = validate(data)

@@ -24,7 +24,7 @@ FUNCTIONS: dict[str, Callable[..., float]] = {
 }
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.Pow: operator.pow, ast.BitXor: operator.pow,
+    ast.Pow: operator.pow,
 }
 _UNARY: dict[type, Callable[[float], float]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
@@ -40,7 +40,8 @@ def parse(formula: str, names: set[str]) -> ast.expr:
     if len(formula) > MAX_LENGTH:
         raise FormulaError(f"is longer than {MAX_LENGTH} characters")
     try:
-        tree = ast.parse(formula.strip(), mode="eval").body
+        # `^` means power here, with power's precedence (Python reads it as a low-precedence xor).
+        tree = ast.parse(formula.strip().replace("^", "**"), mode="eval").body
     except SyntaxError as exc:
         raise FormulaError(f"is not a valid formula: {exc.msg} at column {exc.offset}") from None
     _check(tree, names)
@@ -85,7 +86,7 @@ def _eval(node: ast.AST, values: dict[str, float]) -> Any:
         return values[node.id]
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, values), _eval(node.right, values)
-        if isinstance(node.op, (ast.Pow, ast.BitXor)) and abs(right) > 64:
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
             raise ValueError("exponent too large")
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp):

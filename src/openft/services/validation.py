@@ -125,7 +125,7 @@ def _detect_format(example: dict[str, Any]) -> FileFormat:
     if "messages" in example:
         messages = example["messages"]
         last = messages[-1] if isinstance(messages, list) and messages else None
-        if isinstance(last, dict) and last.get("role") not in (None, "assistant"):
+        if isinstance(last, dict) and last.get("role") in CHAT_ROLES - {"assistant"}:
             return FileFormat.REINFORCEMENT
         return FileFormat.CHAT
     if {"input", "preferred_output", "non_preferred_output"} & example.keys():
