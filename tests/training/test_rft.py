@@ -6,7 +6,6 @@ requests refused with the field named)."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import openai

@@ -145,7 +145,7 @@ class Engine:
         self._adapter_kwargs = adapter_kwargs
         self.stats = EngineStats()
         self._eos = _eos_ids(model(), tokenizer)
-        self._cache_kw = _cache_keyword(model())
+        self._cache_kw = cache_keyword(model())
         self._decode_text = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []
@@ -275,7 +275,7 @@ class Engine:
                     matcher = self._matcher_factory(request.grammar) if request.grammar else None
                     sequences.append(_Sequence(request, index, self._decode_text, matcher))
                     rows.append(row)
-            cache = _cache_of(out)
+            cache = cache_of(out)
             logits = out.logits[:, -1, :]
             if rows != list(range(len(group))):
                 index = torch.tensor(rows, device=self.device)
@@ -317,7 +317,7 @@ class Engine:
             **{self._cache_kw: self._cache},
             **self._adapter_kwargs(adapters),
         )
-        self._cache = _cache_of(out)
+        self._cache = cache_of(out)
         self._advance(rows, out.logits[:, -1, :])
 
     # -------------------------------------------------------------- sampling
@@ -401,7 +401,7 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _cache_keyword(model: Any) -> str:
+def cache_keyword(model: Any) -> str:
     """The forward argument that takes a KV cache: ``cache`` in transformers
     5.x, ``past_key_values`` before."""
     import inspect
@@ -410,7 +410,7 @@ def _cache_keyword(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
-def _cache_of(output: Any) -> Any:
+def cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
 

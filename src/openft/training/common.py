@@ -159,6 +159,46 @@ def label_logprobs(
     return token_logprobs, example_of[mask[0]]
 
 
+def group_logprobs(
+    model: Any, prompt: list[int], completions: list[list[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of every token of every completion, the completion
+    each belongs to): the same values as :func:`label_logprobs` on the packed
+    (prompt + completion) examples, for a fraction of the work when the
+    completions share their prompt. The prompt runs once; its key/value cache
+    (with its autograd graph) is repeated for every completion, and the
+    completions run together, right-padded, against it. A group of 8
+    completions of 16 tokens after a 45-token prompt is 173 tokens through
+    the model instead of 488."""
+    from openft.serving.engine import cache_keyword, cache_of
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+    rows, width = len(completions), max(len(c) for c in completions)
+    inputs = torch.zeros(rows, width, dtype=torch.long)
+    targets = torch.full((rows, width), IGNORE, dtype=torch.long)
+    for row, completion in enumerate(completions):
+        inputs[row, : len(completion)] = torch.tensor([prompt[-1], *completion[:-1]])
+        targets[row, : len(completion)] = torch.tensor(completion)
+    mask = (targets != IGNORE).to(device)
+    past = len(prompt) - 1
+    with autocast(device):
+        cached = decoder(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True)
+        cache = cache_of(cached)
+        cache.batch_repeat_interleave(rows)
+        attention = torch.cat([torch.ones(rows, past, dtype=torch.long, device=device), mask.long()], dim=1)
+        positions = torch.arange(past, past + width, device=device).expand(rows, width)
+        hidden = decoder(
+            input_ids=inputs.to(device), attention_mask=attention, position_ids=positions, use_cache=True,
+            **{cache_keyword(decoder): cache},
+        ).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[mask]).float()
+    labels = targets.to(device)[mask]
+    token_logprobs = torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
+    completion_of = torch.arange(rows, device=device)[:, None].expand(rows, width)[mask]
+    return token_logprobs, completion_of
+
+
 def sequence_logprobs(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Summed log-probability of the labelled tokens of each example in a packed
     row (one value per example, in packing order)."""

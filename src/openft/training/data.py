@@ -248,8 +248,3 @@ def tokenize_prompts(tokenizer: Any, lines: Iterable[str], *, max_prompt_length:
         prompts.append(Prompt(ids, {k: v for k, v in raw.items() if k not in PROMPT_KEYS}, line, names))
     return prompts
 
-
-def completion_example(prompt: Prompt, completion: list[int]) -> Example:
-    """A prompt and one sampled completion as a packed-row example, with
-    labels on the completion's tokens only."""
-    return Example(prompt.input_ids + completion, [IGNORE] * len(prompt.input_ids) + completion, prompt.line)

@@ -12,8 +12,10 @@ Reads top to bottom like the other recipes. Each optimizer step takes
 3. **normalises** rewards within each group: advantage = (r - mean) / (std + 1e-4).
    A group whose completions all got the same reward carries no signal and
    is left out of the update (DAPO's dynamic sampling, without resampling);
-4. **updates** the policy once on the remaining completions with the clipped
-   objective and a KL penalty to the starting model, averaged over their tokens:
+4. **updates** the policy once on the remaining completions, one group per
+   forward pass with its prompt computed once (gradients accumulate), with
+   the clipped objective and a KL penalty to the starting model, averaged
+   over their tokens:
 
        loss = sum_t [ -min(rho_t A, clip(rho_t, 1 - eps, 1 + eps) A) + beta * KL_t ] / tokens
 
@@ -50,7 +52,7 @@ from openft.training.checkpoints import RunProgress
 from openft.training.common import (
     add_adapter,
     epoch_order,
-    label_logprobs,
+    group_logprobs,
     load_base,
     model_max_length,
     optimizer_and_schedule,
@@ -61,7 +63,7 @@ from openft.training.common import (
     steps_per_epoch,
 )
 from openft.training.config import Hyperparameters, RunConfig
-from openft.training.data import Prompt, completion_example, pack, tokenize_prompts
+from openft.training.data import Prompt, tokenize_prompts
 from openft.training.hyperparameters import completion_budget, max_seq_length, resolve
 from openft.training.report import Reporter
 from openft.training.rollouts import Rollouts
@@ -69,8 +71,6 @@ from openft.training.team import SOLO, Team
 
 CLIP_EPSILON = 0.2
 TEMPERATURE = 1.0
-MICRO_BATCH_TOKENS = 4096
-"""Tokens per forward/backward pass of the update (gradients accumulate across them)."""
 
 RESULT_COLUMNS = {
     "step": "step", "train_loss": "train_loss", "train_reward_mean": "train_accuracy",
@@ -248,32 +248,29 @@ def update(
     model: Any, reference: Any, prompts: list[Prompt], groups: list[list[Any]], rewards: list[list[float]],
     hp: Hyperparameters, device: torch.device, team: Team,
 ) -> tuple[float, float]:
-    """Accumulate the gradients of one step; returns (loss, mean KL per
-    token). Groups without reward spread are skipped."""
-    examples, weights = [], []
+    """Accumulate the gradients of one step, one group per forward pass (its
+    prompt computed once: :func:`~openft.training.common.group_logprobs`);
+    returns (loss, mean KL per token). Groups without reward spread are skipped."""
+    included = []
     for prompt, group, scores in zip(prompts, groups, rewards, strict=True):
         if max(scores) == min(scores):
             continue
-        for completion, advantage in zip(group, advantages(scores), strict=True):
-            if completion.tokens:
-                examples.append(completion_example(prompt, completion.tokens))
-                weights.append(advantage)
-    n_tokens = sum(e.n_label_tokens for e in examples)
-    global_tokens = team.sum(n_tokens)
+        kept = [(c.tokens, a) for c, a in zip(group, advantages(scores), strict=True) if c.tokens]
+        included.append((prompt, [tokens for tokens, _ in kept], [a for _, a in kept]))
+    global_tokens = team.sum(sum(len(t) for _, completions, _ in included for t in completions))
     if not global_tokens:
         return 0.0, 0.0
     loss_sum, kl_sum = 0.0, 0.0
-    for start, end in micro_batches(examples):
-        row = pack(examples[start:end])
-        logprobs, example_of = label_logprobs(model, row, device)
-        advantage = torch.tensor(weights[start:end], device=device)[example_of]
+    for prompt, completions, weights in included:
+        logprobs, completion_of = group_logprobs(model, prompt.input_ids, completions, device)
+        advantage = torch.tensor(weights, device=device)[completion_of]
         ratio = torch.exp(logprobs - logprobs.detach())
         objective = torch.minimum(ratio * advantage,
                                   ratio.clamp(1 - CLIP_EPSILON, 1 + CLIP_EPSILON) * advantage)
         loss = -objective
         if hp.beta:
             with torch.no_grad():
-                ref = reference_logprobs(model, reference, row, device)
+                ref = reference_logprobs(model, reference, prompt.input_ids, completions, device)
             gap = ref - logprobs
             kl = torch.exp(gap) - gap - 1
             loss = loss + hp.beta * kl
@@ -284,24 +281,13 @@ def update(
     return team.sum(loss_sum), team.sum(kl_sum) / global_tokens
 
 
-def reference_logprobs(model: Any, reference: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+def reference_logprobs(model: Any, reference: Any, prompt: list[int], completions: list[list[int]],
+                       device: torch.device) -> torch.Tensor:
+    """The starting model's log-probabilities of the completions' tokens."""
     if reference is not None:
-        return label_logprobs(reference, row, device)[0]
+        return group_logprobs(reference, prompt, completions, device)[0]
     with model.disable_adapter():
-        return label_logprobs(model, row, device)[0]
-
-
-def micro_batches(examples: list[Any]) -> list[tuple[int, int]]:
-    """[start, end) ranges of about MICRO_BATCH_TOKENS tokens each."""
-    ranges, start, size = [], 0, 0
-    for index, example in enumerate(examples):
-        if size and size + len(example.input_ids) > MICRO_BATCH_TOKENS:
-            ranges.append((start, index))
-            start, size = index, 0
-        size += len(example.input_ids)
-    if start < len(examples):
-        ranges.append((start, len(examples)))
-    return ranges
+        return group_logprobs(model, prompt, completions, device)[0]
 
 
 @torch.no_grad()
