@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving clean
+.PHONY: run test test-examples setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,9 @@ bench-ray: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py
+
+bench-rft: $(STAMP)
+	$(BIN)/python bench/rft_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -156,33 +156,56 @@ def _file_id(client: Client, value: str | None) -> str | None:
 @click.option("--model", required=True, help="Base model id.")
 @click.option("--training-file", required=True, help="A file id, or a local path to upload first.")
 @click.option("--validation-file", default=None, help="A file id, or a local path to upload first.")
-@click.option("--method", type=click.Choice(["supervised", "dpo"]), default="supervised", show_default=True)
+@click.option("--method", type=click.Choice(["supervised", "dpo", "reinforcement"]), default="supervised",
+              show_default=True)
+@click.option("--grader", "grader_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Reinforcement: a grader as a JSON file, or a .py file defining grade(sample, item).")
 @click.option("--epochs", type=int, default=None, help="n_epochs (default: auto).")
 @click.option("--batch-size", type=int, default=None, help="batch_size (default: auto).")
 @click.option("--learning-rate-multiplier", type=float, default=None)
-@click.option("--beta", type=float, default=None, help="DPO beta (default: auto).")
+@click.option("--beta", type=float, default=None, help="DPO beta, or reinforcement KL weight (default: auto).")
 @click.option("--training-type", type=click.Choice(["lora", "full"]), default=None)
+@click.option("--reasoning-effort", type=click.Choice(["default", "low", "medium", "high"]), default=None,
+              help="Reinforcement: the completion budget (low 64, default/medium 256, high 1024 tokens).")
 @click.option("--suffix", default=None)
 @click.option("--seed", type=int, default=None)
 @client_options
 @_api_errors
 def jobs_create(model: str, training_file: str, validation_file: str | None, method: str,
-                epochs: int | None, batch_size: int | None, learning_rate_multiplier: float | None,
-                beta: float | None, training_type: str | None, suffix: str | None, seed: int | None,
+                grader_path: str | None, epochs: int | None, batch_size: int | None, learning_rate_multiplier: float | None,
+                beta: float | None, training_type: str | None, reasoning_effort: str | None,
+                suffix: str | None, seed: int | None,
                 base_url: str | None, api_key: str | None, as_json: bool) -> None:
     """Create a fine-tuning job (uploading local files first)."""
     client = _client(base_url, api_key, as_json)
     hyper = {k: v for k, v in {
         "n_epochs": epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier,
-        "beta": beta, "training_type": training_type}.items() if v is not None}
+        "beta": beta, "training_type": training_type, "reasoning_effort": reasoning_effort}.items()
+        if v is not None}
     extra = {k: v for k, v in {"suffix": suffix, "seed": seed,
                                 "validation_file": _file_id(client, validation_file)}.items() if v is not None}
+    chosen: dict[str, Any] = {"hyperparameters": hyper}
+    if (method == "reinforcement") != (grader_path is not None):
+        raise click.UsageError("--grader goes with --method reinforcement, and reinforcement needs one.")
+    if grader_path is not None:
+        chosen["grader"] = _grader(Path(grader_path))
     job = client.sdk.fine_tuning.jobs.create(
         model=model, training_file=_file_id(client, training_file) or training_file,
-        method={"type": method, method: {"hyperparameters": hyper}},  # type: ignore[misc,dict-item]
+        method={"type": method, method: chosen},  # type: ignore[misc,dict-item]
         **extra,
     )
     _print(client, job, [[job.id, job.model, _status(job.status)]], ["ID", "MODEL", "STATUS"])
+
+
+def _grader(path: Path) -> dict[str, Any]:
+    """A grader from a file: JSON as it is, or Python source as a python grader named after the file."""
+    text = path.read_text()
+    if path.suffix == ".py":
+        return {"type": "python", "name": path.stem, "source": text}
+    try:
+        return dict(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(f"{path} is neither a .py file nor a JSON grader object: {exc}") from exc
 
 
 @jobs.command("list")

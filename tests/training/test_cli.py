@@ -95,3 +95,20 @@ def test_pause_resume_cancel_commands(cli, training_server) -> None:
     again = cli("jobs", "cancel", job, check=False)
     assert again.returncode != 0 and "409" in again.stderr
     assert wait_for(tenant, job, {"cancelled"}).status == "cancelled"
+
+
+def test_jobs_create_reinforcement_with_a_python_grader_file(cli, tmp_path) -> None:
+    prompts = [{"messages": [{"role": "user", "content": f"Say hi {i}."}], "target": "hi"} for i in range(10)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    grader = tmp_path / "short.py"
+    grader.write_text("def grade(sample, item):\n    return 1.0 if len(sample['output_text']) < 20 else 0.0\n")
+    created = json.loads(cli("jobs", "create", "--model", TINY, "--training-file", str(data),
+                             "--validation-file", str(data), "--method", "reinforcement", "--grader", str(grader),
+                             "--epochs", "1", "--batch-size", "5", "--reasoning-effort", "low", "--json").stdout)
+    assert created["method"]["reinforcement"]["grader"] == {
+        "type": "python", "name": "short", "source": grader.read_text()}
+    assert "succeeded" in cli("jobs", "follow", created["id"], "--interval", "0.2").stdout
+    missing = cli("jobs", "create", "--model", TINY, "--training-file", str(data), "--method", "reinforcement",
+                  check=False)
+    assert missing.returncode != 0 and "--grader" in missing.stderr

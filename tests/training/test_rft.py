@@ -209,3 +209,35 @@ def test_rft_raises_the_mean_reward_on_a_task_built_for_it(tmp_path: Path, tiny_
     assert 0.3 < before < 0.8, before  # a coin flip to start with
     assert after >= before + 0.2, (before, after)
     assert sum(r["train_reward_mean"] for r in rows[-2:]) > sum(r["train_reward_mean"] for r in rows[:2])
+
+
+def test_readme_rft_example_raises_the_bundled_models_validation_reward(make_training_server, bundled_model_dir) -> None:
+    """README "Reinforcement fine-tuning", its Python block run as printed:
+    the bundled model's mean validation reward after one epoch is clearly
+    above its own before training (the baseline event, same sampling)."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from support import REPO, SMOLLM
+
+    server = make_training_server(OPENFT_TRAINING_THREADS="2")  # nothing else is served meanwhile
+    models = server.home / "models"
+    models.mkdir(exist_ok=True)
+    (models / bundled_model_dir.name).symlink_to(bundled_model_dir)
+    readme = (REPO / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "examples/sentiment" in b]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
+                            env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr + server.log()
+    print(f"\nthe README block: {time.monotonic() - started:.0f} s\n{result.stdout}")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1.0"
+    status, model = lines[1].split()
+    assert status == "succeeded" and model.startswith(f"ft:{SMOLLM}:default:sentiment:")
+    before = float(re.search(r"before training: mean=([\d.]+)", result.stdout).group(1))
+    after = float(re.findall(r"validation reward=([\d.]+)", result.stdout)[-1])
+    assert after >= before + 0.3 and after >= 0.8, (before, after)

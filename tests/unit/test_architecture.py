@@ -78,6 +78,7 @@ LAYER_RULES = {
     "openft.training": ("openft.services", "openft.scheduler", "openft.api", "openft.cli"),
     "openft.schemas": ("openft.store", "openft.services", "openft.api"),
     "openft.serving": ("openft.services", "openft.api", "openft.store", "openft.scheduler"),
+    "openft.graders": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training"),
 }
 
 

@@ -1,8 +1,9 @@
 """The python grader's process (run as ``python -I -c <this file> PHASE CONFIG``;
 it never imports openft). See :mod:`openft.graders.sandbox` for the design.
 
-Phase ``launch``: enter new user and network namespaces (no network
-interfaces but a downed loopback; no privileges over the host), then exec
+Phase ``launch``: ask to be killed when the parent dies, enter new user and
+network namespaces (no network interfaces but a downed loopback; no
+privileges over the host), then exec
 this script again as phase ``run``, so nothing of ctypes survives.
 
 Phase ``run``: set resource limits, install an audit hook that refuses
@@ -21,6 +22,7 @@ def launch(config_text):
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: die with the process that started us
     clone_newuser, clone_newnet = 0x10000000, 0x40000000
     isolated = libc.unshare(clone_newuser | clone_newnet) == 0
     config = json.loads(config_text)

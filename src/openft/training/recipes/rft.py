@@ -37,6 +37,7 @@ so a paused and resumed run equals an uninterrupted one.
 from __future__ import annotations
 
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            flat = [r for group in rewards for r in group]
-            lengths = [c.completion_tokens for group in groups for c in group]
-            row: dict[str, Any] = {
-                "train_loss": loss, "train_accuracy": statistics.fmean(flat),
-                "train_reward_std": statistics.pstdev(flat), "kl": kl, "grader_errors": errors,
-                "completion_tokens_mean": statistics.fmean(lengths),
-            }
+            row: dict[str, Any] = {"train_loss": loss, "kl": kl, **step_statistics(rewards, groups, errors, team)}
             if valid and team.is_main and (step % hp.eval_interval == 0 or step == total_steps):
                 row["valid_accuracy"], row["valid_reward_std"], _ = validate(rollouts, grader, valid, hp, config.seed)
             summary = f", mean reward={row['train_accuracy']:.4f}" + (
@@ -180,6 +175,18 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     finally:
         rollouts.close()
         grader.close()
+
+
+def step_statistics(rewards: list[list[float]], groups: list[list[Any]], errors: int, team: Team) -> dict[str, Any]:
+    """Reward mean and spread, grader errors and completion length over the
+    whole step (every rank's share)."""
+    flat = [r for group in rewards for r in group]
+    count = team.sum(len(flat))
+    mean = team.sum(sum(flat)) / count
+    spread = math.sqrt(max(team.sum(sum(r * r for r in flat)) / count - mean * mean, 0.0))
+    lengths = team.sum(sum(c.completion_tokens for group in groups for c in group))
+    return {"train_accuracy": mean, "train_reward_std": spread, "grader_errors": int(team.sum(errors)),
+            "completion_tokens_mean": lengths / count}
 
 
 def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
