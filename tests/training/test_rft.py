@@ -136,6 +136,21 @@ def test_a_failing_python_grader_is_zero_reward_and_the_job_goes_on(trainer: Ten
     assert all(r["grader_errors"] == 4 * 4 and r["train_reward_mean"] == 0 for r in rows)
 
 
+def test_model_graders_judge_with_a_served_model_inside_the_training_process(trainer: Tenant, files) -> None:
+    judged = {"type": "multi", "name": "judged", "calculate_output": "0.5 * close + 0.5 * polite",
+              "graders": {"close": CLOSE, "polite": {
+                  "type": "label_model", "name": "polite", "model": TINY,
+                  "input": [{"role": "user", "content": "Is this polite? {{sample.output_text}}"}],
+                  "labels": ["polite", "rude"], "passing_labels": ["polite"]}}}
+    training, validation = files
+    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, validation_file=validation,
+                                              method=method(judged, n_epochs=1))
+    done = wait_for(trainer, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    rows = metrics_of(trainer, job.id)
+    assert len(rows) == 4 and all(r["grader_errors"] == 0 for r in rows)  # every judge call answered
+
+
 def test_reinforcement_requests_are_checked_field_by_field(trainer: Tenant, files) -> None:
     training, validation = files
     chat = trainer.sdk.files.create(file=("c.jsonl", io.BytesIO(jsonl([
