@@ -136,9 +136,13 @@ def test_a_failing_python_grader_is_zero_reward_and_the_job_goes_on(trainer: Ten
     assert all(r["grader_errors"] == 4 * 4 and r["train_reward_mean"] == 0 for r in rows)
 
 
-def test_model_graders_judge_with_a_served_model_inside_the_training_process(trainer: Tenant, files) -> None:
-    judged = {"type": "multi", "name": "judged", "calculate_output": "0.5 * close + 0.5 * polite",
-              "graders": {"close": CLOSE, "polite": {
+def test_model_graders_judge_with_a_served_model_inside_the_training_process(trainer: Tenant, files, finished) -> None:
+    """The judges: a base model and a fine-tuned one (its adapter fetched from blob storage)."""
+    judged = {"type": "multi", "name": "judged", "calculate_output": "0.4 * close + 0.3 * polite + 0.3 * rated",
+              "graders": {"close": CLOSE, "rated": {
+                  "type": "score_model", "name": "rated", "model": finished.fine_tuned_model, "range": [-1e9, 1e9],
+                  "input": [{"role": "user", "content": "Rate this from 0 to 1: {{sample.output_text}}"}],
+                  "sampling_params": {"max_completions_tokens": 12}}, "polite": {
                   "type": "label_model", "name": "polite", "model": TINY,
                   "input": [{"role": "user", "content": "Is this polite? {{sample.output_text}}"}],
                   "labels": ["polite", "rude"], "passing_labels": ["polite"]}}}

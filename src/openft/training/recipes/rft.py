@@ -72,6 +72,8 @@ from openft.training.team import SOLO, Team
 
 CLIP_EPSILON = 0.2
 TEMPERATURE = 1.0
+MAX_SAMPLING_BATCH = 256
+"""Most sequences the sampler decodes at once (more wait for room; a group always fits)."""
 
 RESULT_COLUMNS = {
     "step": "step", "train_loss": "train_loss", "train_reward_mean": "train_accuracy",
@@ -111,8 +113,9 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Grader, and the sampler (it copies the base model before the adapter is added).
     grader = Grader(config.method["reinforcement"]["grader"], grading_context(config, device))
+    wanted = max(hp.batch_size * hp.group_size, len(valid) * hp.eval_samples)
     rollouts = Rollouts(model, tokenizer, device, lora=hp.training_type == "lora",
-                        max_batch=max(hp.batch_size * hp.group_size, len(valid) * hp.eval_samples, 1))
+                        max_batch=max(hp.group_size, hp.eval_samples, min(wanted, MAX_SAMPLING_BATCH)))
     reference = None if hp.training_type == "lora" or not hp.beta else frozen_copy(model)
 
     # Seed, then adapter: the first draws from the generator are the LoRA weights.
