@@ -140,9 +140,9 @@ def test_model_graders_judge_with_a_served_model_inside_the_training_process(tra
     """The judges: a base model and a fine-tuned one (its adapter fetched from blob storage)."""
     judged = {"type": "multi", "name": "judged", "calculate_output": "0.4 * close + 0.3 * polite + 0.3 * rated",
               "graders": {"close": CLOSE, "rated": {
-                  "type": "score_model", "name": "rated", "model": finished.fine_tuned_model, "range": [-1e9, 1e9],
-                  "input": [{"role": "user", "content": "Rate this from 0 to 1: {{sample.output_text}}"}],
-                  "sampling_params": {"max_completions_tokens": 12}}, "polite": {
+                  "type": "label_model", "name": "rated", "model": finished.fine_tuned_model,
+                  "input": [{"role": "user", "content": "Good or bad? {{sample.output_text}}"}],
+                  "labels": ["good", "bad"], "passing_labels": ["good"]}, "polite": {
                   "type": "label_model", "name": "polite", "model": TINY,
                   "input": [{"role": "user", "content": "Is this polite? {{sample.output_text}}"}],
                   "labels": ["polite", "rude"], "passing_labels": ["polite"]}}}
