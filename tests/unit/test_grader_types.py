@@ -126,6 +126,7 @@ HOSTILE = {
     "reads the server's environment": (
         "import os\ndef grade(sample, item):\n"
         "    return float(len(open(f'/proc/{os.getppid()}/environ', 'rb').read()))\n", "does not allow opening /proc"),
+    "reads openft's files": ("import openft\ndef grade(sample, item):\n    return 1.0\n", "does not allow opening"),
     "runs a command": ("import subprocess\ndef grade(sample, item):\n    return float(subprocess.call(['id']))\n",
                        "does not allow subprocess"),
     "uses ctypes": ("def grade(sample, item):\n    import ctypes\n    return 1.0\n", "does not allow ctypes"),

@@ -44,6 +44,7 @@ def run(config_text):
     os.dup2(2, 1)
     requests = sys.stdin
     roots = tuple(os.path.realpath(root) + os.sep for root in config["read_roots"])
+    hidden = tuple(os.path.realpath(root) + os.sep for root in config["hidden_roots"])
     writes = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     refused_prefixes = (
         "socket.", "subprocess.", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
@@ -55,8 +56,8 @@ def run(config_text):
     )
 
     def readable(path):
-        real = os.path.realpath(os.fsdecode(path))
-        return any((real + os.sep).startswith(root) for root in roots)
+        real = os.path.realpath(os.fsdecode(path)) + os.sep
+        return any(real.startswith(root) for root in roots) and not any(real.startswith(h) for h in hidden)
 
     def hook(event, args):
         if event == "open":

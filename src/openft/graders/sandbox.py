@@ -10,8 +10,8 @@ training step). The child (:mod:`openft.graders._sandbox_child`):
 * enters new user and network namespaces where the kernel allows (no route
   to any network; no privileges over the host), and refuses sockets
   regardless through an audit hook;
-* may open files only under Python's library folders (read-only): not the
-  data folder, not openft's source, not ``/etc`` or ``/proc``; no
+* may open files only under Python's library folders (read-only), openft's
+  own package excepted: not the data folder, not ``/etc`` or ``/proc``; no
   subprocesses, signals, ctypes or file changes;
 * has an address-space limit (``OPENFT_PYTHON_GRADER_MEMORY_MB``); each call
   has a wall-clock limit (``OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS``) after
@@ -118,6 +118,7 @@ class PythonSandbox:
             "script": script,
             "memory_bytes": int(self.limits.memory_mb) * 2**20,
             "read_roots": read_roots(),
+            "hidden_roots": [str(Path(__file__).resolve().parents[1])],  # openft itself, wherever installed
         }
         self._buffer = b""
         self._process = subprocess.Popen(
