@@ -242,7 +242,10 @@ class TestLimits:
             ({"metadata": {"k": 1}}, "metadata"),
             ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}] * 6}, "integrations"),
             ({"integrations": [{"type": "slack", "wandb": {"project": "p"}}]}, "integrations.0.type"),
-            ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.type"),
+            ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.reinforcement.grader.type"),
+            ({"method": {"type": "reinforcement", "reinforcement": {
+                "grader": {"type": "string_check", "name": "s", "input": "a", "reference": "a", "operation": "eq"},
+                "hyperparameters": {"compute_multiplier": 11}}}}, "method.reinforcement.hyperparameters.compute_multiplier"),
             ({"method": {"type": "magic"}}, "method.type"),
             ({"method": {"type": "supervised", "dpo": {}}}, "method"),
             ({"model": "gpt-4o-mini"}, "model"),
