@@ -8,7 +8,8 @@ batch (prompts per step), completion budget, LoRA (r=16, alpha 32, dropout
 (learning rate 1e-6, gradient checkpointing, no KL term, DAPO loss);
 openft with its own (``auto``: LoRA rate 2e-4, KL weight 0.04).
 
-Each run is a subprocess (its peak RSS is its own); runs are interleaved
+``--runs openft,trl,trl-tuned`` adds TRL without gradient checkpointing at
+openft's learning rate. Each run is a subprocess (its peak RSS is its own); runs are interleaved
 (openft, trl, openft, trl, ...) so drift in the machine's speed hits both.
 Reported per run: completions graded per second and optimizer steps per
 second over the training loop (sampling, grading and updates; model loading
@@ -106,7 +107,9 @@ def run_openft(args: argparse.Namespace) -> dict:
     return {"seconds": elapsed, "train_rewards": [r["train_reward_mean"] for r in rows], "valid_reward": final}
 
 
-def run_trl(args: argparse.Namespace) -> dict:
+def run_trl(args: argparse.Namespace, tuned: bool = False) -> dict:
+    """TRL with its defaults; ``tuned``: without gradient checkpointing and at
+    openft's learning rate (2e-4), to see what the defaults cost."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -139,6 +142,7 @@ def run_trl(args: argparse.Namespace) -> dict:
             output_dir=tmp, use_cpu=True, bf16=False, seed=SEED, report_to=[], save_strategy="no",
             num_generations=args.group, per_device_train_batch_size=args.batch * args.group,
             max_completion_length=args.tokens, max_steps=args.steps, shuffle_dataset=False, logging_steps=1,
+            **({"gradient_checkpointing": False, "learning_rate": 2e-4} if tuned else {}),
         )
         trainer = GRPOTrainer(
             model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -156,7 +160,8 @@ def one(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    result = (run_openft if args.one == "openft" else run_trl)(args)
+    runner = {"openft": run_openft, "trl": run_trl, "trl-tuned": lambda a: run_trl(a, tuned=True)}[args.one]
+    result = runner(args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -169,13 +174,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=16, help="completion budget")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--one", choices=["openft", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--runs", default="openft,trl",
+                        help="comma-separated: openft, trl (defaults), trl-tuned (no checkpointing, lr 2e-4)")
+    parser.add_argument("--one", choices=["openft", "trl", "trl-tuned"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return one(args)
-    results: dict[str, list[dict]] = {"openft": [], "trl": []}
+    names = args.runs.split(",")
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for round_ in range(args.rounds):
-        for name in ("openft", "trl"):
+        for name in names:
             command = [sys.executable, __file__, "--one", name, *sys.argv[1:]]
             out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             found = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -199,7 +207,8 @@ def main() -> None:
         summary[name] = completions / seconds
         print(f"| {name} | {completions / seconds:.2f} | {args.steps / seconds:.3f} | {last:.3f} | {valid:.3f} | "
               f"{peak:.0f} MiB |")
-    print(f"\nopenft / TRL completions per second: {summary['openft'] / summary['trl']:.2f}x")
+    for other in (n for n in names if n != "openft" and "openft" in summary):
+        print(f"openft / {other} completions per second: {summary['openft'] / summary[other]:.2f}x")
 
 
 if __name__ == "__main__":
