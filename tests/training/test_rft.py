@@ -129,7 +129,7 @@ def test_a_failing_python_grader_is_zero_reward_and_the_job_goes_on(trainer: Ten
              "source": "def grade(sample, item):\n    return float(len(open('/etc/passwd').read()))\n"}
     training, validation = files
     job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, validation_file=validation,
-                                              method=method(snoop, n_epochs=1))
+                                              method=method(snoop, n_epochs=1), seed=2147483647)  # largest seed
     done = wait_for(trainer, job.id, {"succeeded", "failed"})
     assert done.status == "succeeded", done.error
     rows = metrics_of(trainer, job.id)
@@ -260,3 +260,50 @@ def test_readme_rft_example_raises_the_bundled_models_validation_reward(make_tra
     before = float(re.search(r"before training: mean=([\d.]+)", result.stdout).group(1))
     after = float(re.findall(r"validation reward=([\d.]+)", result.stdout)[-1])
     assert after >= before + 0.3 and after >= 0.8, (before, after)
+
+
+def test_a_pause_in_the_middle_of_a_step_drops_it_and_resumes_to_the_same_run(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    """A pause that arrives while a step is being graded and trained ends the
+    process at once with the state of the step before; resuming from it gives
+    the uninterrupted run's weights and result rows."""
+    from safetensors.torch import load_file
+
+    from openft.training.recipes import rft
+
+    base = {"id": TINY, "kind": "local", "path": str(tiny_model_dir)}
+    rl = method(n_epochs=2)
+    in_process(tmp_path, "ftjob-whole", base, prompts(8), None, rl, seed=9)
+
+    reporter = ListReporter()
+    calls = []
+    real_grade = rft.grade
+
+    def grade_then_pause(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # step 3: graded, not yet trained
+            reporter.request_stop("pause")
+        return real_grade(*args, **kwargs)
+
+    monkeypatch.setattr(rft, "grade", grade_then_pause)
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    with blobs.writer("files/ftjob-cut-train.jsonl") as out:
+        out.write(jsonl(prompts(8)))
+    config = RunConfig(job_id="ftjob-cut", base=base, models_dir=str(tmp_path / "models"),
+                       storage_url=str(tmp_path / "blobs"), training_file_key="files/ftjob-cut-train.jsonl",
+                       validation_file_key=None, method=rl, seed=9, device="cpu")
+    run(config, reporter)
+    [paused] = reporter.of("paused")
+    assert paused["step"] == 2 and [r["data"]["step"] for r in reporter.of("metrics")] == [1, 2]
+    monkeypatch.setattr(rft, "grade", real_grade)
+    config.resume_state_key = paused["state_key"]
+    resumed = ListReporter()
+    run(config, resumed)
+    assert resumed.of("done") and [r["data"]["step"] for r in resumed.of("metrics")] == [3, 4]
+
+    def final(job: str) -> dict:
+        return load_file(tmp_path / "blobs" / "models" / job / "adapter_model.safetensors")
+
+    assert_same_weights(final("ftjob-cut"), final("ftjob-whole"))
+    csv = {job: (tmp_path / "blobs" / "jobs" / job / "results.csv").read_text() for job in ("ftjob-cut", "ftjob-whole")}
+    assert csv["ftjob-cut"] == csv["ftjob-whole"]

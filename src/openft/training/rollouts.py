@@ -21,15 +21,21 @@ from __future__ import annotations
 import copy
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from openft.serving.engine import Engine, Request
-from openft.serving.generator import collect
-from openft.serving.types import Completion, GenerationParams, StopSignal
+from openft.serving.types import Completion, Completions, GenerationParams, StopSignal
 
 NO_DEADLINE = 10 * 365 * 24 * 3600.0
+POLL_SECONDS = 0.05
+"""How often a sampling round looks at its ``interrupted`` flag."""
+
+
+class Interrupted(Exception):
+    """A pause or cancel arrived while sampling (the round's requests are dropped)."""
 
 
 class Rollouts:
@@ -68,8 +74,10 @@ class Rollouts:
             target.weight.copy_(lora.base_layer.weight + delta)
 
     def sample(self, prompts: list[list[int]], n: int, seeds: list[int], *, max_tokens: int,
-               temperature: float = 1.0) -> list[list[Completion]]:
-        """``n`` completions of each prompt, sampled at ``temperature``."""
+               temperature: float = 1.0, interrupted: Callable[[], bool] | None = None) -> list[list[Completion]]:
+        """``n`` completions of each prompt, sampled at ``temperature``. When
+        ``interrupted()`` turns true, the round's rows leave the engine at its
+        next step and :class:`Interrupted` is raised."""
         self.sync()
         was_training = self._policy is not None and self._policy.training
         if was_training:
@@ -77,15 +85,33 @@ class Rollouts:
         inboxes: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in prompts]
         params = [GenerationParams(max_new_tokens=max_tokens, temperature=temperature, seed=seed, n=n)
                   for seed in seeds]
+        stops = [StopSignal(NO_DEADLINE) for _ in prompts]
         self.engine.submit_all([
-            Request(prompt, param, StopSignal(NO_DEADLINE), inbox.put)
-            for prompt, param, inbox in zip(prompts, params, inboxes, strict=True)
+            Request(prompt, param, stop, inbox.put)
+            for prompt, param, stop, inbox in zip(prompts, params, stops, inboxes, strict=True)
         ])
         try:
-            return [collect(inbox.get, n) for inbox in inboxes]
+            return [self._collect(inbox, n, stops, interrupted) for inbox in inboxes]
         finally:
             if was_training:
                 self._policy.train()
+
+    @staticmethod
+    def _collect(inbox: queue.SimpleQueue[Any], n: int, stops: list[StopSignal],
+                 interrupted: Callable[[], bool] | None) -> list[Completion]:
+        completions = Completions(n)
+        while True:
+            try:
+                event = inbox.get(timeout=POLL_SECONDS if interrupted else None)
+            except queue.Empty:
+                assert interrupted is not None
+                if interrupted():
+                    for stop in stops:
+                        stop.cancel()
+                    raise Interrupted from None
+                continue
+            if completions.add(event):
+                return completions.result()
 
     def close(self) -> None:
         self.engine.close()

@@ -31,7 +31,11 @@ reported first, as the baseline. Metrics per step (events and result file):
 ``train_loss``, ``train_reward_mean``, ``train_reward_std``, ``kl``,
 ``grader_errors``, ``completion_tokens_mean``, ``valid_reward_mean``,
 ``valid_reward_std``. Sampling seeds are a function of (seed, step, prompt),
-so a paused and resumed run equals an uninterrupted one.
+and so is dropout (the generator is seeded per step), so a paused and
+resumed run equals an uninterrupted one. Running alone, a pause or cancel
+that arrives mid-step (sampling or update) drops that step at once and the
+state of the step before is saved; on several ranks it waits for the step's
+end, so that every rank stops at the same step.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,7 @@ from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Prompt, tokenize_prompts
 from openft.training.hyperparameters import completion_budget, max_seq_length, resolve
 from openft.training.report import Reporter
-from openft.training.rollouts import Rollouts
+from openft.training.rollouts import Interrupted, Rollouts
 from openft.training.team import SOLO, Team
 
 CLIP_EPSILON = 0.2
@@ -140,20 +145,30 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
             reporter.event(f"Validation reward before training: mean={mean:.4f}, std={spread:.4f}",
                            data={"step": 0, "valid_reward_mean": mean, "valid_reward_std": spread})
 
-        # Train.
+        # Train. Alone, a pause or cancel may cut a step short (an RFT step can
+        # take minutes): it is dropped and the state of the step before is saved.
+        interrupted = (lambda: reporter.stop_requested() is not None) if team.size == 1 else None
         model.train()
         while not progress.done:
             epoch, index = progress.epoch_and_index
             order = epoch_order(len(train), config.seed, epoch)
             chosen = order[index * hp.batch_size : (index + 1) * hp.batch_size]
             step = progress.step + 1
+            torch.manual_seed(sample_seed(config.seed, step, -1))  # dropout: a function of (seed, step)
             mine = team.share(chosen)
             seeds = [sample_seed(config.seed, step, i) for i in mine]
             prompts = [train[i] for i in mine]
-            groups = rollouts.sample([p.input_ids for p in prompts], hp.group_size, seeds,
-                                     max_tokens=hp.max_completion_tokens, temperature=TEMPERATURE)
-            rewards, errors = grade(grader, prompts, groups)
-            loss, kl = update(model, reference, prompts, groups, rewards, hp, device, team)
+            try:
+                groups = rollouts.sample([p.input_ids for p in prompts], hp.group_size, seeds,
+                                         max_tokens=hp.max_completion_tokens, temperature=TEMPERATURE,
+                                         interrupted=interrupted)
+                rewards, errors = grade(grader, prompts, groups)
+                loss, kl = update(model, reference, prompts, groups, rewards, hp, device, team, interrupted)
+            except Interrupted:
+                optimizer.zero_grad(set_to_none=True)
+                if progress.should_exit():
+                    return
+                continue
             team.sync_gradients(trainable)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
@@ -229,8 +244,9 @@ def frozen_copy(model: Any) -> Any:
 
 
 def sample_seed(seed: int, step: int, prompt: int) -> int:
-    """The sampling seed of one prompt's group at one step."""
-    return (seed * 1_000_003 + step) * 1_000_033 + prompt
+    """The sampling seed of one prompt's group at one step (``prompt`` -1: the
+    step's own generator), within torch's 64-bit seed range."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + prompt) % (2**63 - 1)
 
 
 def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]]) -> tuple[list[list[float]], int]:
@@ -256,7 +272,7 @@ def advantages(rewards: list[float]) -> list[float]:
 
 def update(
     model: Any, reference: Any, prompts: list[Prompt], groups: list[list[Any]], rewards: list[list[float]],
-    hp: Hyperparameters, device: torch.device, team: Team,
+    hp: Hyperparameters, device: torch.device, team: Team, interrupted: Callable[[], bool] | None = None,
 ) -> tuple[float, float]:
     """Accumulate the gradients of one step, one group per forward pass (its
     prompt computed once: :func:`~openft.training.common.group_logprobs`);
@@ -272,6 +288,8 @@ def update(
         return 0.0, 0.0
     loss_sum, kl_sum = 0.0, 0.0
     for prompt, completions, weights in included:
+        if interrupted is not None and interrupted():
+            raise Interrupted
         logprobs, completion_of = group_logprobs(model, prompt.input_ids, completions, device)
         advantage = torch.tensor(weights, device=device)[completion_of]
         ratio = torch.exp(logprobs - logprobs.detach())
