@@ -124,6 +124,21 @@ def test_rft_pause_then_resume_equals_an_uninterrupted_run(trainer: Tenant, file
     assert results(done) == results(finished)
 
 
+def test_cancel_stops_an_rft_job_in_the_middle_of_a_long_step(trainer: Tenant, files) -> None:
+    """A step of 128 completions of up to 200 tokens takes longer than the
+    worker's grace time (4 s, then SIGKILL); cancelled as the first step
+    starts, the process still ends on its own within 2 s."""
+    training, validation = files
+    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, validation_file=validation,
+                                              method=method(n_epochs=20, batch_size=16, compute_multiplier=1,
+                                                            max_completion_tokens=200))
+    wait_for_event(trainer, job.id, "Validation reward before training")  # step 1 is sampling now
+    process = training_process(job.id)
+    assert trainer.sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    assert gone_within(process) < 2
+    assert trainer.sdk.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
 def test_a_failing_python_grader_is_zero_reward_and_the_job_goes_on(trainer: Tenant, files) -> None:
     snoop = {"type": "python", "name": "snoop",
              "source": "def grade(sample, item):\n    return float(len(open('/etc/passwd').read()))\n"}
