@@ -122,6 +122,8 @@ def test_rft_pause_then_resume_equals_an_uninterrupted_run(trainer: Tenant, file
         return trainer.sdk.files.content(of.result_files[0]).text
 
     assert results(done) == results(finished)
+    # The history has every step, the ones finished after the pause request included.
+    assert [r["step"] for r in metrics_of(trainer, job.id)] == list(range(1, 9))
 
 
 def test_cancel_stops_an_rft_job_in_the_middle_of_a_long_step(trainer: Tenant, files) -> None:

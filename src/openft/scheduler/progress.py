@@ -7,6 +7,11 @@ fenced on the worker still owning the job, and the final status goes through
 Checkpoints beyond the newest ``KEEP_CHECKPOINTS`` are deleted with their
 weights and training state. The recorder knows the job only through its
 :class:`~openft.scheduler.lease.Lease`.
+
+A paused job's process finishes the step it is in before it saves its
+state: the events, metrics and checkpoint of that step are still recorded
+(``STILL_REPORTING``), so the job's history has every step its saved state
+has. A cancelled job records nothing more.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from openft.store.queries import models as model_queries
 from openft.store.tables import Checkpoint, File, FineTunedModel, Job
 
 log = logging.getLogger(__name__)
+STILL_REPORTING = (JobStatus.RUNNING, JobStatus.PAUSED)
+"""Statuses in which a process's step records are written (see the module docstring)."""
 
 KEEP_CHECKPOINTS = 3
 RESULTS_FILENAME = "step_metrics.csv"
@@ -56,7 +63,7 @@ class Recorder:
 
     async def _on_event(self, record: dict[str, Any]) -> None:
         async with self.lease.transaction() as session:
-            if not await self.lease.write(session):
+            if not await self.lease.write(session, statuses=STILL_REPORTING):
                 return
             await job_queries.add_event(
                 session, self.job_id, record["message"], level=record.get("level", "info"),
@@ -69,7 +76,8 @@ class Recorder:
 
     async def _on_metrics(self, record: dict[str, Any]) -> None:
         async with self.lease.transaction() as session:
-            if await self.lease.write(session, estimated_finish=_utc(record["estimated_finish"])):
+            if await self.lease.write(session, statuses=STILL_REPORTING,
+                                      estimated_finish=_utc(record["estimated_finish"])):
                 await job_queries.add_event(
                     session, self.job_id, record["message"], type="metrics", data=record["data"]
                 )
@@ -77,7 +85,8 @@ class Recorder:
     async def _on_checkpoint(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
         async with self.lease.transaction() as session:
-            if not await self.lease.write(session, resume_state_key=record["state_key"], resume_step=step):
+            if not await self.lease.write(session, statuses=STILL_REPORTING,
+                                          resume_state_key=record["state_key"], resume_step=step):
                 return
             await job_queries.add_checkpoint(session, Checkpoint(
                 id=new_id("checkpoint"),
