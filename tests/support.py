@@ -263,3 +263,28 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def share_bundled_model(server: Server, bundled_model_dir: Path) -> Server:
+    """Point the server's model cache at the session's converted bundled model
+    (no second conversion)."""
+    models = server.home / "models"
+    models.mkdir(exist_ok=True)
+    (models / bundled_model_dir.name).symlink_to(bundled_model_dir)
+    return server
+
+
+def run_readme_python(server: Server, marker: str, timeout: float) -> str:
+    """Run the README's Python block that contains ``marker``, as printed,
+    against ``server`` with its key; its standard output (printed with its time)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if marker in b]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
+                            env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr + server.log()
+    print(f"\nthe README block: {time.monotonic() - started:.0f} s\n{result.stdout}")
+    return result.stdout

@@ -8,7 +8,7 @@ import re
 import subprocess
 
 import pytest
-from support import REPO, SMOLLM, Tenant
+from support import REPO, SMOLLM, Tenant, run_readme_python, share_bundled_model
 
 pytestmark = pytest.mark.training
 
@@ -23,10 +23,7 @@ def quick_start_block() -> str:
 
 
 def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bundled_model_dir) -> None:
-    server = make_training_server()
-    models = server.home / "models"
-    models.mkdir(exist_ok=True)
-    (models / bundled_model_dir.name).symlink_to(bundled_model_dir)  # skip a second conversion
+    server = share_bundled_model(make_training_server(), bundled_model_dir)
     env = {**server.env, "OPENFT_BASE_URL": f"{server.url}/v1", "OPENFT_API_KEY": server.api_key}
     script = "set -euo pipefail\n" + quick_start_block() + '\necho "JOB=$JOB"\n'
     result = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -100,23 +97,10 @@ def test_fine_tuned_bundled_model_calls_the_function_it_was_shown(make_training_
     and the right arguments, through the SDK's tools interface, streamed and
     not; the base model does not."""
     import json
-    import sys
-    import time
 
-    server = make_training_server(OPENFT_TRAINING_THREADS="2")  # nothing else is served meanwhile
-    models = server.home / "models"
-    models.mkdir(exist_ok=True)
-    (models / bundled_model_dir.name).symlink_to(bundled_model_dir)
+    server = share_bundled_model(make_training_server(OPENFT_TRAINING_THREADS="2"), bundled_model_dir)
     tenant = Tenant(server, "default", server.api_key)
-    readme = (REPO / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "function-calling/train" in b]
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
-                            env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,
-                            timeout=1500)
-    assert result.returncode == 0, result.stdout + result.stderr + server.log()
-    print(f"\nthe README block: {time.monotonic() - started:.0f} s\n{result.stdout}")
-    status, model = result.stdout.splitlines()[0].split()
+    status, model = run_readme_python(server, "function-calling/train", timeout=1500).splitlines()[0].split()
     assert status == "succeeded" and model.startswith(f"ft:{SMOLLM}:default:tools:")
 
     held_out = [json.loads(line) for line in (FUNCTION_CALLING / "held-out.jsonl").read_text().splitlines()]

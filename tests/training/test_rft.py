@@ -252,30 +252,17 @@ def test_readme_rft_example_raises_the_bundled_models_validation_reward(make_tra
     the bundled model's mean validation reward after one epoch is clearly
     above its own before training (the baseline event, same sampling)."""
     import re
-    import subprocess
-    import sys
-    import time
 
-    from support import REPO, SMOLLM
+    from support import SMOLLM, run_readme_python, share_bundled_model
 
-    server = make_training_server(OPENFT_TRAINING_THREADS="2")  # nothing else is served meanwhile
-    models = server.home / "models"
-    models.mkdir(exist_ok=True)
-    (models / bundled_model_dir.name).symlink_to(bundled_model_dir)
-    readme = (REPO / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "examples/sentiment" in b]
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
-                            env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr + server.log()
-    print(f"\nthe README block: {time.monotonic() - started:.0f} s\n{result.stdout}")
-    lines = result.stdout.splitlines()
+    server = share_bundled_model(make_training_server(OPENFT_TRAINING_THREADS="2"), bundled_model_dir)
+    stdout = run_readme_python(server, "examples/sentiment", timeout=900)
+    lines = stdout.splitlines()
     assert lines[0] == "1.0"
     status, model = lines[1].split()
     assert status == "succeeded" and model.startswith(f"ft:{SMOLLM}:default:sentiment:")
-    before = float(re.search(r"before training: mean=([\d.]+)", result.stdout).group(1))
-    after = float(re.findall(r"validation reward=([\d.]+)", result.stdout)[-1])
+    before = float(re.search(r"before training: mean=([\d.]+)", stdout).group(1))
+    after = float(re.findall(r"validation reward=([\d.]+)", stdout)[-1])
     assert after >= before + 0.3 and after >= 0.8, (before, after)
 
 

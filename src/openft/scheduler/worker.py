@@ -276,10 +276,7 @@ class Worker:
 
         judges: dict[str, dict[str, object]] = {}
         for _, model in grader_spec.judge_models(job.method["reinforcement"]["grader"]):
-            tuned = await model_queries.read_fine_tuned_model(session, job.org_id, model)
-            checkpoint = None if tuned else await job_queries.read_checkpoint_model(session, job.org_id, model)
-            key, base_model = (tuned.storage_key, tuned.base_model) if tuned else (
-                tuple(checkpoint) if checkpoint else (None, model))
+            key, base_model = await model_queries.read_tuned_weights(session, job.org_id, model) or (None, model)
             base = await resolve_base(session, base_model, models_file=self.settings.models_file,
                                       hub=self.settings.hub == "auto")
             if base is None:

@@ -77,7 +77,6 @@ from openft.serving.types import (
     TokenLogprob,
 )
 from openft.store.blobs import BlobStore
-from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
 from openft.store.queries.reads import Db
 
@@ -203,11 +202,10 @@ class ChatService:
         return Plan(prompt, grammar, logprobs, names)
 
     async def resolve(self, db: Db, org_id: str, model_id: str) -> ModelRef:
-        tuned = await model_queries.read_fine_tuned_model(db, org_id, model_id)
-        checkpoint = None if tuned else await job_queries.read_checkpoint_model(db, org_id, model_id)
-        if tuned is None and checkpoint is None:
+        tuned = await model_queries.read_tuned_weights(db, org_id, model_id)
+        if tuned is None:
             return ModelRef(model_id, await self._base_path(db, model_id, model_id, known_base=False))
-        storage_key, base_model = (tuned.storage_key, tuned.base_model) if tuned else checkpoint
+        storage_key, base_model = tuned
         folder = await anyio.to_thread.run_sync(self._local_copy, storage_key)
         if not (folder / "adapter_config.json").exists():  # a full fine-tune
             return ModelRef(model_id, folder)

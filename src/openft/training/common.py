@@ -42,6 +42,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def begin(config: RunConfig) -> tuple[torch.device, BlobStore, Any, Any]:
+    """How every recipe starts: (device, set up; the blob store; tokenizer; base model)."""
+    device = pick_device(config.device)
+    setup_torch(device, config.threads)
+    blobs = BlobStore(config.storage_url, config.storage_options)
+    tokenizer, model = load_base(config, device)
+    return device, blobs, tokenizer, model
+
+
 def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
     """(tokenizer, model) in fp32; on a GPU the recipes run it under bf16 autocast."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Row, delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from openft.store.queries.jobs import read_checkpoint_model
 from openft.store.queries.reads import Db, select_rows
 from openft.store.tables import RegisteredModel, FineTunedModel
 
@@ -39,6 +40,16 @@ async def read_fine_tuned_model(db: Db, org_id: str, model_id: str) -> Row[Any] 
         FineTunedModel.org_id == org_id, FineTunedModel.id == model_id
     )
     return (await db.execute(stmt)).first()
+
+
+async def read_tuned_weights(db: Db, org_id: str, model_id: str) -> tuple[str, str] | None:
+    """(storage key, base model) of a fine-tuned model or checkpoint of this
+    organisation; None for anything else (a base model, or nothing)."""
+    tuned = await read_fine_tuned_model(db, org_id, model_id)
+    if tuned is not None:
+        return tuned.storage_key, tuned.base_model
+    checkpoint = await read_checkpoint_model(db, org_id, model_id)
+    return (checkpoint.storage_key, checkpoint.base_model) if checkpoint is not None else None
 
 
 async def list_fine_tuned_models(db: Db, org_id: str) -> list[Row[Any]]:

@@ -57,15 +57,13 @@ from openft.store.blobs import BlobStore
 from openft.training.checkpoints import RunProgress
 from openft.training.common import (
     add_adapter,
+    begin,
     epoch_order,
     group_logprobs,
-    load_base,
     model_max_length,
     optimizer_and_schedule,
-    pick_device,
     read_lines,
     seed_everything,
-    setup_torch,
     steps_per_epoch,
 )
 from openft.training.config import Hyperparameters, RunConfig
@@ -89,12 +87,8 @@ RESULT_COLUMNS = {
 
 
 def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
-    device = pick_device(config.device)
-    setup_torch(device, config.threads)
-    blobs = BlobStore(config.storage_url, config.storage_options)
-
-    # Model.
-    tokenizer, model = load_base(config, device)
+    # Device, storage, model.
+    device, blobs, tokenizer, model = begin(config)
 
     # Data: prompts must leave room for a whole completion.
     requested = config.hyperparameters

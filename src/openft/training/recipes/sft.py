@@ -17,18 +17,15 @@ from typing import Any
 
 import torch
 
-from openft.store.blobs import BlobStore
 from openft.training.checkpoints import RunProgress
 from openft.training.common import (
     add_adapter,
+    begin,
     epoch_order,
-    load_base,
     model_max_length,
     optimizer_and_schedule,
-    pick_device,
     read_lines,
     seed_everything,
-    setup_torch,
     steps_per_epoch,
     token_loss,
 )
@@ -43,12 +40,8 @@ VALIDATION_SAMPLE = 16
 
 
 def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
-    device = pick_device(config.device)
-    setup_torch(device, config.threads)
-    blobs = BlobStore(config.storage_url, config.storage_options)
-
-    # Model.
-    tokenizer, model = load_base(config, device)
+    # Device, storage, model.
+    device, blobs, tokenizer, model = begin(config)
 
     # Data.
     requested = config.hyperparameters
