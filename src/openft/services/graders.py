@@ -47,11 +47,18 @@ class GraderService:
                                      "available to your organisation.", param=where, code="model_not_found") from None
         return refs
 
+    async def checked(self, reader: Callable[[], AbstractAsyncContextManager[Db]], org_id: str, grader: Any,
+                      param: str = "grader") -> tuple[dict[str, Any], dict[str, ModelRef]]:
+        """The grader with defaults filled in, and its judge models as the
+        organisation sees them; a 400 pointing into the grader otherwise. Used
+        by the graders API and by reinforcement job creation."""
+        checked = self.check(grader, param)
+        async with reader() as db:
+            return checked, await self.judges(db, org_id, checked, param)
+
     async def validate(self, reader: Callable[[], AbstractAsyncContextManager[Db]], org_id: str,
                        grader: Any) -> dict[str, Any]:
-        checked = self.check(grader)
-        async with reader() as db:
-            await self.judges(db, org_id, checked)
+        checked, _ = await self.checked(reader, org_id, grader)
         return {"grader": checked}
 
     async def run(self, reader: Callable[[], AbstractAsyncContextManager[Db]], org_id: str,
@@ -60,9 +67,7 @@ class GraderService:
         from openft.graders.judge import GeneratorJudge
         from openft.graders.templates import sample_namespace
 
-        checked = self.check(body.grader)
-        async with reader() as db:
-            refs = await self.judges(db, org_id, checked)
+        checked, refs = await self.checked(reader, org_id, body.grader)
 
         def grade() -> dict[str, Any]:
             judge = GeneratorJudge(self.chat.generator, refs, self.settings.generation_timeout_seconds) if refs else None

@@ -28,11 +28,10 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 @router.post("", response_model=FineTuningJob)
 async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
     spec = body.to_spec()
-    if spec.method["type"] == "reinforcement":  # the grader is checked here: it needs the server's settings
-        grader = ctx.graders.check(spec.method["reinforcement"]["grader"], "method.reinforcement.grader")
-        spec.method["reinforcement"]["grader"] = grader
-        async with ctx.reader() as db:
-            await ctx.graders.judges(db, caller.org_id, grader, "method.reinforcement.grader")
+    if spec.method["type"] == "reinforcement":  # the grader needs the server's settings and models
+        method = spec.method["reinforcement"]
+        method["grader"], _ = await ctx.graders.checked(ctx.reader, caller.org_id, method["grader"],
+                                                       "method.reinforcement.grader")
     async with ctx.transaction() as session:
         job = await service.create_job(
             session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
