@@ -49,7 +49,7 @@ class Recorder:
         self.blobs = blobs
         self.job_id = job.id
         self.org_id = job.org_id
-        self.base_model = job.model
+        self.base_model = job.base_model or job.model
         self.model_name = model_name
         self.max_attempts = max_attempts
         self.outcome: str | None = None

@@ -80,6 +80,14 @@ def make_executor(settings: Settings) -> LocalExecutor | RayExecutor:
     return LocalExecutor(settings.home / "runs")
 
 
+class Unstartable(Exception):
+    """A job that cannot start (what it needs is gone): it fails with this error."""
+
+    def __init__(self, message: str, *, code: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
 class Worker:
     def __init__(
         self,
@@ -190,7 +198,7 @@ class Worker:
             run = await self.executor.launch(config, job.attempts, job.resources)
             log.info("job %s: %s (attempt %d)", job.id, run.label, job.attempts)
             recorder = progress.Recorder(
-                lease, self.blobs, job, fine_tuned_name(job.model, org_name, job.suffix, job.id),
+                lease, self.blobs, job, fine_tuned_name(job.base_model or job.model, org_name, job.suffix, job.id),
                 self.settings.max_attempts,
             )
             async with anyio.create_task_group() as group:
@@ -206,6 +214,8 @@ class Worker:
                 await lease.release(JobStatus.QUEUED, "The worker shut down; the job was re-queued.",
                                     action="re-queue", level="warn")
             raise
+        except Unstartable as exc:
+            await progress.fail(lease, exc.code, str(exc), exc.param)
         except Exception as exc:
             log.exception("job %s: supervisor failed", job.id)
             if run is not None:
@@ -238,9 +248,20 @@ class Worker:
                 else None
             )
             base = await resolve_base(
-                session, job.model, models_file=self.settings.models_file, hub=self.settings.hub == "auto"
+                session, job.base_model or job.model, models_file=self.settings.models_file,
+                hub=self.settings.hub == "auto",
+            )
+            start = (
+                await model_queries.read_tuned_weights(session, job.org_id, job.model)
+                if job.base_model else None
             )
             judges = await self._judges(session, job)
+        if job.base_model and start is None:
+            raise Unstartable(
+                f"The model this job continues from, {job.model}, no longer exists (it was deleted, "
+                "or it was a checkpoint that a newer checkpoint replaced).",
+                code="model_not_found", param="model",
+            )
         if training is None:
             raise FileNotFoundError(f"training file {job.training_file} is gone")
         if base is None:
@@ -256,6 +277,7 @@ class Worker:
             method=job.method,
             seed=job.seed,
             resume_state_key=job.resume_state_key,
+            start_key=start.storage_key if start else None,
             device=self.settings.device,
             threads=self.threads,
             nice=self.nice,
@@ -276,12 +298,12 @@ class Worker:
 
         judges: dict[str, dict[str, object]] = {}
         for _, model in grader_spec.judge_models(job.method["reinforcement"]["grader"]):
-            key, base_model = await model_queries.read_tuned_weights(session, job.org_id, model) or (None, model)
-            base = await resolve_base(session, base_model, models_file=self.settings.models_file,
+            tuned = await model_queries.read_tuned_weights(session, job.org_id, model)
+            base = await resolve_base(session, tuned.base_model if tuned else model, models_file=self.settings.models_file,
                                       hub=self.settings.hub == "auto")
             if base is None:
                 raise FileNotFoundError(f"judge model {model} is no longer available")
-            judges[model] = {"base": base.to_dict(), "adapter_key": key}
+            judges[model] = {"base": base.to_dict(), "adapter_key": tuned.storage_key if tuned else None}
         return judges
 
     def __repr__(self) -> str:  # pragma: no cover

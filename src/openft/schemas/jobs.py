@@ -149,7 +149,7 @@ class FineTuningJobCreate(RequestModel):
     """``POST /fine_tuning/jobs``. Field-level limits are checked here; rules
     that need the database (files, model) are checked by the jobs service."""
 
-    model: Annotated[str, Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1, max_length=256)]
     training_file: Annotated[str, Field(min_length=1)]
     hyperparameters: SupervisedHyperparameters | None = None
     suffix: Suffix = None

@@ -12,6 +12,10 @@ class Model(WireModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # openft extensions (as vLLM names them): the base model at the root of the
+    # model's lineage, and the model it was trained from (None for a base model).
+    root: str | None = None
+    parent: str | None = None
 
 
 class ListModelsResponse(WireModel):

@@ -205,11 +205,10 @@ class ChatService:
         tuned = await model_queries.read_tuned_weights(db, org_id, model_id)
         if tuned is None:
             return ModelRef(model_id, await self._base_path(db, model_id, model_id, known_base=False))
-        storage_key, base_model = tuned
-        folder = await anyio.to_thread.run_sync(self._local_copy, storage_key)
+        folder = await anyio.to_thread.run_sync(self._local_copy, tuned.storage_key)
         if not (folder / "adapter_config.json").exists():  # a full fine-tune
             return ModelRef(model_id, folder)
-        return ModelRef(model_id, await self._base_path(db, base_model, model_id, known_base=True), folder)
+        return ModelRef(model_id, await self._base_path(db, tuned.base_model, model_id, known_base=True), folder)
 
     async def _base_path(self, db: Db, base: str, asked: str, *, known_base: bool) -> Path:
         weights = await self.registry.weights(db, base, known_base=known_base)

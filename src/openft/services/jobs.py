@@ -6,6 +6,7 @@ of rows to the wire objects. Status itself is written only through
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +28,7 @@ from openft.schemas.jobs import (
 from openft.services.models import ModelRegistry
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
+from openft.store.queries import models as model_queries
 from openft.store.queries.reads import Db
 from openft.store.tables import Job
 
@@ -53,7 +55,10 @@ async def create_job(
             param="resources",
             code="unsupported_resources",
         )
-    await registry.check_trainable(session, spec.model)
+    base_model = None
+    if spec.model.startswith("ft:"):
+        spec, base_model = await _continuing(session, org_id, spec)
+    await registry.check_trainable(session, base_model or spec.model)
     training = await _usable_file(session, org_id, spec.training_file, "training_file", spec)
     if (training.n_examples or 0) < domain.MIN_TRAINING_EXAMPLES:
         raise InvalidRequest(
@@ -86,6 +91,7 @@ async def create_job(
         metadata_=spec.metadata,
         integrations=spec.integrations,
         resources=spec.resources,
+        base_model=base_model,
         result_files=[],
         created_at=now,
         updated_at=now,
@@ -101,6 +107,41 @@ async def create_job(
         message="Files validated, moving job to queued state",
         action="queue",
     )
+
+
+async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tuple[JobSpec, str]:
+    """A job that continues a fine-tuned model or checkpoint of the
+    organisation: (the spec with the earlier model's training type and LoRA
+    shape filled in, the base model at the root of its lineage). A LoRA model
+    continues as LoRA with the same rank and alpha (its adapter keeps
+    training, so serving stays one adapter on the base) or as a full
+    fine-tune of the merged weights; a full fine-tune continues as a full one."""
+    tuned = await model_queries.read_tuned_weights(session, org_id, spec.model)
+    if tuned is None:
+        raise NotFound("model", spec.model, param="model")
+    parent = await job_queries.read_job(session, org_id, tuned.job_id)
+    earlier = dict(parent.resolved_hyperparameters or {}) if parent is not None else {}
+    kind = spec.method_type.value
+    requested = dict(spec.method[kind]["hyperparameters"])
+    where = f"method.{kind}.hyperparameters"
+    training_type = requested.get("training_type") or earlier.get("training_type", "lora")
+    if earlier.get("training_type") == "full" and training_type == "lora":
+        raise InvalidRequest(
+            f"{spec.model} is a full fine-tune; a job continuing it trains all its weights "
+            "(training_type 'full').", param=f"{where}.training_type",
+        )
+    requested["training_type"] = training_type
+    if training_type == "lora" and earlier.get("training_type") == "lora":
+        for name in ("lora_rank", "lora_alpha"):
+            if requested.get(name) is not None and float(requested[name]) != float(earlier[name]):
+                raise InvalidRequest(
+                    f"{spec.model} is a LoRA adapter with {name} {earlier[name]:g}; a job continuing "
+                    f"it keeps training that adapter, so {name} must be {earlier[name]:g} or omitted.",
+                    param=f"{where}.{name}",
+                )
+            requested[name] = earlier[name]
+    method = {**spec.method, kind: {**spec.method[kind], "hyperparameters": requested}}
+    return replace(spec, method=method), tuned.base_model
 
 
 async def _usable_file(

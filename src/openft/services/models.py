@@ -85,15 +85,14 @@ class ModelRegistry:
             ids[row.id] = int(row.created_at.timestamp())
         for model_id in self._file_models():
             ids.setdefault(model_id, self._started)
-        return [Model(id=i, created=c, owned_by=OWNER) for i, c in ids.items()]
+        return [Model(id=i, created=c, owned_by=OWNER, root=i) for i, c in ids.items()]
 
     async def list_models(self, db: Db, org_id: str) -> ListModelsResponse:
         tuned = [_tuned_to_wire(row) for row in await queries.list_fine_tuned_models(db, org_id)]
         return ListModelsResponse(data=await self.base_models(db) + tuned)
 
     async def get_model(self, db: Db, org_id: str, model_id: str) -> Model:
-        row = await queries.read_fine_tuned_model(db, org_id, model_id)
-        if row is not None:
+        for row in await queries.list_fine_tuned_models(db, org_id, model_id):
             return _tuned_to_wire(row)
         for model in await self.base_models(db):
             if model.id == model_id:
@@ -118,7 +117,8 @@ class ModelRegistry:
 
 
 def _tuned_to_wire(row: Any) -> Model:
-    return Model(id=row.id, created=int(row.created_at.timestamp()), owned_by=row.org_id)
+    return Model(id=row.id, created=int(row.created_at.timestamp()), owned_by=row.org_id,
+                 root=row.base_model, parent=row.parent)
 
 
 async def register_local(session: AsyncSession, model_id: str, path: Path) -> None:

@@ -138,6 +138,9 @@ class Job(Base):
     resume_step: Mapped[int | None] = mapped_column(Integer())
     resources: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     """openft extension: what the job asked to run on (Ray executor); None: the defaults."""
+    base_model: Mapped[str | None] = mapped_column(String(256))
+    """The base model at the root of the lineage when ``model`` is a fine-tuned
+    model or checkpoint the job continues from; None when ``model`` is a base model."""
 
 
 class JobMetadata(Base):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +44,53 @@ def seed_everything(seed: int) -> None:
 
 
 def begin(config: RunConfig) -> tuple[torch.device, BlobStore, Any, Any]:
-    """How every recipe starts: (device, set up; the blob store; tokenizer; base model)."""
+    """How every recipe starts: (device, set up; the blob store; tokenizer; the
+    starting model). A job that continues a full fine-tune starts from its
+    weights; one that continues a LoRA model and trains ``full`` starts from
+    the base with that adapter merged in; one that continues a LoRA model as
+    LoRA starts from the base, and :func:`add_adapter` loads the adapter."""
     device = pick_device(config.device)
     setup_torch(device, config.threads)
     blobs = BlobStore(config.storage_url, config.storage_options)
+    start = start_folder(config, blobs)
+    if start is not None and not is_adapter(start):
+        return device, blobs, *load_base(config, device, path=start)
     tokenizer, model = load_base(config, device)
+    if start is not None and config.hyperparameters.get("training_type") == "full":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, start).merge_and_unload()
     return device, blobs, tokenizer, model
 
 
-def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
-    """(tokenizer, model) in fp32; on a GPU the recipes run it under bf16 autocast."""
+_STARTS: dict[str, Any] = {}
+
+
+def start_folder(config: RunConfig, blobs: BlobStore) -> Path | None:
+    """A local copy of the model folder the job continues from (None: it
+    starts from its base model), fetched once per process."""
+    if config.start_key is None:
+        return None
+    if (local := blobs.local_path(config.start_key)) is not None:
+        return local
+    if config.start_key not in _STARTS:
+        folder = tempfile.TemporaryDirectory(prefix="openft-start-")
+        blobs.get_dir(config.start_key, folder.name)
+        _STARTS[config.start_key] = folder
+    return Path(_STARTS[config.start_key].name)
+
+
+def is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def load_base(config: RunConfig, device: torch.device, *, path: Path | None = None) -> tuple[Any, Any]:
+    """(tokenizer, model) in fp32 from the base model (or ``path``, a full
+    fine-tune's folder); on a GPU the recipes run it under bf16 autocast."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        path = config.base_weights.local_path(Path(config.models_dir))
+        path = path or config.base_weights.local_path(Path(config.models_dir))
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, attn_implementation="sdpa"
@@ -68,13 +102,18 @@ def load_base(config: RunConfig, device: torch.device) -> tuple[Any, Any]:
     return tokenizer, model.to(device)
 
 
-def add_adapter(model: Any, hp: Hyperparameters) -> Any:
-    """For LoRA, wrap the model with an adapter on every linear layer; a full
-    fine-tune trains the model as it is."""
+def add_adapter(model: Any, hp: Hyperparameters, start: Path | None = None) -> Any:
+    """For LoRA, wrap the model with an adapter on every linear layer (or,
+    continuing a LoRA model, with that model's adapter, trainable, with this
+    run's dropout); a full fine-tune trains the model as it is."""
     if hp.training_type != "lora":
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
+    if start is not None and is_adapter(start):
+        config = LoraConfig.from_pretrained(str(start))
+        config.lora_dropout = hp.lora_dropout
+        return PeftModel.from_pretrained(model, start, config=config, is_trainable=True)
     return get_peft_model(model, LoraConfig(
         r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
         target_modules="all-linear", task_type="CAUSAL_LM",

@@ -32,6 +32,9 @@ class RunConfig:
     seed: int
     resume_state_key: str | None = None
     """Training state to resume from (a previous run's checkpoint), if any."""
+    start_key: str | None = None
+    """The fine-tuned model or checkpoint (its model folder) this job continues
+    from: a LoRA adapter of ``base`` or full weights. None: start from ``base``."""
     device: str = "auto"
     threads: int | None = None
     """CPU threads for torch (None: every core)."""

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, delete, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, select, update
 from sqlalchemy.orm import aliased
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -279,9 +279,10 @@ async def prune_checkpoints(session: AsyncSession, job_id: str, keep: int) -> li
 
 
 async def read_checkpoint_model(db: Db, org_id: str, name: str) -> Row[Any] | None:
-    """(storage_key, base model) of the checkpoint model ``name`` of this organisation."""
+    """(storage_key, base model, job id) of the checkpoint model ``name`` of this organisation."""
     stmt = (
-        select(Checkpoint.storage_key, Job.model.label("base_model"))
+        select(Checkpoint.storage_key, func.coalesce(Job.base_model, Job.model).label("base_model"),
+               Job.id.label("job_id"))
         .join(Job, Job.id == Checkpoint.job_id)
         .where(Job.org_id == org_id, Checkpoint.fine_tuned_model_checkpoint == name)
     )

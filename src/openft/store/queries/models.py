@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Row, delete
+from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.store.queries.jobs import read_checkpoint_model
-from openft.store.queries.reads import Db, select_rows
-from openft.store.tables import RegisteredModel, FineTunedModel
+from openft.store.queries.reads import Db, row_columns, select_rows
+from openft.store.tables import FineTunedModel, Job, RegisteredModel
 
 
 async def upsert_base_model(session: AsyncSession, model_id: str, path: str) -> None:
@@ -42,18 +43,37 @@ async def read_fine_tuned_model(db: Db, org_id: str, model_id: str) -> Row[Any] 
     return (await db.execute(stmt)).first()
 
 
-async def read_tuned_weights(db: Db, org_id: str, model_id: str) -> tuple[str, str] | None:
-    """(storage key, base model) of a fine-tuned model or checkpoint of this
-    organisation; None for anything else (a base model, or nothing)."""
+@dataclass(frozen=True)
+class TunedWeights:
+    """Where a fine-tuned model's or checkpoint's weights are, and where they come from."""
+
+    storage_key: str
+    base_model: str
+    """The base model at the root of its lineage."""
+    job_id: str
+    """The job that trained it."""
+
+
+async def read_tuned_weights(db: Db, org_id: str, model_id: str) -> TunedWeights | None:
+    """The weights of a fine-tuned model or checkpoint of this organisation;
+    None for anything else (a base model, another organisation's, nothing)."""
     tuned = await read_fine_tuned_model(db, org_id, model_id)
-    if tuned is not None:
-        return tuned.storage_key, tuned.base_model
-    checkpoint = await read_checkpoint_model(db, org_id, model_id)
-    return (checkpoint.storage_key, checkpoint.base_model) if checkpoint is not None else None
+    if tuned is None:
+        tuned = await read_checkpoint_model(db, org_id, model_id)
+    return TunedWeights(tuned.storage_key, tuned.base_model, tuned.job_id) if tuned is not None else None
 
 
-async def list_fine_tuned_models(db: Db, org_id: str) -> list[Row[Any]]:
-    stmt = select_rows(FineTunedModel).where(FineTunedModel.org_id == org_id)
+async def list_fine_tuned_models(db: Db, org_id: str, model_id: str | None = None) -> list[Row[Any]]:
+    """The organisation's fine-tuned models (or the one named ``model_id``),
+    newest first, each with ``parent``: the model its job started from (a base
+    model, or a fine-tuned model or checkpoint it continued)."""
+    stmt = (
+        select(*row_columns(FineTunedModel), Job.model.label("parent"))
+        .outerjoin(Job, Job.id == FineTunedModel.job_id)
+        .where(FineTunedModel.org_id == org_id)
+    )
+    if model_id is not None:
+        stmt = stmt.where(FineTunedModel.id == model_id)
     return list((await db.execute(stmt.order_by(FineTunedModel.seq.desc()))).all())
 
 

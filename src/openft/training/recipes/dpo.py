@@ -1,8 +1,8 @@
 """Direct preference optimisation (DPO), LoRA or full, on preference files,
 with an RPO term on by default.
 
-Reads top to bottom like the SFT recipe. The reference policy is the model
-as loaded, before any update: its log-probabilities of every chosen and
+Reads top to bottom like the SFT recipe. The reference policy is the starting
+model before any update (the base, or the fine-tuned model a job continues): its log-probabilities of every chosen and
 rejected answer are computed once up front (so no second model is kept in
 memory, and a resumed run uses the same reference). Each step packs a batch
 of (chosen, rejected) pairs into one padding-free row and minimises
@@ -35,6 +35,7 @@ from openft.training.common import (
     optimizer_and_schedule,
     read_lines,
     seed_everything,
+    start_folder,
     sequence_logprobs,
     steps_per_epoch,
 )
@@ -79,13 +80,15 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     per_epoch = steps_per_epoch(len(train), hp.batch_size)
     total_steps = per_epoch * hp.n_epochs
 
-    # Reference log-probabilities, from the model as loaded (no randomness: eval mode).
-    reference_train = reference_logprobs(model, train, hp.batch_size, device)
-    reference_valid = reference_logprobs(model, valid, hp.batch_size, device)
-
     # Seed, then adapter: the first draws from the generator are the LoRA weights.
     seed_everything(config.seed)
-    model = add_adapter(model, hp)
+    model = add_adapter(model, hp, start_folder(config, blobs))
+
+    # Reference log-probabilities, from the starting model (a new adapter's B is
+    # zero, so it is the model as loaded; a continued one is the earlier model).
+    # No randomness: eval mode.
+    reference_train = reference_logprobs(model, train, hp.batch_size, device)
+    reference_valid = reference_logprobs(model, valid, hp.batch_size, device)
 
     # Optimizer and schedule.
     trainable, optimizer, scheduler = optimizer_and_schedule(model, hp, "dpo", total_steps)

@@ -21,8 +21,8 @@ Reads top to bottom like the other recipes. Each optimizer step takes
 
    with rho_t = pi(y_t) / pi_old(y_t) (one update per sample, so pi_old is the
    policy that sampled, detached), KL_t = exp(ref_t - pi_t) - (ref_t - pi_t) - 1
-   (Schulman's k3 estimator) and ref the model as loaded (the LoRA adapter
-   disabled, or a frozen copy for a full fine-tune).
+   (Schulman's k3 estimator) and ref the starting model (the LoRA adapter
+   disabled, or a frozen copy for a full fine-tune or a continued LoRA model).
 
 Every ``eval_interval`` steps (and at the last), ``eval_samples`` completions
 of each validation prompt are sampled with seeds fixed per prompt, so two
@@ -64,6 +64,7 @@ from openft.training.common import (
     optimizer_and_schedule,
     read_lines,
     seed_everything,
+    start_folder,
     steps_per_epoch,
 )
 from openft.training.config import Hyperparameters, RunConfig
@@ -119,7 +120,10 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Seed, then adapter: the first draws from the generator are the LoRA weights.
     seed_everything(config.seed)
-    model = add_adapter(model, hp)
+    start = start_folder(config, blobs)
+    model = add_adapter(model, hp, start)
+    if reference is None and start is not None and hp.training_type == "lora" and hp.beta:
+        reference = frozen_copy(model)  # the continued LoRA model, not the bare base
     rollouts.attach(model)
 
     # Optimizer and schedule.

@@ -26,6 +26,7 @@ from openft.training.common import (
     optimizer_and_schedule,
     read_lines,
     seed_everything,
+    start_folder,
     steps_per_epoch,
     token_loss,
 )
@@ -70,7 +71,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Seed, then adapter: the first draws from the generator are the LoRA weights.
     seed_everything(config.seed)
-    model = add_adapter(model, hp)
+    model = add_adapter(model, hp, start_folder(config, blobs))
 
     # Optimizer and schedule.
     trainable, optimizer, scheduler = optimizer_and_schedule(model, hp, "supervised", total_steps)
