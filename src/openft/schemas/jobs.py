@@ -75,6 +75,9 @@ class SupervisedHyperparameters(ClosedRequestModel):
     lora_dropout: fraction(nullable=True) = None  # type: ignore[valid-type]
     max_seq_length: int_in_range(16, 131_072, nullable=True) = None  # type: ignore[valid-type]
     warmup_ratio: fraction(nullable=True) = None  # type: ignore[valid-type]
+    # Early stopping and the best checkpoint (supervised and DPO; need a validation file).
+    early_stopping_patience: int_in_range(1, 10_000, nullable=True) = None  # type: ignore[valid-type]
+    fine_tuned_model_from: Literal["last", "best_valid_loss"] | None = None
 
 
 class DpoHyperparameters(SupervisedHyperparameters):

@@ -55,6 +55,7 @@ async def create_job(
             param="resources",
             code="unsupported_resources",
         )
+    _check_early_stopping(spec)
     base_model = None
     if spec.model.startswith("ft:"):
         spec, base_model = await _continuing(session, org_id, spec)
@@ -107,6 +108,23 @@ async def create_job(
         message="Files validated, moving job to queued state",
         action="queue",
     )
+
+
+def _check_early_stopping(spec: JobSpec) -> None:
+    """Early stopping and the best checkpoint go by the validation loss: they
+    need a validation file, and reinforcement has rewards, not a loss."""
+    kind = spec.method_type.value
+    hyper = spec.method[kind]["hyperparameters"]
+    for name in ("early_stopping_patience", "fine_tuned_model_from"):
+        if hyper.get(name) in (None, "last"):
+            continue
+        param = f"method.{kind}.hyperparameters.{name}"
+        if spec.method_type is MethodType.REINFORCEMENT:
+            raise InvalidRequest(f"{name} applies to supervised and dpo jobs, which have a validation "
+                                 "loss; reinforcement jobs are measured by reward.", param=param)
+        if spec.validation_file is None:
+            raise InvalidRequest(f"{name} goes by the validation loss, so the job needs a "
+                                 "validation_file.", param=param)
 
 
 async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tuple[JobSpec, str]:

@@ -49,6 +49,11 @@ def checkpoint_key(job_id: str, step: int) -> str:
     return f"jobs/{job_id}/checkpoints/step-{step}"
 
 
+def best_key(job_id: str, step: int) -> str:
+    """The weights of a validation that lowered the loss (``fine_tuned_model_from: best_valid_loss``)."""
+    return f"jobs/{job_id}/best/step-{step}"
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -166,6 +171,8 @@ class RunProgress:
         accuracy_name: str,
         team: Team = SOLO,
         result_columns: dict[str, str] = RESULT_COLUMNS,
+        early_stopping_patience: int | None = None,
+        keep_best: bool = False,
     ):
         self.blobs, self.job_id, self.reporter = blobs, job_id, reporter
         self.team = team
@@ -179,10 +186,16 @@ class RunProgress:
         self.step, self.tokens = 0, 0
         self.results: list[dict[str, Any]] = []
         self._started, self._first_step = time.monotonic(), 0
+        self.patience, self.keep_best = early_stopping_patience, keep_best
+        """Early stopping: validations without a lower loss before the run stops
+        (None: never); keep_best: the final model is the best validation's weights."""
+        self.best: dict[str, Any] = {"loss": None, "step": None, "since": 0, "stopped": False}
+        """The lowest validation loss so far, its step, validations since, and
+        whether the run stopped early (saved with the state, so resuming keeps it)."""
 
     @property
     def done(self) -> bool:
-        return self.step >= self.total_steps
+        return self.step >= self.total_steps or self.best["stopped"]
 
     @property
     def epoch_and_index(self) -> tuple[int, int]:
@@ -195,6 +208,7 @@ class RunProgress:
             return
         meta = load_state(self.blobs, key, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step, self.tokens, self.results = meta["step"], meta["tokens"], meta["results"]
+        self.best = meta.get("best", self.best)
         self._started, self._first_step = time.monotonic(), self.step
         self.reporter.event(f"Resuming training from step {self.step}/{self.total_steps}")
 
@@ -215,6 +229,30 @@ class RunProgress:
             "metrics", message=message + summary, data={"total_steps": self.total_steps, **self._named(row)},
             estimated_finish=time.time() + rate * (self.total_steps - self.step),
         )
+        if "valid_loss" in row and (self.patience or self.keep_best):
+            self._validated(float(row["valid_loss"]))
+        if self.patience and self.team.size > 1:  # rank 0 validates; every rank stops with it
+            self.best["stopped"] = bool(self.team.gather(self.best["stopped"])[0])
+
+    def _validated(self, loss: float) -> None:
+        """Track the best validation loss (saving its weights when the final
+        model is to be the best one) and stop after ``patience`` validations
+        in a row without improvement."""
+        best = self.best
+        if best["loss"] is None or loss < best["loss"]:
+            best.update(loss=loss, step=self.step, since=0)
+            if self.keep_best and self.team.is_main:
+                save_model(self.blobs, best_key(self.job_id, self.step), model=self.model, tokenizer=self.tokenizer)
+            return
+        best["since"] += 1
+        if self.patience and best["since"] >= self.patience and self.step < self.total_steps:
+            best["stopped"] = True
+            self.reporter.event(
+                f"Early stopping at step {self.step}/{self.total_steps}: the validation loss has not "
+                f"improved for {best['since']} validations (best {best['loss']:.4f} at step {best['step']}).",
+                data={"early_stopping": {"step": self.step, "best_step": best["step"],
+                                         "best_valid_loss": best["loss"], "patience": self.patience}},
+            )
 
     def _named(self, row: dict[str, Any]) -> dict[str, Any]:
         """A result row with the accuracy named (``train_mean_token_accuracy``...)."""
@@ -245,7 +283,7 @@ class RunProgress:
 
     def save_state(self) -> str:
         key = state_key(self.job_id, self.step)
-        meta = {"step": self.step, "tokens": self.tokens, "results": self.results}
+        meta = {"step": self.step, "tokens": self.tokens, "results": self.results, "best": self.best}
         save_state(self.blobs, key, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta)
         return key
 
@@ -270,4 +308,20 @@ class RunProgress:
             self.blobs, self.job_id, model=self.model, tokenizer=self.tokenizer, results=self.results,
             columns=self.result_columns,
         )
+        if self.keep_best and self.best["step"] is not None:
+            self._use_best(model_key)
         self.reporter.emit("done", model_key=model_key, results_key=results_key, trained_tokens=self.tokens)
+
+    def _use_best(self, model_key: str) -> None:
+        """Make the best validation's weights the fine-tuned model."""
+        step, loss = self.best["step"], self.best["loss"]
+        if step != self.step:
+            with tempfile.TemporaryDirectory(prefix="openft-best-") as local:
+                self.blobs.get_dir(best_key(self.job_id, step), local)
+                self.blobs.put_dir(local, model_key)
+        self.blobs.delete_tree(f"jobs/{self.job_id}/best")
+        self.reporter.event(
+            f"The fine-tuned model has the weights of step {step}, which had the lowest validation "
+            f"loss ({loss:.4f}); the last step was {self.step}.",
+            data={"fine_tuned_model_from": "best_valid_loss", "step": step, "valid_loss": loss},
+        )

@@ -99,6 +99,13 @@ class Hyperparameters:
         "DPO loss (RPO). Keeps the preferred answer's likelihood rising while the margin grows."
     )
 
+    early_stopping_patience: int | None = _help(
+        "Supervised and DPO: stop after this many validations in a row without a lower "
+        "validation loss (None: train every step).")
+    fine_tuned_model_from: str | None = _help(
+        "Supervised and DPO: 'last' (the weights after the last step) or 'best_valid_loss' "
+        "(the weights at the validation with the lowest loss).")
+
     reasoning_effort: str | None = _help(
         "Reinforcement only: sets the completion budget (low 64, default/medium 256, high 1024 tokens).")
     compute_multiplier: float | None = _help(

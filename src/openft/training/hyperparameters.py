@@ -15,6 +15,7 @@
   ``reasoning_effort`` sets the completion budget (``COMPLETION_BUDGET``)
   unless ``max_completion_tokens`` is given, ``eval_interval`` a quarter of
   the steps, ``eval_samples`` 1, KL weight ``beta`` 0.04.
+* Supervised and DPO: no early stopping; ``fine_tuned_model_from`` last.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def resolve(
         max_completion_tokens=completion_budget(requested) if rft else None,
         eval_interval=int(given("eval_interval", max(1, total_steps // 4))) if rft else None,
         eval_samples=int(given("eval_samples", 1)) if rft else None,
+        early_stopping_patience=None if rft else requested.get("early_stopping_patience"),
+        fine_tuned_model_from=None if rft else given("fine_tuned_model_from", "last"),
     )
 
 

@@ -81,6 +81,8 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     progress = RunProgress(
         blobs, config.job_id, reporter, model=model, tokenizer=tokenizer, optimizer=optimizer,
         scheduler=scheduler, total_steps=total_steps, steps_per_epoch=per_epoch,
+        early_stopping_patience=hp.early_stopping_patience,
+        keep_best=hp.fine_tuned_model_from == "best_valid_loss",
         accuracy_name="mean_token_accuracy", team=team,
     )
     progress.resume(config.resume_state_key)
