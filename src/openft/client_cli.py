@@ -10,6 +10,7 @@ API objects for scripts.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -102,6 +103,7 @@ def register(main: click.Group, models: click.Group) -> None:
     main.add_command(jobs)
     main.add_command(chat)
     models.add_command(models_list)
+    models.add_command(models_export)
 
 
 # ---------------------------------------------------------------------- files
@@ -319,6 +321,66 @@ def models_list(base_url: str | None, api_key: str | None, as_json: bool) -> Non
     page = client.sdk.models.list()
     _print(client, {"object": "list", "data": [m.model_dump() for m in page.data]},
            [[m.id, m.owned_by, _when(m.created)] for m in page.data], ["ID", "OWNED BY", "CREATED"])
+
+
+@click.command("export")
+@click.argument("model")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--merged", is_flag=True, help="A LoRA model's adapter folded into the base weights "
+              "(a plain transformers folder) instead of the adapter alone.")
+@client_options
+@_api_errors
+def models_export(model: str, directory: Path, merged: bool, base_url: str | None, api_key: str | None,
+                  as_json: bool) -> None:
+    """Download MODEL (a fine-tuned model or checkpoint) into DIRECTORY as a
+    Hugging Face folder: the LoRA adapter, or with --merged full weights."""
+    import tarfile
+    from urllib.parse import quote
+
+    import httpx
+
+    client = _client(base_url, api_key, as_json)
+    if directory.exists() and any(directory.iterdir()):
+        raise click.UsageError(f"{directory} is not empty.")
+    url = f"{str(client.sdk.base_url).rstrip('/')}/models/{quote(model, safe='/:')}/export"
+    headers = {"Authorization": f"Bearer {client.sdk.api_key}"}
+    with httpx.stream("GET", url, params={"merged": str(merged).lower()}, headers=headers, timeout=None) as response:
+        if response.status_code != 200:
+            error = json.loads(response.read() or b"{}").get("error", {})
+            where = f" ({error['param']})" if error.get("param") else ""
+            raise click.ClickException(f"{response.status_code}: {error.get('message', response.text)}{where}")
+        kind = response.headers.get("x-openft-export-kind", "")
+        reader = io.BufferedReader(_ChunkReader(response.iter_raw()), buffer_size=1 << 20)
+        files = 0
+        with tarfile.open(fileobj=reader, mode="r|") as archive:
+            for member in archive:
+                member.name = member.name.split("/", 1)[1] if "/" in member.name else member.name
+                archive.extract(member, directory, filter="data")
+                files += 1
+    if as_json:
+        click.echo(json.dumps({"model": model, "directory": str(directory), "kind": kind, "files": files}))
+    else:
+        click.echo(f"Exported {model} ({kind}, {files} files) to {directory}")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks (an HTTP body)."""
+
+    def __init__(self, chunks: Any):
+        self._chunks, self._left = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            self._left = next(self._chunks, None)  # type: ignore[arg-type]
+            if self._left is None:
+                self._left = b""
+                return 0
+        size = min(len(buffer), len(self._left))
+        buffer[:size], self._left = self._left[:size], self._left[size:]
+        return size
 
 
 @click.command()

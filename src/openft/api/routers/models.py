@@ -6,10 +6,11 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
+from openft.services import exports
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
 
 router = APIRouter(prefix="/models", tags=["Models"])
@@ -22,6 +23,18 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 async def list_models(caller: CallerDep, ctx: CtxDep) -> Response:
     async with ctx.reader() as db:
         return wire(await ctx.registry.list_models(db, caller.org_id))
+
+
+@router.get("/{model_id:path}/export", response_class=StreamingResponse)
+async def export_model(model_id: str, caller: CallerDep, ctx: CtxDep, merged: bool = False) -> Response:
+    """openft extension: the model's weights as a Hugging Face folder in a tar
+    archive, streamed (see ``openft.export``)."""
+    async with ctx.reader() as db:
+        export = await exports.prepare(ctx.settings, ctx.chat, db, caller.org_id, model_id, merged=merged)
+    return StreamingResponse(export.stream(), media_type="application/x-tar", headers={
+        "Content-Disposition": f'attachment; filename="{export.name}.tar"',
+        "X-OpenFT-Export-Kind": export.kind,
+    })
 
 
 @router.get("/{model_id:path}", response_model=Model)
