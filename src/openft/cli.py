@@ -81,13 +81,16 @@ def worker() -> None:
     preflight(settings, worker=True)
 
     async def run() -> None:
+        from openft.scheduler.webhooks import Dispatcher
+
         ctx = await start_context(settings, bootstrap_key=False)
         node = Worker(settings, ctx.sessions, ctx.blobs)
+        dispatcher = Dispatcher(settings, ctx.sessions)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, node.stop)
+            loop.add_signal_handler(sig, lambda: (node.stop(), dispatcher.stop()))
         try:
-            await node.run()
+            await asyncio.gather(node.run(), dispatcher.run())
         finally:
             await ctx.engine.dispose()
 
@@ -121,6 +124,84 @@ async def create_api_key(settings: Settings, org_name: str) -> str:
             return await auth.create_key(session, org_name)
     finally:
         await engine.dispose()
+
+
+@main.group()
+def webhooks() -> None:
+    """Manage an organisation's webhook endpoints (on the database directly)."""
+
+
+async def _with_session(settings: Settings, work: object) -> object:
+    from openft.store.db import create_engine, create_session_factory, migrate
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        async with create_session_factory(engine)() as session, session.begin():
+            return await work(session)  # type: ignore[operator]
+    finally:
+        await engine.dispose()
+
+
+@webhooks.command("create")
+@click.option("--org", "org_name", required=True, help="Organisation name.")
+@click.option("--url", required=True, help="Where events are POSTed (a public http(s) URL).")
+@click.option("--events", default=None, help="Comma-separated event types (default: all three: "
+              "fine_tuning.job.succeeded,fine_tuning.job.failed,fine_tuning.job.cancelled).")
+@click.option("--name", default=None, help="A name for the endpoint (default: the URL's host).")
+def webhooks_create(org_name: str, url: str, events: str | None, name: str | None) -> None:
+    """Register a webhook endpoint for ORG; its whsec_ signing secret is printed
+    alone on the last line, once."""
+    from urllib.parse import urlsplit
+
+    import pydantic
+
+    from openft.errors import OpenFTError
+    from openft.schemas.webhooks import EVENT_TYPES, WebhookEndpointCreate
+    from openft.services import auth
+    from openft.services import webhooks as service
+
+    settings = load_settings()
+    try:
+        body = WebhookEndpointCreate(
+            url=url, name=name or urlsplit(url).hostname or url,
+            event_types=[e.strip() for e in events.split(",") if e.strip()] if events else list(EVENT_TYPES),
+        )
+    except pydantic.ValidationError as exc:
+        raise click.BadParameter(f"{exc.errors()[0]['msg']} (event types: {', '.join(EVENT_TYPES)})") from exc
+
+    async def work(session: object) -> object:
+        org_id = await auth.ensure_org(session, org_name)  # type: ignore[arg-type]
+        return await service.create(session, settings, org_id, body)  # type: ignore[arg-type]
+
+    try:
+        endpoint = asyncio.run(_with_session(settings, work))
+    except OpenFTError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"Created webhook endpoint {endpoint.id} for organisation {org_name!r}: "  # type: ignore[attr-defined]
+               f"{endpoint.url} ({', '.join(endpoint.event_types)}). Its signing secret follows; "  # type: ignore[attr-defined]
+               "store it now, it is not shown again.")
+    click.echo(endpoint.signing_secret)  # type: ignore[attr-defined]
+
+
+@webhooks.command("list")
+@click.option("--org", "org_name", required=True, help="Organisation name.")
+def webhooks_list(org_name: str) -> None:
+    """List ORG's webhook endpoints."""
+    from openft.services import webhooks as service
+    from openft.store.queries import orgs
+
+    settings = load_settings()
+
+    async def work(session: object) -> object:
+        org = await orgs.read_org_by_name(session, org_name)  # type: ignore[arg-type]
+        if org is None:
+            raise click.ClickException(f"No organisation named {org_name!r}.")
+        return await service.list_all(session, org.id, after=None, limit=100)  # type: ignore[arg-type]
+
+    for endpoint in asyncio.run(_with_session(settings, work)).data:  # type: ignore[attr-defined]
+        click.echo(f"{endpoint.id}  {endpoint.url}  {','.join(endpoint.event_types)}")
 
 
 @main.group()

@@ -146,6 +146,27 @@ class Settings(BaseSettings):
     python_grader_memory_mb: int = Field(
         2048, ge=64, description="Address-space limit of a python grader's process."
     )
+    webhooks_allow_private: bool = Field(
+        False, description="Allow webhook endpoints on loopback, link-local, private and other "
+        "non-public addresses (cloud metadata included). Off: such URLs are refused when an "
+        "endpoint is created and again before each delivery."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one webhook delivery may take before it counts as failed."
+    )
+    webhook_retry_base_seconds: float = Field(
+        5.0, gt=0, description="Delay before the first retry of a failed webhook delivery; each "
+        "further retry waits twice as long (with jitter), at most webhook_retry_max_seconds."
+    )
+    webhook_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two attempts of one webhook delivery."
+    )
+    webhook_retry_hours: float = Field(
+        72.0, gt=0, description="How long a webhook delivery is retried before it is given up."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the webhook dispatcher looks for deliveries that are due."
+    )
     grader_embedding_model: Path | None = Field(
         None, description="A local Hugging Face model folder used for text_similarity graders with "
         "evaluation_metric 'cosine' (mean-pooled hidden states). Unset: 'cosine' is refused with a 400."

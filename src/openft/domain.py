@@ -108,6 +108,9 @@ ID_PREFIX = {
     "checkpoint": "ftckpt-",
     "org": "org-",
     "key": "key-",
+    "webhook_endpoint": "we_",
+    "webhook_event": "evt_",
+    "webhook_delivery": "whmsg_",
 }
 
 _ALPHABET = string.ascii_letters + string.digits

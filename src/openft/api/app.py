@@ -21,7 +21,7 @@ from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
 from openft.api.limits import BodyLimitMiddleware
-from openft.api.routers import chat, files, graders, jobs, models
+from openft.api.routers import chat, files, graders, jobs, models, webhooks
 from openft.config import Settings
 from openft.services import auth
 from openft.services.chat import ChatService
@@ -41,6 +41,7 @@ def build_api_router() -> APIRouter:
     router.include_router(models.router)
     router.include_router(chat.router)
     router.include_router(graders.router)
+    router.include_router(webhooks.router)
     return router
 
 
@@ -95,6 +96,10 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         log.info("openft %s ready on %s", __version__, settings.resolved_database_url.split("://")[0])
+        from openft.scheduler.webhooks import Dispatcher
+
+        dispatcher = Dispatcher(settings, ctx.sessions)
+        dispatcher_task = asyncio.create_task(dispatcher.run(), name="openft webhooks")
         worker_task = None
         if settings.worker:
             from openft.scheduler.worker import Worker
@@ -107,6 +112,8 @@ def create_app(settings: Settings) -> FastAPI:
             if worker_task is not None:
                 worker.stop()
                 await worker_task
+            dispatcher.stop()
+            await dispatcher_task
             await ctx.engine.dispose()
 
     app = FastAPI(title="openft", version=__version__, lifespan=lifespan)

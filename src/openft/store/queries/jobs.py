@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.domain import JobStatus, new_id, sources_of
 from openft.errors import Conflict, NotFound
+from openft.store.queries import webhooks as webhook_queries
 from openft.store.queries.reads import Db, Page, keyset_page, scoped, select_rows
 from openft.store.tables import Checkpoint, Job, JobEvent, JobMetadata
 
@@ -112,6 +113,8 @@ async def transition_job(
     await add_event(session, job_id, message, level=level, data=data)
     job = await _read_any_job(session, job_id, org_id, refresh=True)
     assert job is not None
+    if to.is_terminal:  # in the same transaction: the event exists exactly when the job ended
+        await webhook_queries.enqueue(session, job.org_id, f"fine_tuning.job.{to.value}", job.id)
     return job
 
 

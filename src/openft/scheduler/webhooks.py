@@ -1,0 +1,178 @@
+"""Delivering webhook events from the outbox (``webhook_deliveries``).
+
+The :class:`Dispatcher` runs in every ``openft serve`` and ``openft worker``
+process. Every ``OPENFT_WEBHOOK_POLL_SECONDS`` it claims deliveries that are
+due (``store.queries.webhooks.claim``: one dispatcher per attempt), POSTs
+each event's JSON to its endpoint, signed per Standard Webhooks, and records
+the outcome: a 2xx is delivered; anything else is retried after an
+exponentially growing delay (``OPENFT_WEBHOOK_RETRY_BASE_SECONDS`` doubling,
+with jitter, at most ``OPENFT_WEBHOOK_RETRY_MAX_SECONDS``) until
+``OPENFT_WEBHOOK_RETRY_HOURS`` after the event, then given up. Deliveries
+live in the database, so a restart loses none: at least once.
+
+Signing (Standard Webhooks, as OpenAI signs): ``webhook-id`` is the event's
+id (the same on every retry), ``webhook-timestamp`` the send time in
+seconds, ``webhook-signature`` ``v1,`` + base64 HMAC-SHA256 of
+``{id}.{timestamp}.{body}`` keyed with the base64-decoded ``whsec_`` secret
+(two signatures for 24 hours after a rotation that keeps the old secret).
+
+Endpoints must be public: a URL whose host is, or resolves to, a loopback,
+private, link-local (cloud metadata), multicast or reserved address is
+refused when registered and again before every attempt (a name may resolve
+differently later), unless ``OPENFT_WEBHOOKS_ALLOW_PRIVATE=true``. Redirects
+are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from openft.config import Settings
+from openft.store.queries import webhooks as queries
+
+log = logging.getLogger(__name__)
+
+BATCH = 20
+USER_AGENT = "openft-webhooks/1"
+
+
+class UnsafeURL(ValueError):
+    """A webhook URL openft will not send to (the message says why)."""
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Refuse what is not an http(s) URL to a public address (see the module docstring).
+    Resolves the host name (blocking: call it off the event loop)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURL("must be an http:// or https:// URL with a host")
+    if allow_private:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
+    except (OSError, ValueError) as exc:
+        raise UnsafeURL(f"its host {parts.hostname!r} does not resolve ({exc})") from exc
+    for address in sorted(addresses):
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if not ip.is_global or ip.is_multicast:
+            raise UnsafeURL(
+                f"its host {parts.hostname!r} is the non-public address {address} (loopback, private, "
+                "link-local, multicast or reserved); set OPENFT_WEBHOOKS_ALLOW_PRIVATE=true to allow such endpoints"
+            )
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
+    """``v1,<base64 HMAC-SHA256>`` of ``{id}.{timestamp}.{body}`` (Standard Webhooks)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secrets: list[str], body: str, now: float | None = None) -> dict[str, str]:
+    message_id = json.loads(body)["id"]
+    timestamp = int(now if now is not None else time.time())
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, message_id, timestamp, body) for s in secrets),
+    }
+
+
+def retry_delay(attempts: int, base: float, cap: float, rng: random.Random = random.Random()) -> float:
+    """Seconds before attempt ``attempts + 1``: base x 2^(attempts - 1), within ±20%, at most ``cap``."""
+    return min(cap, base * 2 ** max(0, attempts - 1)) * rng.uniform(0.8, 1.2)
+
+
+async def post(settings: Settings, url: str, secrets: list[str], body: str) -> tuple[int | None, str | None]:
+    """Send one signed event: (HTTP status, error text or None when it was a 2xx)."""
+    import httpx
+
+    try:
+        await asyncio.to_thread(check_url, url, allow_private=settings.webhooks_allow_private)
+    except UnsafeURL as exc:
+        return None, f"endpoint refused: {exc}"
+    try:
+        async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
+            response = await client.post(url, content=body.encode(), headers=signed_headers(secrets, body))
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= response.status_code < 300:
+        return response.status_code, None
+    return response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def active_secrets(row: Any, now: datetime) -> list[str]:
+    secrets = [row.secret]
+    if row.previous_secret and row.previous_secret_expires_at and row.previous_secret_expires_at > now:
+        secrets.append(row.previous_secret)
+    return secrets
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]):
+        self.settings, self.sessions = settings, sessions
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                while await self.deliver_due() == BATCH and not self._stopping.is_set():
+                    pass
+            except Exception:
+                log.exception("webhook dispatcher error (retrying)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.webhook_poll_seconds)
+
+    async def deliver_due(self) -> int:
+        """Attempt every due delivery (up to a batch), concurrently; returns how many were due."""
+        now = datetime.now(timezone.utc)
+        async with self.sessions() as session:
+            due = await queries.due_deliveries(session, now, BATCH)
+        await asyncio.gather(*(self._attempt(row, now) for row in due))
+        return len(due)
+
+    async def _attempt(self, row: Any, now: datetime) -> None:
+        hold = timedelta(seconds=self.settings.webhook_timeout_seconds + 30)
+        async with self.sessions() as session, session.begin():
+            if not await queries.claim(session, row.id, row.attempts, hold):
+                return
+        status, error = await post(self.settings, row.url, active_secrets(row, now), row.body)
+        attempts = row.attempts + 1
+        async with self.sessions() as session, session.begin():
+            if error is None:
+                await queries.record(session, row.id, status=queries.DELIVERED, error=None)
+                log.info("webhook %s delivered to %s (attempt %d)", row.event_type, row.url, attempts)
+                return
+            delay = retry_delay(attempts, self.settings.webhook_retry_base_seconds,
+                                self.settings.webhook_retry_max_seconds)
+            retry_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+            if retry_at - row.created_at > timedelta(hours=self.settings.webhook_retry_hours):
+                await queries.record(session, row.id, status=queries.FAILED, error=error)
+                log.warning("webhook %s to %s given up after %d attempts: %s", row.event_type, row.url,
+                            attempts, error)
+                return
+            await queries.record(session, row.id, status=queries.PENDING, error=error, next_attempt_at=retry_at)
+            log.info("webhook %s to %s failed (attempt %d, retry in %.1f s): %s", row.event_type, row.url,
+                     attempts, delay, error)
