@@ -171,14 +171,16 @@ def _file_id(client: Client, value: str | None) -> str | None:
               help="Reinforcement: the completion budget (low 64, default/medium 256, high 1024 tokens).")
 @click.option("--suffix", default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--dry-run", is_flag=True, help="Estimate the job (tokens, steps, duration, memory, "
+              "warnings) without creating it.")
 @client_options
 @_api_errors
 def jobs_create(model: str, training_file: str, validation_file: str | None, method: str,
                 grader_path: str | None, epochs: int | None, batch_size: int | None, learning_rate_multiplier: float | None,
                 beta: float | None, training_type: str | None, reasoning_effort: str | None,
-                suffix: str | None, seed: int | None,
+                suffix: str | None, seed: int | None, dry_run: bool,
                 base_url: str | None, api_key: str | None, as_json: bool) -> None:
-    """Create a fine-tuning job (uploading local files first)."""
+    """Create a fine-tuning job (uploading local files first); --dry-run estimates it instead."""
     client = _client(base_url, api_key, as_json)
     hyper = {k: v for k, v in {
         "n_epochs": epochs, "batch_size": batch_size, "learning_rate_multiplier": learning_rate_multiplier,
@@ -191,12 +193,32 @@ def jobs_create(model: str, training_file: str, validation_file: str | None, met
         raise click.UsageError("--grader goes with --method reinforcement, and reinforcement needs one.")
     if grader_path is not None:
         chosen["grader"] = _grader(Path(grader_path))
+    if dry_run:
+        body = {"model": model, "training_file": _file_id(client, training_file) or training_file,
+                "method": {"type": method, method: chosen}, **extra}
+        _show_estimate(client, client.sdk.post("/fine_tuning/jobs/estimate", body=body, cast_to=object))
+        return
     job = client.sdk.fine_tuning.jobs.create(
         model=model, training_file=_file_id(client, training_file) or training_file,
         method={"type": method, method: chosen},  # type: ignore[misc,dict-item]
         **extra,
     )
     _print(client, job, [[job.id, job.model, _status(job.status)]], ["ID", "MODEL", "STATUS"])
+
+
+def _show_estimate(client: Client, estimate: Any) -> None:
+    duration = estimate.get("estimated_duration_seconds")
+    memory = estimate.get("estimated_peak_memory_bytes")
+    rows = [
+        ["examples", str(estimate["training_examples"])],
+        ["tokens per epoch", str(estimate["training_tokens"])],
+        ["steps", f"{estimate['total_steps']} ({estimate['steps_per_epoch']} per epoch)"],
+        ["trained_tokens", str(estimate["trained_tokens"] if estimate["trained_tokens"] is not None else "-")],
+        ["duration", f"~{int(duration) // 60}m{int(duration) % 60:02d}s on {estimate['device']}" if duration else "-"],
+        ["peak memory", f"~{memory / 2**30:.2f} GiB" if memory else "-"],
+        ["hyperparameters", json.dumps(estimate["hyperparameters"])],
+    ] + [["warning", f"{w['code']}: {w['message']}"] for w in estimate["warnings"]]
+    _print(client, estimate, rows, ["ESTIMATE", "VALUE"])
 
 
 def _grader(path: Path) -> dict[str, Any]:

@@ -4,8 +4,10 @@ a few dozen chat examples, 3 epochs, and a changed model."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 
 import pytest
 from support import REPO, SMOLLM, Tenant, run_readme_python, share_bundled_model
@@ -42,9 +44,25 @@ def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bund
     assert done.trained_tokens > 0 and len(done.result_files) == 1
     assert done.hyperparameters.n_epochs == 3 and done.seed == 1
     assert [c.step_number for c in tenant.sdk.fine_tuning.jobs.checkpoints.list(job_id)] == [90, 60, 30]
-    events = [e.message for e in tenant.sdk.fine_tuning.jobs.list_events(job_id, limit=100)]  # auto-paginates
+    listed = list(tenant.sdk.fine_tuning.jobs.list_events(job_id, limit=100))  # auto-paginates
+    events = [e.message for e in listed]
     assert "The job has successfully completed" in events
     assert sum(m.startswith("Step ") for m in events) == 90
+
+    # The estimate of the same job (`openft jobs create --dry-run`) counts the
+    # tokens it trained and foresees its duration within 30%.
+    dry = subprocess.run(
+        [sys.executable, "-m", "openft", "jobs", "create", "--model", SMOLLM, "--training-file",
+         "examples/tiny-chat.jsonl", "--epochs", "3", "--suffix", "pirate", "--seed", "1", "--dry-run", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stderr
+    shown = json.loads(dry.stdout)
+    assert shown["trained_tokens"] == done.trained_tokens and shown["total_steps"] == 90
+    started = next(e.created_at for e in listed if e.message == "Fine-tuning job started")
+    measured = done.finished_at - started
+    print(f"\nestimated {shown['estimated_duration_seconds']} s, measured {measured} s "
+          f"({shown['estimated_duration_seconds'] / measured - 1:+.0%}); calibration {shown['calibration']}")
+    assert abs(shown["estimated_duration_seconds"] - measured) <= 0.3 * measured
 
     ask = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
     for model in (done.fine_tuned_model, f"{done.fine_tuned_model}:ckpt-step-90"):

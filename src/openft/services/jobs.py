@@ -6,7 +6,7 @@ of rows to the wire objects. Status itself is written only through
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,20 +31,30 @@ from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
 from openft.store.queries.reads import Db
 from openft.store.tables import Job
+from openft.weights import BaseWeights
 
 STANDARD_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 
 
-async def create_job(
-    session: AsyncSession,
-    registry: ModelRegistry,
-    org_id: str,
-    spec: JobSpec,
-    *,
-    request_metadata: dict[str, str] | None = None,
-    executor: str = "local",
-) -> Job:
-    """Check the request against the database, then insert the job and queue it.
+@dataclass(frozen=True)
+class CheckedJob:
+    """A job request that passed every check that needs the database."""
+
+    spec: JobSpec
+    """As requested, with a continued model's training type and LoRA shape filled in."""
+    base_model: str | None
+    """The root base model when ``spec.model`` is a fine-tuned model or checkpoint."""
+    base: BaseWeights
+    training: Any
+    validation: Any | None
+    start_key: str | None
+    """The continued model's weights (blob key), if any."""
+
+
+async def check_job(
+    session: AsyncSession, registry: ModelRegistry, org_id: str, spec: JobSpec, *, executor: str = "local",
+) -> CheckedJob:
+    """Every check of a job request (create and estimate share them).
     ``executor``: the deployment's (``OPENFT_EXECUTOR``); only Ray places jobs
     on the ``resources`` they ask for, so elsewhere asking is an error."""
     if spec.resources and executor != "ray":
@@ -56,10 +66,10 @@ async def create_job(
             code="unsupported_resources",
         )
     _check_early_stopping(spec)
-    base_model = None
+    base_model, start_key = None, None
     if spec.model.startswith("ft:"):
-        spec, base_model = await _continuing(session, org_id, spec)
-    await registry.check_trainable(session, base_model or spec.model)
+        spec, base_model, start_key = await _continuing(session, org_id, spec)
+    base = await registry.check_trainable(session, base_model or spec.model)
     training = await _usable_file(session, org_id, spec.training_file, "training_file", spec)
     if (training.n_examples or 0) < domain.MIN_TRAINING_EXAMPLES:
         raise InvalidRequest(
@@ -75,8 +85,24 @@ async def create_job(
             param="validation_file",
             code="missing_validation_file",
         )
+    validation = None
     if spec.validation_file is not None:
-        await _usable_file(session, org_id, spec.validation_file, "validation_file", spec)
+        validation = await _usable_file(session, org_id, spec.validation_file, "validation_file", spec)
+    return CheckedJob(spec, base_model, base, training, validation, start_key)
+
+
+async def create_job(
+    session: AsyncSession,
+    registry: ModelRegistry,
+    org_id: str,
+    spec: JobSpec,
+    *,
+    request_metadata: dict[str, str] | None = None,
+    executor: str = "local",
+) -> Job:
+    """Check the request against the database, then insert the job and queue it."""
+    checked = await check_job(session, registry, org_id, spec, executor=executor)
+    spec, base_model = checked.spec, checked.base_model
 
     now = datetime.now(timezone.utc)
     job = Job(
@@ -127,10 +153,10 @@ def _check_early_stopping(spec: JobSpec) -> None:
                                  "validation_file.", param=param)
 
 
-async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tuple[JobSpec, str]:
+async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tuple[JobSpec, str, str]:
     """A job that continues a fine-tuned model or checkpoint of the
     organisation: (the spec with the earlier model's training type and LoRA
-    shape filled in, the base model at the root of its lineage). A LoRA model
+    shape filled in, the base model at the root of its lineage, its weights' key). A LoRA model
     continues as LoRA with the same rank and alpha (its adapter keeps
     training, so serving stays one adapter on the base) or as a full
     fine-tune of the merged weights; a full fine-tune continues as a full one."""
@@ -159,7 +185,7 @@ async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tupl
                 )
             requested[name] = earlier[name]
     method = {**spec.method, kind: {**spec.method[kind], "hyperparameters": requested}}
-    return replace(spec, method=method), tuned.base_model
+    return replace(spec, method=method), tuned.base_model, tuned.storage_key
 
 
 async def _usable_file(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
+from openft.domain import JobSpec
 from openft.errors import InvalidRequest
 from openft.schemas.jobs import (
     FineTuningJob,
@@ -17,6 +18,7 @@ from openft.schemas.jobs import (
     ListFineTuningJobEventsResponse,
     ListFineTuningJobsResponse,
 )
+from openft.services import estimates
 from openft.services import jobs as service
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["Fine-tuning"])
@@ -25,19 +27,32 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
-@router.post("", response_model=FineTuningJob)
-async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
+async def _checked_spec(body: FineTuningJobCreate, caller: Caller, ctx: AppContext) -> JobSpec:
     spec = body.to_spec()
     if spec.method["type"] == "reinforcement":  # the grader needs the server's settings and models
         method = spec.method["reinforcement"]
         method["grader"], _ = await ctx.graders.checked(ctx.reader, caller.org_id, method["grader"],
                                                        "method.reinforcement.grader")
+    return spec
+
+
+@router.post("", response_model=FineTuningJob)
+async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
+    spec = await _checked_spec(body, caller, ctx)
     async with ctx.transaction() as session:
         job = await service.create_job(
             session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
             executor=ctx.settings.executor,
         )
     return wire(service.job_to_wire(job, gateway=caller.gateway))
+
+
+@router.post("/estimate")
+async def estimate_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> dict[str, Any]:
+    """openft extension: what the job would cost (the same body as create;
+    nothing is created). See ``openft.training.estimate``."""
+    spec = await _checked_spec(body, caller, ctx)
+    return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec)
 
 
 @router.get("", response_model=ListFineTuningJobsResponse)

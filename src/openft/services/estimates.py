@@ -1,0 +1,69 @@
+"""``POST /fine_tuning/jobs/estimate`` (openft extension): the checks of job
+creation, then ``openft.training.estimate`` in a child process (the API
+process never imports torch), one estimate at a time per server. Nothing is
+created."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from openft.config import Settings
+from openft.domain import JobSpec
+from openft.errors import InvalidRequest, OpenFTError
+from openft.scheduler.worker import training_share
+from openft.services.jobs import check_job
+from openft.services.models import ModelRegistry
+from openft.training.config import RunConfig
+
+ESTIMATE_TIMEOUT_SECONDS = 900
+_ONE_AT_A_TIME = anyio.Semaphore(1)
+
+
+class EstimateFailed(OpenFTError):
+    status_code = 500
+    error_type = "server_error"
+
+
+def calibration_file(settings: Settings) -> Path:
+    return settings.models_dir / "calibration.json"
+
+
+async def estimate(transaction: Any, settings: Settings, registry: ModelRegistry, org_id: str,
+                   spec: JobSpec) -> dict[str, Any]:
+    async with transaction() as session:
+        checked = await check_job(session, registry, org_id, spec, executor=settings.executor)
+    threads, nice = training_share(settings, colocated=settings.worker)
+    config = RunConfig(
+        job_id=f"estimate-{secrets.token_hex(4)}", base=checked.base.to_dict(), models_dir=str(settings.models_dir),
+        storage_url=settings.resolved_storage_url, storage_options=settings.storage_options,
+        training_file_key=checked.training.storage_key,
+        validation_file_key=checked.validation.storage_key if checked.validation is not None else None,
+        method=checked.spec.method, seed=checked.spec.seed, start_key=checked.start_key,
+        device=settings.device, threads=threads, nice=nice,
+    )
+    with tempfile.TemporaryDirectory(prefix="openft-estimate-") as folder:
+        path = Path(folder) / "config.json"
+        config.dump(path)
+        async with _ONE_AT_A_TIME:
+            with anyio.fail_after(ESTIMATE_TIMEOUT_SECONDS):
+                done = await anyio.run_process(
+                    [sys.executable, "-m", "openft.training.estimate", str(path), str(calibration_file(settings))],
+                    check=False,
+                )
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise EstimateFailed(f"The estimate failed: {tail[0]}")
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    if "error" in result:
+        raise InvalidRequest(result["error"]["message"], param=result["error"]["param"],
+                             code=result["error"]["code"])
+    kind = checked.spec.method_type.value
+    method = {**checked.spec.method, kind: {**checked.spec.method[kind], "hyperparameters": result["hyperparameters"]}}
+    return {"object": result.pop("object"), "model": spec.model, "method": method, **result}
