@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     python_grader_memory_mb: int = Field(
         2048, ge=64, description="Address-space limit of a python grader's process."
     )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Where jobs with an 'mlflow' integration log (any MLflow tracking URI: "
+        "http://mlflow:5000, databricks, sqlite:///path.db). Default: sqlite:///$OPENFT_HOME/mlflow.db."
+    )
     webhooks_allow_private: bool = Field(
         False, description="Allow webhook endpoints on loopback, link-local, private and other "
         "non-public addresses (cloud metadata included). Off: such URLs are refused when an "
@@ -186,6 +190,10 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.home / "blobs")
+
+    @property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
     def storage_options(self) -> dict[str, object]:

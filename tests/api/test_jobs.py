@@ -75,17 +75,24 @@ class TestCreateAndRead:
         assert_matches_schema(raw, "FineTuningJob")
         assert raw["user_provided_suffix"] == "my-model"
 
-    def test_integrations_are_refused_not_ignored(self, tenant: Tenant, training_file: str) -> None:
-        body = {
-            "model": SMOLLM, "training_file": training_file,
-            "integrations": [{"type": "wandb", "wandb": {"project": "p"}}],
-        }
-        response = post_job(tenant, body)
-        assert response.status_code == 400, response.text
-        error = response.json()["error"]
-        assert (error["param"], error["code"]) == ("integrations", "unsupported_integration")
-        assert "not supported" in error["message"]
-        assert tenant.sdk.fine_tuning.jobs.list().data == []
+    def test_integrations_are_checked_and_shown(self, tenant: Tenant, training_file: str) -> None:
+        wandb = {"type": "wandb", "wandb": {"project": "p", "entity": "team", "tags": ["a"]}}
+        mlflow = {"type": "mlflow", "mlflow": {"experiment": "e", "tags": {"k": "v"}}}
+        job = tenant.sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=training_file,
+                                                 integrations=[wandb, mlflow])  # type: ignore[list-item]
+        assert [i.model_dump(exclude_none=True) for i in job.integrations][0] == {
+            "type": "wandb", "wandb": {"project": "p", "entity": "team", "tags": ["a"]}}
+        with tenant.http() as http:
+            assert http.get(f"/fine_tuning/jobs/{job.id}").json()["integrations"][1] == {
+                "type": "mlflow", "mlflow": {"experiment": "e", "tags": {"k": "v"}}}
+        for bad, param in [
+            ({"type": "wandb", "mlflow": {"experiment": "e"}}, "integrations.0"),
+            ({"type": "mlflow", "mlflow": {"experiment": "e", "typo": 1}}, "integrations.0.mlflow.typo"),
+            ({"type": "wandb", "wandb": {"project": ""}}, "integrations.0.wandb.project"),
+        ]:
+            response = post_job(tenant, {"model": SMOLLM, "training_file": training_file, "integrations": [bad]})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["param"] == param, response.text
 
     def test_resources_need_the_ray_executor(self, tenant: Tenant, training_file: str) -> None:
         """These servers run the local executor: asking for workers is refused, not ignored."""

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from openft.config import Settings
 from openft.domain import JobStatus, fine_tuned_name
 from openft.errors import Conflict, NotFound
+from openft.integrations.sink import IntegrationSink
 from openft.scheduler import progress
 from openft.scheduler.executors.local import LocalExecutor, LocalRun
 from openft.scheduler.lease import Lease, until, utcnow
@@ -109,6 +110,8 @@ class Worker:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.waiting_since: dict[str, float] = {}
         """Queued jobs this worker cannot place yet (Ray), and since when."""
+        self.closing: set[asyncio.Task[None]] = set()
+        """Integration loggers finishing their runs after their job's process ended."""
         self._stopping = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -145,6 +148,8 @@ class Worker:
         for task in list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
+        if self.closing:
+            await asyncio.wait(self.closing, timeout=10)
 
     # ---------------------------------------------------------------- claims
     async def claim(self) -> Job | None:
@@ -193,6 +198,7 @@ class Worker:
     async def supervise(self, job: Job) -> None:
         lease = Lease(job.id, self.id, self.settings.lease_seconds, self.transaction)
         run: LocalRun | RayRun | None = None
+        sink: IntegrationSink | None = None
         try:
             config, org_name = await self._run_config(job)
             run = await self.executor.launch(config, job.attempts, job.resources)
@@ -201,14 +207,22 @@ class Worker:
                 lease, self.blobs, job, fine_tuned_name(job.base_model or job.model, org_name, job.suffix, job.id),
                 self.settings.max_attempts,
             )
+            sink = await self._integrations(job)
             async with anyio.create_task_group() as group:
                 group.start_soon(self._heartbeat, lease, run)
                 async for record in run.records():
                     await recorder.apply(record)
+                    if sink is not None:
+                        sink.send(record, fine_tuned_model=recorder.model_name)
                 exit_code = await run.wait()
                 group.cancel_scope.cancel()
             await recorder.finish(exit_code, run.exit_reason(exit_code))
+            if sink is not None:
+                self._close_later(sink, {"done": "succeeded", "failed": "failed", "paused": "paused"}.get(
+                    recorder.outcome or "", "stopped"))
         except asyncio.CancelledError:
+            if sink is not None:
+                self._close_later(sink, "paused")
             if run is not None:  # worker shutting down: save state, give the job back
                 await run.stop("pause", self.settings.stop_grace_seconds)
                 await lease.release(JobStatus.QUEUED, "The worker shut down; the job was re-queued.",
@@ -221,6 +235,32 @@ class Worker:
             if run is not None:
                 await run.stop("cancel", self.settings.stop_grace_seconds)
             await progress.fail(lease, "internal_error", f"Worker error: {exc}", None)
+
+    async def _integrations(self, job: Job) -> IntegrationSink | None:
+        """The job's experiment trackers (W&B, MLflow), fed from this worker; None if it has none."""
+        if not job.integrations:
+            return None
+
+        async def add_event(message: str, level: str, data: dict[str, object]) -> None:
+            async with self.transaction() as session:
+                await job_queries.add_event(session, job.id, message, level=level, data=data or None)
+
+        sink = IntegrationSink({
+            "job": {"job_id": job.id, "model": job.model, "training_file": job.training_file,
+                    "validation_file": job.validation_file, "seed": job.seed, "suffix": job.suffix,
+                    "method_type": job.method["type"]},
+            "integrations": job.integrations,
+            "settings": {"wandb_dir": str(self.settings.home / "wandb"),
+                         "mlflow_tracking_uri": self.settings.resolved_mlflow_tracking_uri},
+        }, add_event)
+        await sink.start()
+        return sink
+
+    def _close_later(self, sink: IntegrationSink, status: str) -> None:
+        """Let the trackers finish their runs without holding the job's slot."""
+        task = asyncio.create_task(sink.close(status), name="integrations close")
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
 
     async def _heartbeat(self, lease: Lease, run: LocalRun | RayRun) -> None:
         """Keep the lease; pass cancel/pause from the database on to the process."""

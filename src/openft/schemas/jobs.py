@@ -127,16 +127,41 @@ class Method(ClosedRequestModel):
         return self
 
 
-class WandbSettings(RequestModel):
-    project: Annotated[str, Field(min_length=1)]
-    name: str | None = None
-    entity: str | None = None
-    tags: list[str] = Field(default_factory=list)
+Text = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class WandbSettings(ClosedRequestModel):
+    """OpenAI's Weights & Biases integration."""
+
+    project: Text
+    name: Text | None = None
+    entity: Text | None = None
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=50)] = Field(
+        default_factory=list)
+
+
+class MlflowSettings(ClosedRequestModel):
+    """openft extension: an MLflow run (tracking URI from ``OPENFT_MLFLOW_TRACKING_URI``)."""
+
+    experiment: Text
+    run_name: Text | None = None
+    tags: Annotated[dict[Annotated[str, Field(max_length=250)], Annotated[str, Field(max_length=5000)]],
+                    Field(max_length=50)] = Field(default_factory=dict)
 
 
 class Integration(RequestModel):
-    type: Literal["wandb"]
-    wandb: WandbSettings
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Integration:
+        if getattr(self, self.type) is None:
+            raise _invalid(f"an integration of type {self.type!r} needs its settings under {self.type!r}")
+        other = "mlflow" if self.type == "wandb" else "wandb"
+        if getattr(self, other) is not None:
+            raise _invalid(f"{other!r} must be omitted when type is {self.type!r}")
+        return self
 
 
 class JobResources(ClosedRequestModel):
@@ -168,15 +193,6 @@ class FineTuningJobCreate(RequestModel):
 
     def to_spec(self) -> JobSpec:
         method = self._resolve_method()
-        if self.integrations:
-            # Refused rather than stored: a job must not look as if it will be logged.
-            raise InvalidRequest(
-                "Integrations (Weights & Biases) are not supported by this server yet, so this "
-                "job's metrics would not be logged there. Remove 'integrations' to create the job; "
-                "its metrics are in the job's events and result file.",
-                param="integrations",
-                code="unsupported_integration",
-            )
         return JobSpec(
             model=self.model,
             training_file=self.training_file,
@@ -186,7 +202,7 @@ class FineTuningJobCreate(RequestModel):
             suffix=self.suffix,
             metadata=self.metadata,
             integrations=(
-                [i.model_dump() for i in self.integrations] if self.integrations else None
+                [i.model_dump(exclude_none=True) for i in self.integrations] if self.integrations else None
             ),
             resources=(self.resources.model_dump(exclude_none=True) or None) if self.resources else None,
         )

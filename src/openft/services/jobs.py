@@ -25,6 +25,7 @@ from openft.schemas.jobs import (
     ListFineTuningJobEventsResponse,
     ListFineTuningJobsResponse,
 )
+from openft.integrations import missing_package
 from openft.services.models import ModelRegistry
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
@@ -66,6 +67,7 @@ async def check_job(
             code="unsupported_resources",
         )
     _check_early_stopping(spec)
+    _check_integrations(spec)
     base_model, start_key = None, None
     if spec.model.startswith("ft:"):
         spec, base_model, start_key = await _continuing(session, org_id, spec)
@@ -134,6 +136,16 @@ async def create_job(
         message="Files validated, moving job to queued state",
         action="queue",
     )
+
+
+def _check_integrations(spec: JobSpec) -> None:
+    """An integration whose client library this server lacks would log nothing: refused."""
+    for index, integration in enumerate(spec.integrations or []):
+        if extra := missing_package(integration["type"]):
+            raise InvalidRequest(
+                f"This server cannot log to {integration['type']}: its client library is not installed "
+                f"(pip install '{extra}').", param=f"integrations.{index}.type", code="unsupported_integration",
+            )
 
 
 def _check_early_stopping(spec: JobSpec) -> None:
