@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -114,6 +115,12 @@ def keys_create(org_name: str) -> None:
 async def create_api_key(settings: Settings, org_name: str) -> str:
     """Create ``org_name`` if needed and a key for it, on the settings' database."""
     from openft.services import auth
+
+    return await _with_session(settings, lambda session: auth.create_key(session, org_name))  # type: ignore[return-value]
+
+
+async def _with_session(settings: Settings, work: Any) -> Any:
+    """``await work(session)`` in one transaction on the settings' database (migrated first)."""
     from openft.store.db import create_engine, create_session_factory, migrate
 
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -121,7 +128,7 @@ async def create_api_key(settings: Settings, org_name: str) -> str:
     try:
         await migrate(engine)
         async with create_session_factory(engine)() as session, session.begin():
-            return await auth.create_key(session, org_name)
+            return await work(session)
     finally:
         await engine.dispose()
 
@@ -129,19 +136,6 @@ async def create_api_key(settings: Settings, org_name: str) -> str:
 @main.group()
 def webhooks() -> None:
     """Manage an organisation's webhook endpoints (on the database directly)."""
-
-
-async def _with_session(settings: Settings, work: object) -> object:
-    from openft.store.db import create_engine, create_session_factory, migrate
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        await migrate(engine)
-        async with create_session_factory(engine)() as session, session.begin():
-            return await work(session)  # type: ignore[operator]
-    finally:
-        await engine.dispose()
 
 
 @webhooks.command("create")
