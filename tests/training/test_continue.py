@@ -5,6 +5,7 @@ another organisation's model is not found."""
 from __future__ import annotations
 
 import io
+import tarfile
 
 import openai
 import pytest
@@ -114,3 +115,10 @@ def test_a_full_fine_tune_continues_as_a_full_fine_tune(trainer: Tenant) -> None
     first, _ = first_and_last(trainer, later.id)
     assert first == pytest.approx(earlier_end["full_valid_loss"], rel=1e-4)
     assert later.method.supervised.hyperparameters.training_type == "full"
+
+    # A full fine-tune exports as a plain transformers folder, merged or not.
+    with trainer.http() as http:
+        exported = http.get(f"/models/{later.fine_tuned_model}/export", params={"merged": "true"})
+    assert exported.headers["x-openft-export-kind"] == "full"
+    names = {n.split("/", 1)[1] for n in tarfile.open(fileobj=io.BytesIO(exported.content)).getnames()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names and "adapter_config.json" not in names

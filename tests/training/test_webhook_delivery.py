@@ -77,7 +77,8 @@ def hooked(make_training_server):
 
 
 def register(tenant: Tenant, url: str, *events: str) -> str:
-    """``openft webhooks create`` as an operator runs it; returns the printed secret."""
+    """``openft webhooks create`` as an operator runs it; returns the printed secret.
+    (Each test registers its own paths: deliveries to other endpoints carry other signatures.)"""
     args = [sys.executable, "-m", "openft", "webhooks", "create", "--org", "default", "--url", url]
     if events:
         args += ["--events", ",".join(events)]
@@ -88,8 +89,9 @@ def register(tenant: Tenant, url: str, *events: str) -> str:
     return lines[-1]
 
 
-def for_job(job_id: str, event_type: str):
-    return lambda headers, event, status: event["data"]["id"] == job_id and event["type"] == event_type
+def for_job(job_id: str, event_type: str, path: str = "/hook"):
+    return lambda headers, event, status: (
+        event["data"]["id"] == job_id and event["type"] == event_type and headers["x-test-path"] == path)
 
 
 def verified(secret: str, headers: dict[str, str], body: bytes):
@@ -120,7 +122,7 @@ def test_each_terminal_event_arrives_signed(hooked, tmp_path) -> None:
     failing = _failing_job(tenant, data, tmp_path)
     headers, body, _ = receiver.wait(for_job(failing, "fine_tuning.job.failed"))
     assert verified(secret, headers, body).type == "fine_tuning.job.failed"
-    headers, body, _ = receiver.wait(lambda h, e, status: h["x-test-path"] == "/failures")
+    headers, body, _ = receiver.wait(for_job(failing, "fine_tuning.job.failed", "/failures"))
     assert verified(only_failures, headers, body).data.id == failing
     # The failures-only endpoint hears of failures and nothing else.
     assert {json.loads(b)["type"] for h, b, _ in receiver.received if h["x-test-path"] == "/failures"} == {
@@ -141,18 +143,21 @@ def _failing_job(tenant: Tenant, data: str, tmp_path) -> str:
 
 def test_a_failing_delivery_survives_a_server_kill(hooked) -> None:
     tenant, receiver = hooked
-    secret = register(tenant, receiver.url)
+    secret = register(tenant, receiver.url.replace("/hook", "/kill"))
     data = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(10))), purpose="fine-tune").id
     receiver.status = 503  # the receiver is down when the job ends
     job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=data)
     tenant.sdk.fine_tuning.jobs.cancel(job.id)
-    first, _, _ = receiver.wait(lambda h, e, status: e["data"]["id"] == job.id and status == 503)
+    def answered(status: int):
+        return lambda h, e, s: h["x-test-path"] == "/kill" and e["data"]["id"] == job.id and s == status
+
+    first, _, _ = receiver.wait(answered(503))
 
     tenant.server.process.kill()  # no graceful shutdown: only the database remembers
     tenant.server.process.wait()
     receiver.status = 200
     tenant.server.start()
-    headers, body, _ = receiver.wait(lambda h, e, status: e["data"]["id"] == job.id and status == 200)
+    headers, body, _ = receiver.wait(answered(200))
     event = verified(secret, headers, body)
     assert event.type == "fine_tuning.job.cancelled" and event.data.id == job.id
     assert headers["webhook-id"] == first["webhook-id"]  # the same event, retried

@@ -5,7 +5,7 @@ need) and then one progress record per line on stdin; writes one JSON line
 per thing the job's events should say (``{"level", "message", "data"}``)
 on stdout. Libraries that print (W&B does) print to stderr: the protocol's
 stdout is kept apart first. A tracker that fails is dropped with a warning;
-the others go on. End of input ends the runs (``end`` record: the outcome).
+the others go on. End of input ends the runs (an ``end`` record names the outcome).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class WandbLogger:
             self.run.summary.update({"fine_tuned_model": record["fine_tuned_model"],
                                      "trained_tokens": record["trained_tokens"]})
 
-    def finish(self, status: str) -> None:
-        self.run.finish(exit_code=0 if status in ("succeeded", "paused") else 1)
+    def finish(self, outcome: str) -> None:
+        self.run.finish(exit_code=0 if outcome in ("succeeded", "paused") else 1)
 
 
 class MlflowLogger:
@@ -84,7 +84,7 @@ class MlflowLogger:
         earlier = client.search_runs([experiment_id], f"tags.`openft.job_id` = '{job['job_id']}'", max_results=1)
         if earlier:
             self.run_id = earlier[0].info.run_id
-            client.update_run(self.run_id, status="RUNNING")
+            client.update_run(self.run_id, "RUNNING")
         else:
             tags = {**spec.get("tags", {}), "openft.job_id": job["job_id"], "openft.model": job["model"]}
             self.run_id = client.create_run(experiment_id, run_name=spec.get("run_name") or job["job_id"],
@@ -119,10 +119,10 @@ class MlflowLogger:
             self.client.set_tag(self.run_id, "fine_tuned_model", record["fine_tuned_model"])
             self._metrics({"trained_tokens": float(record["trained_tokens"])}, 0)
 
-    def finish(self, status: str) -> None:
-        if status != "paused":  # a paused run resumes later
-            self.client.set_terminated(self.run_id, status={"succeeded": "FINISHED", "failed": "FAILED"}.get(
-                status, "KILLED"))
+    def finish(self, outcome: str) -> None:
+        if outcome != "paused":  # a paused run resumes later
+            self.client.set_terminated(self.run_id, {"succeeded": "FINISHED", "failed": "FAILED"}.get(
+                outcome, "KILLED"))
 
 
 LOGGERS = {"wandb": WandbLogger, "mlflow": MlflowLogger}
@@ -150,11 +150,11 @@ def main() -> None:
         loggers.append(logger)
         message, data = logger.started
         say(out, message, integration=spec["type"], **data)
-    status = "stopped"
+    outcome = "stopped"
     for line in sys.stdin:
         record = json.loads(line)
         if record["type"] == "end":
-            status = record["status"]
+            outcome = record["outcome"]
             break
         for logger in list(loggers):
             try:
@@ -165,7 +165,7 @@ def main() -> None:
                     f"without it.", "warn")
     for logger in loggers:
         try:
-            logger.finish(status)
+            logger.finish(outcome)
         except Exception as exc:
             say(out, f"{logger.name} could not close its run ({type(exc).__name__}: {exc}).", "warn")
 

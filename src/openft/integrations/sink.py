@@ -89,12 +89,12 @@ class IntegrationSink:
             except Exception:
                 log.exception("integration event not recorded: %r", line[:200])
 
-    async def close(self, status: str) -> None:
-        """End the runs (``status``: succeeded, failed, cancelled, paused, stopped)
-        and wait, bounded, for the logger to finish them."""
+    async def close(self, outcome: str) -> None:
+        """End the runs (``outcome``: succeeded, failed, paused, stopped) and
+        wait, bounded, for the logger to finish them."""
         if self.process is None:
             return
-        self.send_raw({"type": "end", "status": status}, always=True)
+        self.send_raw({"type": "end", "outcome": outcome}, always=True)
         self.queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.gather(*self.tasks, self.process.wait()), CLOSE_SECONDS)

@@ -256,9 +256,9 @@ class Worker:
         await sink.start()
         return sink
 
-    def _close_later(self, sink: IntegrationSink, status: str) -> None:
+    def _close_later(self, sink: IntegrationSink, outcome: str) -> None:
         """Let the trackers finish their runs without holding the job's slot."""
-        task = asyncio.create_task(sink.close(status), name="integrations close")
+        task = asyncio.create_task(sink.close(outcome), name="integrations close")
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
 
