@@ -27,7 +27,7 @@ def tuned(training_server) -> tuple[Tenant, object]:
     tenant = Tenant(training_server, "default", training_server.api_key)
     data = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(10))), purpose="fine-tune").id
     job = tenant.sdk.fine_tuning.jobs.create(
-        model=TINY, training_file=data, suffix="export",
+        model=TINY, training_file=data, suffix="export", seed=5,
         method={"type": "supervised", "supervised": {"hyperparameters": {
             "n_epochs": 12, "batch_size": 5, "learning_rate_multiplier": 20}}})
     done = wait_for(tenant, job.id, {"succeeded", "failed"})

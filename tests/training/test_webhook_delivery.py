@@ -70,6 +70,7 @@ def hooked(make_training_server):
     server = make_training_server(
         OPENFT_WEBHOOKS_ALLOW_PRIVATE="true", OPENFT_WEBHOOK_POLL_SECONDS="0.1",
         OPENFT_WEBHOOK_RETRY_BASE_SECONDS="0.2", OPENFT_WEBHOOK_RETRY_MAX_SECONDS="1",
+        OPENFT_WEBHOOK_TIMEOUT_SECONDS="2",  # a kill mid-attempt holds the delivery 2 x 2 + 5 s
     )
     receiver = Receiver()
     yield Tenant(server, "default", server.api_key), receiver

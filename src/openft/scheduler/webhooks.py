@@ -107,9 +107,12 @@ async def post(settings: Settings, url: str, secrets: list[str], body: str) -> t
     import httpx
 
     try:
-        await asyncio.to_thread(check_url, url, allow_private=settings.webhooks_allow_private)
+        await asyncio.wait_for(asyncio.to_thread(check_url, url, allow_private=settings.webhooks_allow_private),
+                               settings.webhook_timeout_seconds)
     except UnsafeURL as exc:
         return None, f"endpoint refused: {exc}"
+    except (TimeoutError, asyncio.TimeoutError):
+        return None, "endpoint refused: its host name did not resolve in time"
     try:
         async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
             response = await client.post(url, content=body.encode(), headers=signed_headers(secrets, body))
@@ -154,7 +157,9 @@ class Dispatcher:
         return len(due)
 
     async def _attempt(self, row: Any, now: datetime) -> None:
-        hold = timedelta(seconds=self.settings.webhook_timeout_seconds + 30)
+        # Longer than an attempt can take (name check + request, each bounded by the
+        # timeout): a dispatcher that dies mid-attempt leaves the delivery to another after it.
+        hold = timedelta(seconds=2 * self.settings.webhook_timeout_seconds + 5)
         async with self.sessions() as session, session.begin():
             if not await queries.claim(session, row.id, row.attempts, hold):
                 return
