@@ -10,9 +10,9 @@ their ``trained_tokens`` and duration are not known before they run.
 
 Duration and peak memory come from a calibration measured on this
 deployment: the job's base model is loaded with the worker's threads and
-niceness, and a few optimizer steps of the job's own first batches (LoRA or
-full, supervised or DPO) are timed, as are a forward-only pass and a model
-save. The result is kept per (model, method, training type, LoRA rank,
+niceness, and optimizer steps of the job's own batches (LoRA or full,
+supervised or DPO) are timed after two warm-up steps (at least 5 steps and
+4 s; the median step's rate), as are forward-only passes and a model save. The result is kept per (model, method, training type, LoRA rank,
 device, threads, batch size, sequence length bucket) in the calibration
 file, so later estimates of the same shape only tokenize. The estimate is then
 
@@ -29,6 +29,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -38,8 +39,12 @@ from typing import Any
 STARTED = time.monotonic()
 """When the process started (imports are timed from here)."""
 
-CALIBRATION_STEPS = 3
-"""Timed optimizer steps (after one warm-up step)."""
+WARMUP_STEPS = 2
+"""Untimed optimizer steps first (allocator and thread pools warm up)."""
+MIN_STEPS, MAX_STEPS, MIN_SECONDS = 5, 24, 4.0
+"""Timed steps: at least MIN_STEPS and MIN_SECONDS of them, at most MAX_STEPS.
+The rate is the median of the steps' rates, so one descheduled step does not
+skew it."""
 FEW_EXAMPLES = 50
 """OpenAI's guidance: at least 50 well-crafted examples show clear improvements."""
 
@@ -213,17 +218,11 @@ def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any
     trainable, optimizer, _ = optimizer_and_schedule(model, hp, config.method_type, 1)
     dpo = config.method_type == "dpo"
     batches = [train[i: i + hp.batch_size] for i in range(0, len(train), hp.batch_size)]
-    batches = (batches * (CALIBRATION_STEPS + 1))[: CALIBRATION_STEPS + 1]
 
     def tokens(batch: list[Any]) -> int:
         return sum(len(c.input_ids) + len(r.input_ids) for c, r in batch) if dpo else sum(len(e.input_ids) for e in batch)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model.train()
-    timed, counted = 0.0, 0
-    for index, batch in enumerate(batches):
-        began = time.monotonic()
+    def step(batch: list[Any]) -> None:
         if dpo:
             reference = reference_logprobs(model, batch, hp.batch_size, device)
             loss, _ = dpo_loss(model, batch, reference, hp, device)
@@ -234,19 +233,32 @@ def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()  # the weights drift from the job's; only the time matters here
         optimizer.zero_grad(set_to_none=True)
+
+    def timed(work: Any, batch: list[Any]) -> float:
+        began = time.monotonic()
+        work(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if index:  # the first step warms up
-            timed, counted = timed + time.monotonic() - began, counted + tokens(batch)
+        return tokens(batch) / max(time.monotonic() - began, 1e-9)
+
+    @torch.no_grad()
+    def forward(batch: list[Any]) -> None:
+        if dpo:
+            reference_logprobs(model, batch, hp.batch_size, device)
+        else:
+            token_loss(model, pack(batch), device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    for index in range(WARMUP_STEPS):
+        step(batches[index % len(batches)])
+    train_rates: list[float] = []
+    started = time.monotonic()
+    while len(train_rates) < MAX_STEPS and (len(train_rates) < MIN_STEPS or time.monotonic() - started < MIN_SECONDS):
+        train_rates.append(timed(step, batches[(WARMUP_STEPS + len(train_rates)) % len(batches)]))
     model.eval()
-    began = time.monotonic()
-    with torch.no_grad():
-        for batch in batches[1:]:
-            if dpo:
-                reference_logprobs(model, batch, hp.batch_size, device)
-            else:
-                token_loss(model, pack(batch), device)
-    forward_seconds = time.monotonic() - began
+    forward_rates = [timed(forward, batches[i % len(batches)]) for i in range(MIN_STEPS)]
     with tempfile.TemporaryDirectory(prefix="openft-calibrate-") as local:
         began = time.monotonic()
         save_model(BlobStore(local), "model", model=model, tokenizer=tokenizer)
@@ -255,8 +267,9 @@ def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "load_seconds": round(IMPORT_SECONDS + load_seconds, 3),
-        "train_tokens_per_second": round(counted / timed, 1),
-        "forward_tokens_per_second": round(counted / max(forward_seconds, 1e-6), 1),
+        "train_tokens_per_second": round(statistics.median(train_rates), 1),
+        "forward_tokens_per_second": round(statistics.median(forward_rates), 1),
+        "timed_steps": len(train_rates),
         "save_seconds": round(save_seconds, 3),
         "peak_memory_bytes": int(peak),
     }
