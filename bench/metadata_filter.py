@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from openft.config import to_async_url
 from openft.store.db import create_engine, migrate

