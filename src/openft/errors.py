@@ -67,6 +67,13 @@ class Forbidden(OpenFTError):
     status_code = 403
 
 
+class ServerFailure(OpenFTError):
+    """Work the server does for a valid request failed (a helper process died) (500)."""
+
+    status_code = 500
+    error_type = "server_error"
+
+
 class Overloaded(OpenFTError):
     """The model was busy for longer than the request may wait (503)."""
 

@@ -16,7 +16,7 @@ import anyio
 
 from openft.config import Settings
 from openft.domain import JobSpec
-from openft.errors import InvalidRequest, OpenFTError
+from openft.errors import InvalidRequest, ServerFailure
 from openft.scheduler.worker import training_share
 from openft.services.jobs import check_job
 from openft.services.models import ModelRegistry
@@ -24,11 +24,6 @@ from openft.training.config import RunConfig
 
 ESTIMATE_TIMEOUT_SECONDS = 900
 _ONE_AT_A_TIME = anyio.Semaphore(1)
-
-
-class EstimateFailed(OpenFTError):
-    status_code = 500
-    error_type = "server_error"
 
 
 def calibration_file(settings: Settings) -> Path:
@@ -59,7 +54,7 @@ async def estimate(transaction: Any, settings: Settings, registry: ModelRegistry
                 )
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise EstimateFailed(f"The estimate failed: {tail[0]}")
+        raise ServerFailure(f"The estimate failed: {tail[0]}")
     result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     if "error" in result:
         raise InvalidRequest(result["error"]["message"], param=result["error"]["param"],

@@ -15,16 +15,11 @@ from pathlib import Path
 import anyio
 
 from openft.config import Settings
-from openft.errors import InvalidRequest, NotFound, OpenFTError
+from openft.errors import InvalidRequest, NotFound, ServerFailure
 from openft.export import adapter_config, tar_stream
 from openft.services.chat import ChatService
 from openft.store.queries import models as model_queries
 from openft.store.queries.reads import Db
-
-
-class ExportFailed(OpenFTError):
-    status_code = 500
-    error_type = "server_error"
 
 
 @dataclass
@@ -77,5 +72,5 @@ async def prepare(settings: Settings, chat: ChatService, db: Db, org_id: str, mo
     if result.returncode != 0:
         shutil.rmtree(out, ignore_errors=True)
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise ExportFailed(f"Merging {model_id} into its base model failed: {tail[0]}")
+        raise ServerFailure(f"Merging {model_id} into its base model failed: {tail[0]}")
     return Export(out, name, "merged", temporary=True)
