@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft clean
+.PHONY: run test test-examples setup chromium bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,19 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/openft serve
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The browser tier drives Debian's Chromium through Playwright (whose own
+# browser download is not used). Installed here when missing and we may
+# (root with apt-get, as in CI); otherwise the tier says loudly why it skips.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); \
+	  else echo "!!! chromium is missing and cannot be installed here (not root): the browser tier will be skipped"; fi; }
 
 test-examples: $(STAMP)
 	$(BIN)/python -m pytest -m example -s

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
-from openft import __version__
+from openft import __version__, dashboard
 from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
 from openft.api.limits import BodyLimitMiddleware
-from openft.api.routers import chat, files, graders, jobs, models, webhooks
+from openft.api.routers import chat, files, graders, jobs, models, organization, webhooks
 from openft.config import Settings
 from openft.services import auth
 from openft.services.chat import ChatService
@@ -42,6 +42,7 @@ def build_api_router() -> APIRouter:
     router.include_router(chat.router)
     router.include_router(graders.router)
     router.include_router(webhooks.router)
+    router.include_router(organization.router)
     return router
 
 
@@ -128,4 +129,5 @@ def create_app(settings: Settings) -> FastAPI:
     api = build_api_router()
     app.include_router(api, prefix=OPENAI_PREFIX)
     app.include_router(api, prefix=GATEWAY_PREFIX)
+    dashboard.mount(app)
     return app

@@ -259,6 +259,7 @@ async def list_jobs(
     metadata: dict[str, str] | None,
     metadata_is_null: bool,
     gateway: bool,
+    status: str | None = None,
 ) -> ListFineTuningJobsResponse:
     page = await job_queries.list_jobs(
         db,
@@ -267,6 +268,7 @@ async def list_jobs(
         limit=limit,
         metadata=metadata,
         metadata_is_null=metadata_is_null,
+        status=status,
     )
     return ListFineTuningJobsResponse(
         data=[job_to_wire(job, gateway=gateway) for job in page.items], has_more=page.has_more

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
-from openft.domain import JobSpec
+from openft.domain import JobSpec, JobStatus
 from openft.errors import InvalidRequest
 from openft.schemas.jobs import (
     FineTuningJob,
@@ -62,8 +62,13 @@ async def list_jobs(
     ctx: CtxDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: str | None = None,
 ) -> Response:
     metadata, metadata_is_null = _metadata_filter(request)
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise InvalidRequest(
+            f"Unknown status {status!r}; one of: {', '.join(s.value for s in JobStatus)}.", param="status"
+        )
     async with ctx.reader() as session:
         listing = await service.list_jobs(
             session,
@@ -72,6 +77,7 @@ async def list_jobs(
             limit=limit,
             metadata=metadata,
             metadata_is_null=metadata_is_null,
+            status=status,
             gateway=caller.gateway,
         )
     return wire(listing)

@@ -48,12 +48,16 @@ async def list_jobs(
     limit: int,
     metadata: dict[str, str] | None,
     metadata_is_null: bool = False,
+    status: str | None = None,
 ) -> Page[Row[Any]]:
     """Newest first. A metadata filter is driven by the side table's index
     (org, key, value, job): the first pair walks its index entries newest
     first, each further pair is a primary-key probe, so a page costs the same
-    with ten thousand jobs as with millions."""
+    with ten thousand jobs as with millions. ``status`` (an openft extension)
+    keeps the jobs in that status."""
     stmt = scoped(Job, org_id=org_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
     if metadata_is_null:
         stmt = stmt.where(Job.metadata_.is_(None))
     if not metadata:

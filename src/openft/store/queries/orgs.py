@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from openft.domain import new_id
 from openft.store.tables import ApiKey, Organization
@@ -17,6 +17,11 @@ async def read_org_by_name(session: AsyncSession, name: str) -> Organization | N
 
 async def read_org(session: AsyncSession, org_id: str) -> Organization | None:
     return await session.get(Organization, org_id)
+
+
+async def read_org_name(db: AsyncSession | AsyncConnection, org_id: str) -> str | None:
+    """The organisation's name (a read that works on a plain connection)."""
+    return await db.scalar(select(Organization.name).where(Organization.id == org_id))
 
 
 async def create_org(session: AsyncSession, name: str) -> Organization:

@@ -1,0 +1,27 @@
+"""``GET /me``: which organisation the caller's key belongs to.
+
+An openft extension (the dashboard shows it after sign-in, and scripts can
+check a key with it). It returns only what the key already grants: the
+organisation's id and name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from openft.api.context import AppContext
+from openft.api.deps import Caller, get_caller, get_ctx
+from openft.store.queries import orgs
+
+router = APIRouter(tags=["Organization"])
+
+
+@router.get("/me")
+async def who_am_i(
+    caller: Annotated[Caller, Depends(get_caller)], ctx: Annotated[AppContext, Depends(get_ctx)]
+) -> dict[str, str | None]:
+    async with ctx.reader() as db:
+        name = await orgs.read_org_name(db, caller.org_id)
+    return {"object": "organization", "id": caller.org_id, "name": name}
