@@ -60,13 +60,26 @@ def _ray_problem() -> str | None:
     return None if ray_binary() else "the ray command is not installed"
 
 
+CHROMIUM = os.environ.get("OPENFT_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def _browser_problem() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"the playwright package is not installed ({exc})"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set OPENFT_TEST_CHROMIUM)"
+    return None
+
+
 _PROBLEMS: dict[str, str | None] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     problem = _postgres_problem()
     postgres = None if problem is None else f"PostgreSQL at {POSTGRES_URL} is unreachable ({problem})"
-    _PROBLEMS.update(postgres=postgres, s3=_s3_problem(), ray=_ray_problem())
+    _PROBLEMS.update(postgres=postgres, s3=_s3_problem(), ray=_ray_problem(), browser=_browser_problem())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -287,22 +287,27 @@ export async function jobPage(main, jobId, signal) {
   clear(main, parts.head, parts.actions, parts.notice, parts.facts, parts.charts, parts.checkpoints, parts.hyper, parts.events);
   render();
 
-  // Live: while the job is not finished, refresh about once a second.
-  let finalPass = false;
-  while (!signal.aborted) {
-    if (TERMINAL.has(job.status)) {
-      if (finalPass) break;
-      finalPass = true; // one more read after the end: the last events and checkpoints
-    }
-    try {
-      await Promise.race([pause(POLL_MS, signal), new Promise((resolve) => { wake = resolve; })]);
-      [job] = await Promise.all([api(`/fine_tuning/jobs/${jobId}`, { signal }), fetchNewEvents()]);
-      checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
-      parts.notice.querySelector(".stale")?.remove();
-      render();
-    } catch (error) {
-      if (signal.aborted) return;
-      clear(parts.notice, h("p", { class: "alert stale", role: "alert", text: `Live updates paused: ${explain(error)}` }));
+  // Live: while the job is not finished, refresh about once a second (in the
+  // background: the page counts as drawn after its first render).
+  live().catch(() => {});
+
+  async function live() {
+    let finalPass = false;
+    while (!signal.aborted) {
+      if (TERMINAL.has(job.status)) {
+        if (finalPass) break;
+        finalPass = true; // one more read after the end: the last events and checkpoints
+      }
+      try {
+        await Promise.race([pause(POLL_MS, signal), new Promise((resolve) => { wake = resolve; })]);
+        [job] = await Promise.all([api(`/fine_tuning/jobs/${jobId}`, { signal }), fetchNewEvents()]);
+        checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
+        parts.notice.querySelector(".stale")?.remove();
+        render();
+      } catch (error) {
+        if (signal.aborted) return;
+        clear(parts.notice, h("p", { class: "alert stale", role: "alert", text: `Live updates paused: ${explain(error)}` }));
+      }
     }
   }
 }
