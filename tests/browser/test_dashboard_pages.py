@@ -164,5 +164,5 @@ def test_labelled_keyboard_usable_phone_width_and_local_time(crowded, dashboard)
         tab.ready(path)
         assert tab.page.evaluate(unlabelled) == [], route
         assert tab.page.evaluate(overflow) <= 0, f"{route} scrolls sideways at phone width"
-        tab.screenshot(f"phone-{path.strip('/').split('/')[0]}")
+        tab.screenshot("phone" + path.replace("/", "-"))
     assert tab.unexpected_console() == [] and tab.errors == []

@@ -21,10 +21,11 @@ function headers(extra = {}) {
   return { Authorization: `Bearer ${session.key}`, ...extra };
 }
 
-async function failure(response) {
+async function failure(response, signedIn = true) {
   let error = null;
   try { error = (await response.json()).error; } catch { /* not JSON */ }
-  if (response.status === 401) window.dispatchEvent(new CustomEvent("openft:unauthorized"));
+  // The session's key was refused (revoked, say): the app signs out.
+  if (response.status === 401 && signedIn && session.key) window.dispatchEvent(new CustomEvent("openft:unauthorized"));
   return new ApiError(response.status, error);
 }
 
@@ -34,7 +35,7 @@ export async function api(path, { method = "GET", body, signal, key } = {}) {
   if (key) init.headers.Authorization = `Bearer ${key}`;
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`/v1${path}`, init);
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) throw await failure(response, !key);
   return response.json();
 }
 

@@ -52,7 +52,7 @@ export function lineChart({ title, series, marks = [], xLabel = "step" }) {
   for (const x of ticks(x0, x1, Math.min(5, x1 - x0 + 1))) {
     axes.append(h("text", { x: sx(x), y: HEIGHT - 8, "text-anchor": "middle", text: Math.round(x) }));
   }
-  axes.append(h("text", { x: WIDTH - PAD.right, y: HEIGHT - 8, "text-anchor": "end", class: "axis-label", text: xLabel }));
+  axes.append(h("text", { x: PAD.left - 6, y: HEIGHT - 8, "text-anchor": "end", class: "axis-label", text: xLabel }));
   svg.append(axes);
   for (const mark of marks) {
     svg.append(h("line", {

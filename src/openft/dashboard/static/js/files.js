@@ -42,8 +42,7 @@ export async function filesPage(main, params, signal) {
       clear(notice, h("p", { class: "ok", role: "status", text: `Deleted ${file.filename}.` }));
       await load();
     } catch (error) {
-      const why = error.status === 409 ? " A job that is still queued or running uses this file; delete it once the job has finished or been cancelled." : "";
-      clear(notice, h("p", { class: "alert", role: "alert", text: `${explain(error)}${why}` }));
+      clear(notice, h("p", { class: "alert", role: "alert", text: explain(error) }));
     }
   }
 

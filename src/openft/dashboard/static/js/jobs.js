@@ -224,7 +224,11 @@ export async function jobPage(main, jobId, signal) {
     const signature = `${JSON.stringify(job)} ${events.length} ${checkpoints.length}`;
     if (signature === lastSignature) return;
     lastSignature = signature;
-    const metrics = events.filter((e) => e.type === "metrics").map((e) => e.data);
+    // A paused or re-queued job resumes from its last saved state and repeats
+    // the steps after it: a step's latest report is the one on the final path.
+    const byStep = new Map();
+    for (const e of events) if (e.type === "metrics") byStep.set(e.data.step, e.data);
+    const metrics = [...byStep.values()].sort((a, b) => a.step - b.step);
     const latest = metrics.at(-1);
     const method = job.method?.type || "supervised";
     const left = job.status === "running" && job.estimated_finish ? duration(job.estimated_finish - Date.now() / 1000) : null;
