@@ -29,6 +29,14 @@ class TestKeys:
             error = response.json()["error"]
             assert error["type"] == "invalid_request_error" and error["message"]
 
+    def test_me_names_the_keys_organisation(self, server: Server, tenant: Tenant, other_tenant: Tenant) -> None:
+        """openft extension GET /v1/me: the dashboard shows whose key it signed in with."""
+        for who in (tenant, other_tenant):
+            with who.http() as http:
+                me = http.get("/me").json()
+            assert me["object"] == "organization" and me["name"] == who.org and me["id"].startswith("org-")
+        assert httpx.get(f"{server.url}/v1/me").status_code == 401
+
     def test_health_needs_no_key(self, server: Server) -> None:
         assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
 

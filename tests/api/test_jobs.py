@@ -192,6 +192,23 @@ class TestListing:
         assert [j["id"] for j in nulls["data"]] == [bare]
         assert (bad.status_code, bad.json()["error"]["param"]) == (400, "metadata")
 
+    def test_status_filter(self, tenant: Tenant, training_file: str) -> None:
+        """openft extension (the dashboard's status filter): ?status= keeps the
+        jobs in that status, pages with the same cursors, and combines with
+        metadata; an unknown status is a 400 naming the field."""
+        ids = [create(tenant, training_file, metadata={"team": "s"}).id for _ in range(4)]
+        for job_id in ids[:3]:
+            tenant.sdk.fine_tuning.jobs.cancel(job_id)
+        with tenant.http() as http:
+            first = http.get("/fine_tuning/jobs", params={"status": "cancelled", "limit": 2}).json()
+            rest = http.get("/fine_tuning/jobs", params={"status": "cancelled", "after": first["data"][-1]["id"]}).json()
+            queued = http.get("/fine_tuning/jobs", params={"status": "queued", "metadata[team]": "s"}).json()
+            bad = http.get("/fine_tuning/jobs", params={"status": "done"})
+        assert [j["id"] for j in first["data"] + rest["data"]] == ids[:3][::-1] and first["has_more"]
+        assert [j["id"] for j in queued["data"]] == [ids[3]]
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "status")
+        assert "cancelled" in bad.json()["error"]["message"]
+
     @pytest.mark.parametrize("params,param", [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "x"}, "limit"), ({"after": "ftjob-nope"}, "after")])
     def test_bad_list_parameters(self, tenant: Tenant, params: dict, param: str) -> None:
         with tenant.http() as http:
