@@ -186,3 +186,31 @@ def test_labelled_keyboard_usable_phone_width_and_local_time(crowded, dashboard)
         assert tab.page.evaluate(overflow) <= 0, f"{route} scrolls sideways at phone width"
         tab.screenshot("phone" + path.replace("/", "-"))
     assert tab.unexpected_console() == [] and tab.errors == []
+
+
+def test_a_refused_action_is_explained(crowded, dashboard) -> None:
+    """Cancel a job behind the page's back while its live updates cannot get
+    through: the page still offers Pause, and pausing shows the 409 with the
+    server's reason instead of swallowing it."""
+    tenant, ids = crowded
+    job_id = ids[10]
+    tab = dashboard(tenant.server.url)
+    tab.open()
+    tab.sign_in(tenant.key, tenant.org)
+    tab.open(f"#/jobs/{job_id}")
+    tab.ready(f"/jobs/{job_id}")
+    tab.page.route(f"**/v1/fine_tuning/jobs/{job_id}", lambda route: route.abort()
+                   if route.request.method == "GET" else route.continue_())
+    tenant.sdk.fine_tuning.jobs.cancel(job_id)
+    tab.page.get_by_text("Live updates paused").wait_for()
+    actions = tab.page.get_by_role("group", name="Job actions")
+    actions.get_by_role("button", name="Pause").click()
+    tab.page.locator("dialog#confirm #confirm-ok").click()
+    refusal = tab.page.locator("main [role=alert]").filter(has_text="409 Conflict")
+    refusal.wait_for()
+    assert "cancelled" in refusal.inner_text()
+    tab.screenshot("409-explained")
+    tab.page.unroute(f"**/v1/fine_tuning/jobs/{job_id}")
+    tab.page.locator(".page-head .badge.status-cancelled").wait_for()  # updates resume on their own
+    noted = [text for _, text in tab.unexpected_console(allowed_statuses=(409,))]
+    assert all("ERR_FAILED" in text for text in noted) and tab.errors == []  # only the blocked reads

@@ -8,7 +8,6 @@ and saves a screenshot to build/screenshots/."""
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 from browser.conftest import new_tenant
@@ -180,6 +179,19 @@ def test_the_whole_story(training_server, dashboard) -> None:
     assert left.inner_text() == answer(tenant, job.fine_tuned_model)
     assert right.inner_text() == answer(tenant, TINY)
     tab.screenshot("compare-base-and-fine-tuned")
+
+    # A job that fails: its page shows the error with the line it names.
+    long = {"messages": [{"role": "user", "content": "hello " * 100}, {"role": "assistant", "content": "ok"}]}
+    broken = tenant.sdk.files.create(file=("long.jsonl", io.BytesIO(jsonl([chat_example(i) for i in range(10)] + [long]))),
+                                     purpose="fine-tune").id
+    failing = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=broken, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "max_seq_length": 64}}})
+    tab.open(f"#/jobs/{failing.id}")
+    tab.ready(f"/jobs/{failing.id}")
+    badge(tab, "failed")
+    error = page.locator('section[aria-labelledby="facts-h"] [role=alert]')
+    assert "Line 11:" in error.inner_text() and "max_seq_length=64" in error.inner_text()
+    tab.screenshot("failed-with-line")
 
     # Another job: its file cannot be deleted while it runs (the 409 is
     # explained), and cancelling it (confirmed) ends it.

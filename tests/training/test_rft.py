@@ -129,7 +129,8 @@ def test_rft_pause_then_resume_equals_an_uninterrupted_run(trainer: Tenant, file
 def test_cancel_stops_an_rft_job_in_the_middle_of_a_long_step(trainer: Tenant, files) -> None:
     """A step of 128 completions of up to 200 tokens takes longer than the
     worker's grace time (4 s, then SIGKILL); cancelled as the first step
-    starts, the process still ends on its own within 2 s."""
+    starts, the process still ends on its own, before that grace runs out
+    (usually within 1 s; a SIGKILL would come only after 4 s)."""
     training, validation = files
     job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, validation_file=validation,
                                               method=method(n_epochs=20, batch_size=16, compute_multiplier=1,
@@ -137,7 +138,7 @@ def test_cancel_stops_an_rft_job_in_the_middle_of_a_long_step(trainer: Tenant, f
     wait_for_event(trainer, job.id, "Validation reward before training")  # step 1 is sampling now
     process = training_process(job.id)
     assert trainer.sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
-    assert gone_within(process) < 2
+    assert gone_within(process) < 4
     assert trainer.sdk.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
