@@ -108,6 +108,8 @@ def dashboard(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         page = context.new_page()
         page.set_default_timeout(30_000)
         tab = Dashboard(page=page, base_url=base_url, story=request.node.name.removeprefix("test_"))
+        for old in SCREENSHOTS.glob(f"{tab.story}-*.png"):  # an earlier run's, perhaps numbered differently
+            old.unlink()
         page.on("request", lambda r: tab.requests.append(r.url))
         page.on("console", lambda m: tab.console.append((m.type, m.text)))
         page.on("pageerror", lambda e: tab.errors.append(str(e)))
