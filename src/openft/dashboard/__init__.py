@@ -6,10 +6,10 @@ in ``sessionStorage`` (gone when the tab closes; never in a URL or cookie).
 No build step, no third-party scripts, fonts or CDNs: the files below are
 the whole front end, shipped in the package.
 
-Every response (the dashboard's and the API's) carries security headers: a
-Content-Security-Policy that allows only this origin's scripts, styles and
-connections (no inline script), ``X-Content-Type-Options: nosniff``, and
-frame denial. ``/static/*`` files revalidate on every load (``no-cache``
+Every response (the dashboard's and the API's) carries security headers:
+``X-Content-Type-Options: nosniff``, frame denial, no referrer, and (all but
+FastAPI's ``/docs`` pages) a Content-Security-Policy that allows only this
+origin's scripts, styles and connections (no inline script). ``/static/*`` files revalidate on every load (``no-cache``
 with an ETag), so an upgraded server never runs a stale script.
 """
 

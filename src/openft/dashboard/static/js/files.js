@@ -1,7 +1,7 @@
 // Files: list, upload with progress, download, delete (a 409 explained).
 
 import { api, download, upload } from "./api.js";
-import { alertBox, bytes, clear, confirmAction, explain, h, when } from "./util.js";
+import { alertBox, bytes, clear, confirmAction, explain, h, tableHead, when } from "./util.js";
 
 const PURPOSES = ["fine-tune", "batch", "assistants", "vision", "user_data", "evals"];
 
@@ -59,7 +59,7 @@ export async function filesPage(main, params, signal) {
       return;
     }
     clear(list, h("table", { class: "files" },
-      h("thead", {}, h("tr", {}, ["File", "Name", "Purpose", "Size", "Created", ""].map((c) => h("th", { scope: "col", text: c })))),
+      tableHead(["File", "Name", "Purpose", "Size", "Created", ""]),
       h("tbody", {}, files.data.map((file) => h("tr", { dataset: { file: file.id } },
         h("td", {}, h("code", { text: file.id })), h("td", { text: file.filename }), h("td", { text: file.purpose }),
         h("td", { text: bytes(file.bytes) }), h("td", {}, when(file.created_at)),

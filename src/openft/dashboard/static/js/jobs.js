@@ -4,7 +4,7 @@
 import { api, download, query } from "./api.js";
 import { lineChart } from "./chart.js";
 import {
-  TERMINAL, alertBox, clear, confirmAction, duration, explain, h, number, pause, statusBadge, when,
+  TERMINAL, alertBox, clear, confirmAction, duration, explain, h, number, pause, statusBadge, tableHead, when,
 } from "./util.js";
 
 const STATUSES = ["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"];
@@ -21,7 +21,7 @@ async function progressOf(job, signal) {
 }
 
 function timeLeft(job) {
-  if (!job.estimated_finish || TERMINAL.has(job.status)) return null;
+  if (!job.estimated_finish || job.status !== "running") return null;
   return duration(job.estimated_finish - Date.now() / 1000);
 }
 
@@ -89,14 +89,14 @@ export async function jobsPage(main, params, signal) {
       });
       clear(body, h("table", { class: "jobs" },
         h("caption", { class: "visually-hidden", text: "Fine-tuning jobs, newest first" }),
-        h("thead", {}, h("tr", {}, ["Job", "Status", "Model", "Suffix", "Created", "Progress"].map((c) => h("th", { scope: "col", text: c })))),
+        tableHead(["Job", "Status", "Model", "Suffix", "Created", "Progress"]),
         h("tbody", {}, rows.map((r) => r.row))));
       performance.mark("openft:jobs-rendered");
       for (const { job, progress } of rows) {
         if (job.status !== "running" && job.status !== "paused") continue;
         progressOf(job, signal).then((p) => {
           const left = timeLeft(job);
-          clear(progress, p ? `step ${p.step}/${p.total}` : "starting", left && job.status === "running" ? ` · ${left} left` : "");
+          clear(progress, p ? `step ${p.step}/${p.total}` : "starting", left ? ` · ${left} left` : "");
         }).catch(() => {});
       }
     }
@@ -153,7 +153,7 @@ function fileLink(fileId, label) {
   if (!fileId) return null;
   return h("span", {}, h("code", { text: fileId }), " ",
     h("button", { type: "button", class: "link", text: `Download ${label}`,
-      onclick: (event) => download(`/files/${fileId}/content`, `${fileId}.${label.includes("CSV") ? "csv" : "jsonl"}`)
+      onclick: (event) => download(`/files/${fileId}/content`, `${fileId}.jsonl`)
         .catch((error) => event.target.after(alertBox(error))) }));
 }
 
@@ -231,7 +231,7 @@ export async function jobPage(main, jobId, signal) {
     const metrics = [...byStep.values()].sort((a, b) => a.step - b.step);
     const latest = metrics.at(-1);
     const method = job.method?.type || "supervised";
-    const left = job.status === "running" && job.estimated_finish ? duration(job.estimated_finish - Date.now() / 1000) : null;
+    const left = timeLeft(job);
     // The buttons are rebuilt only when they change, so keyboard focus stays put while the page updates.
     const actionsKey = `${job.status} ${job.fine_tuned_model} ${job.result_files.join()}`;
     if (actionsKey !== lastActions) {
@@ -267,7 +267,7 @@ export async function jobPage(main, jobId, signal) {
     clear(parts.checkpoints, h("h2", { id: "checkpoints-h", text: "Checkpoints" }),
       checkpoints.length === 0 ? h("p", { class: "muted", text: "No checkpoints yet." }) :
         h("div", { class: "table-wrap" }, h("table", { class: "checkpoints" },
-          h("thead", {}, h("tr", {}, ["Step", "Created", "Training loss", "Validation loss", "Full validation loss", "Model", ""].map((c) => h("th", { scope: "col", text: c })))),
+          tableHead(["Step", "Created", "Training loss", "Validation loss", "Full validation loss", "Model", ""]),
           h("tbody", {}, checkpoints.map((c) => h("tr", { dataset: { step: c.step_number } },
             h("td", { text: c.step_number }), h("td", {}, when(c.created_at)),
             h("td", { text: number(c.metrics.train_loss) }), h("td", { text: number(c.metrics.valid_loss) }),

@@ -18,6 +18,11 @@ export function h(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A table's <thead> with one column header per name. */
+export function tableHead(columns) {
+  return h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", text: c }))));
+}
+
 export function clear(node, ...children) {
   node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   return node;
