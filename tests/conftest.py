@@ -73,13 +73,21 @@ def _browser_problem() -> str | None:
     return None
 
 
+def _sandbox_problem() -> str | None:
+    from openft.sandbox import problem
+
+    found = problem()
+    return None if found is None else f"python graders' sandbox unavailable: {found}"
+
+
 _PROBLEMS: dict[str, str | None] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     problem = _postgres_problem()
     postgres = None if problem is None else f"PostgreSQL at {POSTGRES_URL} is unreachable ({problem})"
-    _PROBLEMS.update(postgres=postgres, s3=_s3_problem(), ray=_ray_problem(), browser=_browser_problem())
+    _PROBLEMS.update(postgres=postgres, s3=_s3_problem(), ray=_ray_problem(), browser=_browser_problem(),
+                     sandbox=_sandbox_problem())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

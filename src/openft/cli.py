@@ -57,6 +57,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from openft.api.app import create_app
+    from openft.api.http import EnvelopeHttpToolsProtocol
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = load_settings(**overrides)
@@ -66,6 +67,7 @@ def serve(host: str | None, port: int | None) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=EnvelopeHttpToolsProtocol,
         log_level=settings.log_level.lower(),
         access_log=False,
     )

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         description="Largest request body on every route except the file upload, in bytes "
         "(413 above, answered before the body is read).",
     )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body (uploads included); "
+        "a body that stalls longer is answered 408 and its connection closed."
+    )
     db_concurrency: int = Field(
         16, ge=1, description="API requests that use the database at once; the rest wait their "
         "turn first come, first served (keeps tail latency fair under bursts)."
@@ -144,7 +148,41 @@ class Settings(BaseSettings):
         "sample's reward is 0 with python_grader_runtime_error, and the grader's process is restarted."
     )
     python_grader_memory_mb: int = Field(
-        2048, ge=64, description="Address-space limit of a python grader's process."
+        2048, ge=64, description="Address-space limit of each process in a python grader's sandbox."
+    )
+    python_grader_cpu_seconds: float = Field(
+        120.0, gt=0, description="CPU time each process in a python grader's sandbox may use over its "
+        "life; a sandbox that has spent half of it in grade() calls is replaced before the next call."
+    )
+    grader_concurrency: int = Field(
+        8, ge=1, description="Python grader checks and grader runs (each in its own sandbox) the API "
+        "serves at once; past it, 429 with Retry-After."
+    )
+    grader_concurrency_per_org: int = Field(
+        2, ge=1, description="Of grader_concurrency, the most one organisation may hold at once."
+    )
+    export_concurrency: int = Field(
+        2, ge=1, description="Merged exports (each a child process that loads the model) at once; "
+        "past it, 429 with Retry-After."
+    )
+    export_concurrency_per_org: int = Field(
+        1, ge=1, description="Of export_concurrency, the most one organisation may hold at once."
+    )
+    estimate_concurrency: int = Field(
+        2, ge=1, description="Job estimates admitted at once (they calibrate one at a time); past it, "
+        "429 with Retry-After."
+    )
+    estimate_concurrency_per_org: int = Field(
+        1, ge=1, description="Of estimate_concurrency, the most one organisation may hold at once."
+    )
+    sandbox_bwrap: str = Field(
+        "bwrap", description="The bubblewrap executable (a name on PATH or a path) that builds the "
+        "sandboxes python graders run in. Missing or unusable: python graders are refused with a 400."
+    )
+    sandbox_uid: int = Field(
+        61000, ge=1, le=2**32 - 2, description="The uid python graders' sandboxes run as when openft runs "
+        "as root (otherwise they run as openft's own user, without capabilities). No other process "
+        "on the host may use it."
     )
     mlflow_tracking_uri: str | None = Field(
         None, description="Where jobs with an 'mlflow' integration log (any MLflow tracking URI: "

@@ -79,3 +79,15 @@ class Overloaded(OpenFTError):
 
     status_code = 503
     error_type = "server_error"
+
+
+class RateLimited(OpenFTError):
+    """The organisation, or the server, is at its share of a bounded capacity (429);
+    ``retry_after`` seconds is a fair time to wait."""
+
+    status_code = 429
+    error_type = "requests"
+
+    def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded"):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

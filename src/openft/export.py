@@ -19,6 +19,8 @@ pieces, so memory stays flat whatever the model's size.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -28,25 +30,52 @@ CHUNK = 1 << 20
 
 
 def tar_stream(folder: Path, prefix: str, rewrite: dict[str, bytes] | None = None) -> Iterator[bytes]:
-    """The files of ``folder`` as an uncompressed tar under ``prefix/``;
-    ``rewrite`` replaces the content of the named files."""
+    """The regular files of ``folder`` as an uncompressed tar under ``prefix/``;
+    ``rewrite`` replaces the content of the named files. Symbolic links (to
+    files or folders), devices and pipes are left out, and each file is
+    opened without following a link, so nothing outside ``folder`` can be
+    read through it."""
     rewrite = rewrite or {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in regular_files(folder):
         relative = path.relative_to(folder).as_posix()
-        info = tarfile.TarInfo(f"{prefix}/{relative}")
-        replaced = rewrite.get(relative)
-        info.size = len(replaced) if replaced is not None else path.stat().st_size
-        info.mtime, info.mode = int(path.stat().st_mtime), 0o644
-        yield info.tobuf(format=tarfile.PAX_FORMAT)
-        if replaced is not None:
-            yield replaced
-        else:
-            with path.open("rb") as handle:
-                while piece := handle.read(CHUNK):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # replaced by a link (or removed) since it was listed
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                continue
+            info = tarfile.TarInfo(f"{prefix}/{relative}")
+            replaced = rewrite.get(relative)
+            info.size = len(replaced) if replaced is not None else status.st_size
+            info.mtime, info.mode = int(status.st_mtime), 0o644
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            if replaced is not None:
+                yield replaced
+            else:
+                left = info.size  # exactly the size in the header, even if the file grows meanwhile
+                while left and (piece := handle.read(min(CHUNK, left))):
+                    left -= len(piece)
                     yield piece
+                if left:  # it shrank: pad to the size the header promised
+                    yield b"\0" * left
         if remainder := info.size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - remainder)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def regular_files(folder: Path) -> list[Path]:
+    """Regular files under ``folder`` (not hidden ones), sorted, found without
+    following any symbolic link."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and stat.S_ISREG(path.lstat().st_mode):
+                found.append(path)
+    return sorted(found)
 
 
 def adapter_config(adapter: Path, base_model: str) -> bytes:

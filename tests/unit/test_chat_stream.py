@@ -39,7 +39,7 @@ def run(chat: ChatService, script: Script, plan: Plan, stop: StopSignal) -> list
     return [json.loads(e[6:]) for e in events[:-1]]
 
 
-PLAIN = Plan(prompt=[1, 2], grammar=None, logprobs=None, tool_names=set())
+PLAIN = Plan(prompt=[1, 2], grammar=None, logprobs=None, tool_names=set(), context=512)
 
 
 def test_error_mid_stream_is_an_event_then_done(tmp_path) -> None:
@@ -66,7 +66,7 @@ def test_a_reader_that_leaves_stops_the_generation(tmp_path) -> None:
     assert stop.cancelled
 
 
-TOOLS = Plan(prompt=[1], grammar=None, logprobs=None, tool_names={"get_weather"})
+TOOLS = Plan(prompt=[1], grammar=None, logprobs=None, tool_names={"get_weather"}, context=512)
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
 
 

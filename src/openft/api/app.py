@@ -119,7 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="openft", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       idle_seconds=settings.body_timeout_seconds)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health", tags=["Health"])

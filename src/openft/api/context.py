@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from openft.api.gate import FairGate
 from openft.config import Settings
 from openft.services.auth import Authenticator
+from openft.services.capacity import Capacity
 from openft.services.chat import ChatService
 from openft.services.graders import GraderService
 from openft.services.models import ModelRegistry
@@ -32,11 +33,18 @@ class AppContext:
     """Admits requests to the database first come, first served (``OPENFT_DB_CONCURRENCY``)."""
     graders: GraderService = field(init=False)
     """The graders API; model graders judge with ``chat``'s generator."""
+    exports: Capacity = field(init=False)
+    """Merged exports at once, shared fairly between organisations."""
+    estimates: Capacity = field(init=False)
+    """Job estimates at once, shared fairly between organisations."""
 
     def __post_init__(self) -> None:
         if self.gate is None:
             self.gate = FairGate(self.settings.db_concurrency)
-        self.graders = GraderService(self.settings, self.chat)
+        settings = self.settings
+        self.graders = GraderService(settings, self.chat)
+        self.exports = Capacity("merged exports", settings.export_concurrency, settings.export_concurrency_per_org)
+        self.estimates = Capacity("estimates", settings.estimate_concurrency, settings.estimate_concurrency_per_org)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -57,7 +57,7 @@ def _tfy_metadata(raw: str | None) -> dict[str, str] | None:
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         value = None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise InvalidRequest(

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openft.errors import OpenFTError, error_body
+from openft.errors import OpenFTError, RateLimited, error_body
 
 log = logging.getLogger("openft.api")
 
@@ -44,6 +44,8 @@ async def _openft_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
     if exc.status_code == 503:
         headers = {"retry-after": "1"}
+    if isinstance(exc, RateLimited):
+        headers = {"retry-after": str(exc.retry_after)}
     return envelope(
         exc.status_code,
         exc.message,
@@ -88,7 +90,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail)
     return envelope(
-        exc.status_code, message, code=getattr(exc, "code", None), headers=getattr(exc, "headers", None)
+        exc.status_code, message, code=getattr(exc, "code", None), param=getattr(exc, "param", None),
+        headers=getattr(exc, "headers", None),
     )
 
 

@@ -5,11 +5,13 @@ A declared ``Content-Length`` above the cap is answered 413 before a byte of
 the body is read; a body without a length (chunked) is counted as it
 arrives and refused the moment it passes the cap, so a huge JSON document
 is never held in memory or parsed. ``POST /files`` streams to storage under
-its own cap (``OPENFT_MAX_FILE_BYTES``) and is exempt.
+its own cap (``OPENFT_MAX_FILE_BYTES``) and is exempt. Every body, uploads
+included, must keep arriving (``OPENFT_BODY_TIMEOUT_SECONDS``).
 """
 
 from __future__ import annotations
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,30 +40,59 @@ def _is_upload(scope: Scope) -> bool:
     return scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
 
 
+class BodyStalled(HTTPException):
+    """Raised from ``receive`` when the next piece of a body does not arrive in
+    time; rendered as the 408 envelope, and the connection is closed."""
+
+    code = "request_timeout"
+
+    def __init__(self, seconds: float):
+        super().__init__(408, f"The request body stopped arriving: nothing came for {seconds:g} s "
+                              "(OPENFT_BODY_TIMEOUT_SECONDS).", headers={"connection": "close"})
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    """The body cap (above), and a time limit on a body that stalls: each
+    piece of a request body must arrive within ``OPENFT_BODY_TIMEOUT_SECONDS``
+    of the previous one (uploads included), so a client that stops sending
+    cannot hold a connection and a worker thread forever. Once the body is
+    complete, ``receive`` waits as long as it likes (a streamed response
+    listens on it for the client's disconnect)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_seconds = idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_upload(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        capped = not _is_upload(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if capped and declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             response = envelope(413, too_large_message(self.max_bytes), code=RequestTooLarge.code)
             response.headers["connection"] = "close"
             await response(scope, receive, send)
             return
         received = 0
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            with anyio.move_on_after(self.idle_seconds) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                raise BodyStalled(self.idle_seconds)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                complete = not message.get("more_body", False)
+                if capped and received > self.max_bytes:
                     raise RequestTooLarge(self.max_bytes)
+            else:
+                complete = True
             return message
 
         await self.app(scope, limited, send)

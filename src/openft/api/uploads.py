@@ -53,6 +53,8 @@ class _FormState:
         self._header_field = b""
         self._header_value = b""
         self._in_file = False
+        self.complete = False
+        """The closing boundary arrived (a body cut short never gets there)."""
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -63,7 +65,11 @@ class _FormState:
             "on_headers_finished": self._on_headers_finished,
             "on_part_data": self._on_part_data,
             "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
         }
+
+    def _on_end(self) -> None:
+        self.complete = True
 
     def _grow(self, name: str, data: bytes) -> None:
         setattr(self, name, getattr(self, name) + data)
@@ -136,6 +142,9 @@ async def receive_upload(
                 if state.upload.size > max_bytes + DRAIN_LIMIT_BYTES:
                     break
         parser.finalize()
+        if not state.complete and not (state.upload is not None and state.upload.too_large):
+            raise InvalidRequest("Malformed multipart body: it ends before its closing boundary "
+                                 "(the upload was cut short).", param="file")
     except BaseException:
         if state.upload is not None:
             await anyio.to_thread.run_sync(state.upload.abort)

@@ -23,6 +23,10 @@ from openft.graders.sandbox import SandboxError, SandboxLimits
 from openft.graders.templates import TemplateError
 
 
+class GraderUnavailable(Exception):
+    """The grader needs what this host cannot give (a python grader's sandbox)."""
+
+
 @dataclass
 class GradingContext:
     """What graders may use beyond the sample: sandbox limits, a judge for
@@ -48,6 +52,13 @@ class Grader:
         if self.kind == "multi":
             self._formula = multi.tree(grader)
             self._children = {name: Grader(sub, context) for name, sub in spec.sub_graders(grader).items()}
+
+    def unavailable(self) -> str | None:
+        """Why this grader cannot run on this host (a python grader, inside
+        a multi grader too, needs the sandbox); None when it can."""
+        if self._sandbox is not None:
+            return self.context.limits.problem()
+        return next((p for child in self._children.values() if (p := child.unavailable())), None)
 
     def close(self) -> None:
         if self._sandbox is not None:
@@ -86,7 +97,11 @@ class Grader:
             try:
                 result.reward = python.score(self._sandbox, context)
             except SandboxError as exc:
-                result.fail("python_grader_runtime_error", exc.detail, "python_grader_runtime_error_details")
+                if exc.kind == "unavailable":
+                    result.fail("python_grader_server_error", exc.detail)
+                    result.errors["python_grader_server_error_type"] = "SandboxUnavailable"
+                else:
+                    result.fail("python_grader_runtime_error", exc.detail, "python_grader_runtime_error_details")
             except OSError as exc:  # the sandbox process could not start
                 result.fail("python_grader_server_error", str(exc))
                 result.errors["python_grader_server_error_type"] = type(exc).__name__

@@ -1,86 +1,95 @@
-"""The python grader's sandbox: the user's ``grade(sample, item)`` runs in a
-separate process, never in openft's.
+"""The python grader's process: the user's ``grade(sample, item)`` runs in an
+operating-system sandbox (:mod:`openft.sandbox`), never in openft's process.
 
-One :class:`PythonSandbox` per grader keeps one child process alive across
-samples (starting Python for each of thousands of samples would dominate a
-training step). The child (:mod:`openft.graders._sandbox_child`):
+One :class:`PythonSandbox` per grader keeps one sandboxed process alive
+across samples (starting a sandbox and Python for each of thousands of
+samples would dominate a training step). The process
+(:mod:`openft.graders._sandbox_child`) reads one JSON request a line from
+its stdin and answers one JSON line on its stdout: first the source, then
+samples.
 
-* starts with ``python -I`` and an empty environment, so it sees none of the
-  server's variables (keys, database URLs) and none of its working folder;
-* enters new user and network namespaces where the kernel allows (no route
-  to any network; no privileges over the host), and refuses sockets
-  regardless through an audit hook;
-* may open files only under Python's library folders (read-only), openft's
-  own package excepted: not the data folder, not ``/etc`` or ``/proc``; no
-  subprocesses, signals, ctypes or file changes;
-* has an address-space limit (``OPENFT_PYTHON_GRADER_MEMORY_MB``); each call
-  has a wall-clock limit (``OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS``) after
-  which the process group is killed and a fresh child is started for the
-  next sample.
+Its replies are the user's to forge (the code can write to the reply pipe
+itself), so they are read as hostile: at most ``MAX_REPLY_BYTES`` a line,
+strict JSON (no ``NaN``), and anything but ``{"reward": <finite number>}``
+or ``{"error": <text>}`` is the sample's runtime error. Each call has a
+wall-clock limit (``OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS``) after which the
+sandbox is killed and a fresh one serves the next sample; the sandbox's
+CPU time limit (``OPENFT_PYTHON_GRADER_CPU_SECONDS``) counts over its life,
+so a sandbox that has spent half of it in calls is replaced before the next.
 
-Whatever the code does (raise, loop, exhaust memory, crash), the caller gets
-a :class:`SandboxError` with what happened, which the grader turns into a
-zero reward with the error recorded.
-
-This is defence in depth for graders written by the members of an
-organisation, not a boundary against kernel exploits: deployments that run
-graders from untrusted parties should also run workers in a container
-(see the README).
+Whatever the code does (raise, loop, exhaust memory, crash, lie), the
+caller gets a :class:`SandboxError` with what happened, which the grader
+turns into a zero reward with the error recorded.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
-import signal
-import subprocess
 import sys
-import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from openft.config import Settings
+from openft.sandbox import SandboxConfig, SandboxProcess, SandboxUnavailable, problem, start
 
 MAX_SOURCE_BYTES = 256 * 1024
 MAX_REPLY_BYTES = 1 << 20
 START_SECONDS = 30.0
-"""Time a child has to start and load the source (imports included)."""
+"""Time a sandbox has to start and load the source (imports included)."""
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
+_ENV = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
+    """A python grader's limits: each call's wall clock, and its sandbox."""
+
     timeout_seconds: float = 60.0
-    memory_mb: int = 2048
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxLimits:
+        return cls(settings.python_grader_timeout_seconds, SandboxConfig(
+            bwrap=settings.sandbox_bwrap, uid=settings.sandbox_uid, memory_mb=settings.python_grader_memory_mb,
+            cpu_seconds=settings.python_grader_cpu_seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SandboxLimits:
+        return cls(float(data["timeout_seconds"]), SandboxConfig(**data["sandbox"]))
+
+    def problem(self) -> str | None:
+        """Why python graders cannot run on this host (None: they can)."""
+        return problem(self.sandbox.bwrap, self.sandbox.uid)
 
 
 class SandboxError(Exception):
     """The grader's code failed on one sample: ``kind`` is ``runtime`` (it
-    raised or returned a non-number), ``timeout``, ``crash`` (the process died)
-    or ``load`` (the source does not run or has no ``grade``)."""
+    raised, returned a non-number or replied garbage), ``timeout``, ``crash``
+    (the process died), ``load`` (the source does not run or has no
+    ``grade``) or ``unavailable`` (no sandbox can be built here)."""
 
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
         self.kind, self.detail = kind, detail
 
 
-def read_roots() -> list[str]:
-    """Folders the child may read: the standard library and installed packages."""
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)}
-    roots.add(os.path.dirname(os.__file__))
-    return sorted(roots)
-
-
 class PythonSandbox:
     def __init__(self, source: str, limits: SandboxLimits = SandboxLimits()):
         self.source, self.limits = source, limits
-        self._process: subprocess.Popen[bytes] | None = None
+        self._box: SandboxProcess | None = None
         self._buffer = b""
-        self.network_isolated: bool | None = None
-        """Whether the kernel gave the child its own network namespace (sockets are refused either way)."""
+        self._spent = 0.0
+        """Seconds this sandbox has spent in calls (bounds its CPU time, see the module docstring)."""
 
     def __enter__(self) -> PythonSandbox:
         return self
@@ -90,67 +99,80 @@ class PythonSandbox:
 
     def grade(self, sample: dict[str, Any], item: dict[str, Any]) -> float:
         """The reward ``grade(sample, item)`` returns; SandboxError otherwise."""
-        if self._process is None or self._process.poll() is not None:
+        if self._box is None or self._box.poll() is not None or self._spent > self.limits.sandbox.cpu_seconds / 2:
             self._start()
-        reply = self._call({"sample": sample, "item": item}, self.limits.timeout_seconds)
-        if "error" in reply:
-            raise SandboxError("runtime", reply["error"])
-        return float(reply["reward"])
+        try:
+            request = json.dumps({"sample": sample, "item": item}, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise SandboxError("runtime", f"the sample or item cannot be sent to the grader: {exc}") from None
+        started = time.monotonic()
+        reply = self._call(request, self.limits.timeout_seconds)
+        self._spent += time.monotonic() - started
+        reward = reply.get("reward")
+        if isinstance(reward, (int, float)) and not isinstance(reward, bool) and math.isfinite(reward) \
+                and set(reply) == {"reward"}:
+            return float(reward)
+        raise SandboxError("runtime", _error_text(reply, "grade() did not return a finite number"))
+
+    def check(self) -> str | None:
+        """Parse the source in a sandbox (nothing of it runs): what is wrong
+        with it, or None when it parses and defines a top-level ``grade``."""
+        self._open()
+        reply = self._call(json.dumps({"check": self.source}), START_SECONDS)
+        return None if reply == {"ok": True} else _error_text(reply, "could not be checked")
 
     def close(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
-        if process is not None:
-            for stream in (process.stdin, process.stdout):
-                if stream is not None:
-                    stream.close()
+        box, self._box = self._box, None
+        if box is not None:
+            box.kill()
 
     # ------------------------------------------------------------ internals
-    def _start(self) -> None:
+    def _open(self) -> None:
+        """A fresh sandboxed process (the source not loaded yet)."""
         self.close()
-        script = _CHILD.read_text()
-        config = {
-            "script": script,
-            "memory_bytes": int(self.limits.memory_mb) * 2**20,
-            "read_roots": read_roots(),
-            "hidden_roots": [str(Path(__file__).resolve().parents[1])],  # openft itself, wherever installed
-        }
-        self._buffer = b""
-        self._process = subprocess.Popen(
-            [sys.executable, "-I", "-c", script, "launch", json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={}, cwd="/", start_new_session=True, close_fds=True,
-        )
-        reply = self._call({"source": self.source}, START_SECONDS)
-        if "error" in reply:
-            self.close()
-            raise SandboxError("load", reply["error"])
-        self.network_isolated = bool(reply.get("network_isolated"))
-
-    def _call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        process = self._process
-        assert process is not None and process.stdin is not None and process.stdout is not None
+        config = {"rlimits": self.limits.sandbox.rlimits(), "nice": self.limits.sandbox.nice}
+        command = [sys.executable, "-I", "-c", _CHILD.read_text(), json.dumps(config)]
         try:
-            process.stdin.write(json.dumps(request).encode() + b"\n")
-            process.stdin.flush()
-            line = self._read_line(process, time.monotonic() + timeout)
-        except (BrokenPipeError, EOFError):
-            code = process.poll()
+            self._box = start(command, self.limits.sandbox, _ENV)
+        except SandboxUnavailable as exc:
+            raise SandboxError("unavailable", str(exc)) from None
+        self._buffer, self._spent = b"", 0.0
+
+    def _start(self) -> None:
+        self._open()
+        reply = self._call(json.dumps({"source": self.source}), START_SECONDS)
+        if reply != {"ok": True}:
             self.close()
-            raise SandboxError("crash", f"the grader process died (exit status {code})") from None
+            raise SandboxError("load", _error_text(reply, "the source did not load"))
+
+    def _call(self, request: str, timeout: float) -> dict[str, Any]:
+        box = self._box
+        assert box is not None
+        try:
+            box.stdin.write(request.encode() + b"\n")
+            box.stdin.flush()
+            line = self._read_line(box, time.monotonic() + timeout)
+        except (BrokenPipeError, EOFError):
+            code = box.poll()
+            self.close()
+            raise SandboxError("crash", _exit_reason(code)) from None
+        except OverflowError:
+            self.close()
+            raise SandboxError("runtime", f"the grader wrote a reply larger than {MAX_REPLY_BYTES} bytes") from None
         except TimeoutError:
             self.close()
             raise SandboxError("timeout", f"grade() did not return within {timeout:g} s") from None
-        return dict(json.loads(line))
+        try:
+            reply = json.loads(line, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            reply = None
+        if not isinstance(reply, dict):
+            self.close()
+            raise SandboxError("runtime", "the grader's process wrote something that is not a reply")
+        return reply
 
-    def _read_line(self, process: subprocess.Popen[bytes], deadline: float) -> bytes:
-        assert process.stdout is not None
-        fd = process.stdout.fileno()
+    def _read_line(self, box: SandboxProcess, deadline: float) -> bytes:
+        fd = box.stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -163,6 +185,24 @@ class PythonSandbox:
                 raise EOFError
             self._buffer += chunk
             if len(self._buffer) > MAX_REPLY_BYTES:
-                raise EOFError
+                raise OverflowError
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a reward")
+
+
+def _error_text(reply: dict[str, Any], fallback: str) -> str:
+    error = reply.get("error")
+    return error[:2000] if isinstance(error, str) and error else fallback
+
+
+def _exit_reason(code: int | None) -> str:
+    """bubblewrap exits 128 + N when the sandboxed process was killed by signal N."""
+    if code == 128 + 24:  # SIGXCPU
+        return "the grader's process used up its CPU time limit (OPENFT_PYTHON_GRADER_CPU_SECONDS)"
+    if code == 128 + 9:
+        return "the grader's process was killed (at its CPU time limit, or out of memory)"
+    return f"the grader's process died (exit status {code})"

@@ -10,7 +10,6 @@ against the organisation by the caller (:func:`judge_models` lists them).
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from openft.errors import InvalidRequest
@@ -107,20 +106,31 @@ def _check_text_similarity(grader: dict[str, Any], param: str, cosine_available:
 
 
 def _check_python(grader: dict[str, Any], param: str, _cosine: bool) -> None:
+    """Cheap checks only: the source is parsed in a sandbox by the caller
+    (:func:`python_sources`), never in the server's process."""
     source = _string(grader, "source", param)
-    if len(source.encode()) > MAX_SOURCE_BYTES:
+    try:
+        size = len(source.encode())
+    except UnicodeEncodeError:
+        raise invalid(f"{param}.source", "is not valid Unicode text (it holds a lone surrogate)") from None
+    if size > MAX_SOURCE_BYTES:
         raise invalid(f"{param}.source", f"is larger than {MAX_SOURCE_BYTES // 1024} KiB")
     if "image_tag" in grader:
         raise invalid(f"{param}.image_tag",
                       "is not supported: openft runs python graders with the server's own Python "
                       "(standard library and installed packages such as numpy); remove image_tag",
                       code="unsupported_image_tag")
-    try:
-        tree = ast.parse(source, "<grader>")
-    except SyntaxError as exc:
-        raise invalid(f"{param}.source", f"is not valid Python: {exc.msg} (line {exc.lineno})") from None
-    if not any(isinstance(node, ast.FunctionDef) and node.name == "grade" for node in tree.body):
-        raise invalid(f"{param}.source", "must define a top-level function grade(sample, item)")
+
+
+def python_sources(grader: dict[str, Any], param: str = "grader") -> list[tuple[str, str]]:
+    """(param of the grader, source) of every python grader, inside multi too."""
+    if grader["type"] == "python":
+        return [(param, grader["source"])]
+    if grader["type"] == "multi":
+        keyed = isinstance(grader["graders"], dict) and "type" not in grader["graders"]
+        return [found for index, (name, sub) in enumerate(sub_graders(grader).items())
+                for found in python_sources(sub, f"{param}.graders." + (name if keyed else str(index)))]
+    return []
 
 
 def _check_eval_input(grader: dict[str, Any], param: str) -> None:

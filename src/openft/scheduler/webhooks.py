@@ -19,8 +19,12 @@ seconds, ``webhook-signature`` ``v1,`` + base64 HMAC-SHA256 of
 Endpoints must be public: a URL whose host is, or resolves to, a loopback,
 private, link-local (cloud metadata), multicast or reserved address is
 refused when registered and again before every attempt (a name may resolve
-differently later), unless ``OPENFT_WEBHOOKS_ALLOW_PRIVATE=true``. Redirects
-are not followed.
+differently later), unless ``OPENFT_WEBHOOKS_ALLOW_PRIVATE=true``. IPv6
+addresses that embed an IPv4 address are judged by the one they embed. An
+attempt connects to the very address it checked (DNS rebinding cannot swap
+in another between the check and the connection), with the URL's host name
+in ``Host`` and as the TLS server name (the certificate is verified against
+it). Redirects are not followed; proxies from the environment are not used.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ import random
 import socket
 import time
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -55,27 +61,90 @@ class UnsafeURL(ValueError):
     """A webhook URL openft will not send to (the message says why)."""
 
 
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse what is not an http(s) URL to a public address (see the module docstring).
-    Resolves the host name (blocking: call it off the event loop)."""
+Resolver = Callable[[str, int], list[str]]
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (blocking)."""
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one delivery goes: the URL as registered, and the address that
+    was checked, which is the one connected to (a name that resolves
+    differently a moment later changes nothing)."""
+
+    url: str
+    address: str | None
+    """None when private endpoints are allowed (the name is then resolved as usual)."""
+
+    def request_url(self) -> str:
+        if self.address is None:
+            return self.url
+        parts = urlsplit(self.url)
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+
+    def host_header(self) -> str:
+        return urlsplit(self.url).netloc.rpartition("@")[2]
+
+
+def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve) -> Target:
+    """Refuse what is not an http(s) URL to a public address (see the module
+    docstring); the target to connect to otherwise. Resolves the host name
+    (blocking: call it off the event loop)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeURL("must be an http:// or https:// URL with a host")
-    if allow_private:
-        return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        raise UnsafeURL(f"its port is not a number ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURL("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("must not carry a user name or password")
+    if allow_private:
+        return Target(url, None)
+    try:
+        addresses = sorted(set(resolver(parts.hostname, port)))
+    except (OSError, ValueError, UnicodeError) as exc:
         raise UnsafeURL(f"its host {parts.hostname!r} does not resolve ({exc})") from exc
-    for address in sorted(addresses):
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        if not ip.is_global or ip.is_multicast:
+    if not addresses:
+        raise UnsafeURL(f"its host {parts.hostname!r} does not resolve")
+    for address in addresses:
+        if not is_public(ipaddress.ip_address(address.split("%", 1)[0])):
             raise UnsafeURL(
                 f"its host {parts.hostname!r} is the non-public address {address} (loopback, private, "
-                "link-local, multicast or reserved); set OPENFT_WEBHOOKS_ALLOW_PRIVATE=true to allow such endpoints"
+                "link-local, multicast or reserved, or an IPv6 address embedding one); set "
+                "OPENFT_WEBHOOKS_ALLOW_PRIVATE=true to allow such endpoints"
             )
+    return Target(url, addresses[0])
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A global unicast address; an IPv6 address that embeds an IPv4 one
+    (mapped, compatible, translated, NAT64, 6to4, Teredo) is judged by what
+    it embeds, so ``::127.0.0.1`` or ``64:ff9b::a9fe:a9fe`` is not public."""
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return True
+    if ip in NAT64_LOCAL:
+        return False
+    value = int(ip)
+    embedded: list[ipaddress.IPv4Address] = []
+    if value >> 32 in (0, 0xFFFF, 0xFFFF0000) or ip in NAT64:  # compatible, mapped, translated, NAT64
+        embedded.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        embedded.append(ip.sixtofour)
+    if ip.teredo is not None:
+        embedded.extend(ip.teredo)
+    return all(is_public(v4) for v4 in embedded)
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
@@ -102,20 +171,28 @@ def retry_delay(attempts: int, base: float, cap: float, rng: random.Random = ran
     return min(cap, base * 2 ** max(0, attempts - 1)) * rng.uniform(0.8, 1.2)
 
 
-async def post(settings: Settings, url: str, secrets: list[str], body: str) -> tuple[int | None, str | None]:
-    """Send one signed event: (HTTP status, error text or None when it was a 2xx)."""
+async def post(settings: Settings, url: str, secrets: list[str], body: str,
+               resolver: Resolver = resolve) -> tuple[int | None, str | None]:
+    """Send one signed event: (HTTP status, error text or None when it was a 2xx).
+    The name is resolved and checked once, and the request goes to the checked
+    address (with the URL's host in ``Host`` and as the TLS server name)."""
     import httpx
 
     try:
-        await asyncio.wait_for(asyncio.to_thread(check_url, url, allow_private=settings.webhooks_allow_private),
-                               settings.webhook_timeout_seconds)
+        target = await asyncio.wait_for(
+            asyncio.to_thread(check_url, url, allow_private=settings.webhooks_allow_private, resolver=resolver),
+            settings.webhook_timeout_seconds)
     except UnsafeURL as exc:
         return None, f"endpoint refused: {exc}"
     except (TimeoutError, asyncio.TimeoutError):
         return None, "endpoint refused: its host name did not resolve in time"
+    headers = {**signed_headers(secrets, body), "host": target.host_header()}
+    extensions = {"sni_hostname": urlsplit(url).hostname} if target.address is not None else {}
     try:
-        async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
-            response = await client.post(url, content=body.encode(), headers=signed_headers(secrets, body))
+        async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False,
+                                     trust_env=False) as client:
+            response = await client.post(target.request_url(), content=body.encode(), headers=headers,
+                                         extensions=extensions)
     except httpx.HTTPError as exc:
         return None, f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:

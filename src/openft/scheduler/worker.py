@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from openft.config import Settings
 from openft.domain import JobStatus, fine_tuned_name
 from openft.errors import Conflict, NotFound
+from openft.graders.sandbox import SandboxLimits
 from openft.integrations.sink import IntegrationSink
 from openft.scheduler import progress
 from openft.scheduler.executors.local import LocalExecutor, LocalRun
@@ -323,8 +324,7 @@ class Worker:
             nice=self.nice,
             judges=judges,
             grader_limits={
-                "timeout_seconds": self.settings.python_grader_timeout_seconds,
-                "memory_mb": self.settings.python_grader_memory_mb,
+                "python": SandboxLimits.from_settings(self.settings).to_dict(),
                 "embedding_model": str(self.settings.grader_embedding_model or "") or None,
             },
         )

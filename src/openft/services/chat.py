@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,7 @@ from openft.serving.types import (
     Completions,
     Failed,
     Finished,
+    GenerationParams,
     ModelRef,
     StopSignal,
     TokenEvent,
@@ -119,6 +120,23 @@ class Plan:
     grammar: str | None
     logprobs: int | None
     tool_names: set[str]  # functions the answer may call; empty: tool calls are not parsed
+    context: int  # the model's context length, prompt and completion together
+
+
+def fit_context(params: GenerationParams, prompt_tokens: int, context: int, *, explicit: bool) -> GenerationParams:
+    """The request's completion budget within the model's context: a prompt
+    that leaves no room, or an explicit ``max_tokens`` that does not fit, is a
+    400 ``context_length_exceeded`` (as OpenAI answers); the default budget
+    shrinks to the room left."""
+    room = context - prompt_tokens
+    if room < 1 or (explicit and params.max_new_tokens > room):
+        wanted = prompt_tokens + (params.max_new_tokens if explicit else 1)
+        raise InvalidRequest(
+            f"This model's maximum context length is {context} tokens. However, you requested {wanted} "
+            f"tokens ({prompt_tokens} in the messages, {wanted - prompt_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="messages", code="context_length_exceeded")
+    return params if params.max_new_tokens <= room else replace(params, max_new_tokens=room)
 
 
 class ChatService:
@@ -158,6 +176,8 @@ class ChatService:
         async with reader() as db:
             ref = await self.resolve(db, org_id, body.model)
         plan = await anyio.to_thread.run_sync(self.plan, ref, body)
+        params = fit_context(params, len(plan.prompt), plan.context,
+                             explicit=(body.max_completion_tokens or body.max_tokens) is not None)
         stop = StopSignal(self.settings.generation_timeout_seconds)
         submission = Submission()
         await anyio.to_thread.run_sync(lambda: self.generator.submit(
@@ -199,7 +219,7 @@ class ChatService:
             grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         names = {t["function"]["name"] for t in tools} if tools else set()
-        return Plan(prompt, grammar, logprobs, names)
+        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref))
 
     async def resolve(self, db: Db, org_id: str, model_id: str) -> ModelRef:
         tuned = await model_queries.read_tuned_weights(db, org_id, model_id)

@@ -48,7 +48,9 @@ class TrainingFileValidator:
     """Feed bytes with :meth:`feed`, then call :meth:`finish` for the summary."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending: list[bytes] = []
+        """Pieces of the unfinished last line (joined once, when its newline arrives:
+        a line that spans many chunks costs its length, not its length squared)."""
         self._line = 0
         self._format: FileFormat | None = None
         self._format_line = 0
@@ -58,8 +60,13 @@ class TrainingFileValidator:
     def feed(self, data: bytes) -> None:
         if self.error is not None:
             return
-        lines = (self._pending + data).split(b"\n")
-        self._pending = lines.pop()
+        if b"\n" not in data:
+            self._pending.append(data)
+            return
+        first, *lines, last = data.split(b"\n")
+        self._pending.append(first)
+        lines.insert(0, b"".join(self._pending))
+        self._pending = [last]
         for raw in lines:
             self._check_line(raw)
             if self.error is not None:
@@ -67,9 +74,9 @@ class TrainingFileValidator:
 
     def finish(self) -> FileSummary:
         """The file's format and example count; raises FileValidationError if bad."""
-        if self.error is None and self._pending:
-            self._check_line(self._pending)
-            self._pending = b""
+        pending, self._pending = b"".join(self._pending), []
+        if self.error is None and pending:
+            self._check_line(pending)
         if self.error is not None:
             raise self.error
         if self._format is None:
@@ -96,6 +103,8 @@ class TrainingFileValidator:
             example = json.loads(text)
         except json.JSONDecodeError as exc:
             raise _LineError("invalid_json", f"is not valid JSON: {exc.msg} (column {exc.colno}).")
+        except RecursionError:
+            raise _LineError("invalid_json", "is nested too deeply to be a fine-tuning example.")
         if not isinstance(example, dict):
             raise _LineError(
                 "invalid_line_type", f"must be a JSON object, got {type(example).__name__}."

@@ -171,6 +171,12 @@ class Generator:
             ids = ids["input_ids"]
         return list(ids)
 
+    def context_length(self, ref: ModelRef) -> int:
+        """Most tokens (prompt and completion together) the model takes."""
+        loaded = self._ready(ref)
+        config = loaded.model.config
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
+
     def submit(
         self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal,
         sink: Callable[[TokenEvent | Finished | Failed], None], *,

@@ -46,7 +46,8 @@ class RunConfig:
     """Reinforcement: the grader's judge models, ``{model: {"base": BaseWeights dict,
     "adapter_key": blob key or None}}``, resolved for the job's organisation."""
     grader_limits: dict[str, Any] = field(default_factory=dict)
-    """Reinforcement: python grader limits (``SandboxLimits`` fields) and ``embedding_model``."""
+    """Reinforcement: ``python``, the python graders' limits and sandbox
+    (``openft.graders.sandbox.SandboxLimits.to_dict``), and ``embedding_model``."""
 
     @property
     def model(self) -> str:

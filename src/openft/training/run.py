@@ -22,6 +22,7 @@ from openft.training.team import SOLO, Team
 
 def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     """Run the job's recipe as one rank of ``team`` (a Ray Train worker) or alone."""
+    from openft.graders.grader import GraderUnavailable
     from openft.training.common import ModelLoadError
     from openft.training.data import DataError
 
@@ -30,6 +31,9 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
         recipe(config, reporter, team)
     except DataError as exc:
         reporter.emit("failed", code=exc.code, message=str(exc), param="training_file")
+    except GraderUnavailable as exc:
+        reporter.emit("failed", code="python_grader_unavailable", param="method.reinforcement.grader",
+                      message=f"Python graders cannot run on this worker: {exc}.")
     except ModelLoadError as exc:
         reporter.emit("failed", code="model_load_failed", message=str(exc), param="model")
     except MemoryError:

@@ -14,10 +14,11 @@ from starlette.types import Receive, Scope, Send
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
+from openft.api.routing import OpenFTRoute
 from openft.schemas.chat import ChatCompletion, ChatCompletionRequest
 from openft.services.chat import ChatStream
 
-router = APIRouter(tags=["Chat"])
+router = APIRouter(tags=["Chat"], route_class=OpenFTRoute)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)

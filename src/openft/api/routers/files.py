@@ -10,11 +10,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
+from openft.api.routing import OpenFTRoute
 from openft.api.uploads import receive_upload
 from openft.schemas.files import DeleteFileResponse, ListFilesResponse, OpenAIFile
 from openft.services import files as service
 
-router = APIRouter(tags=["Files"])
+router = APIRouter(tags=["Files"], route_class=OpenFTRoute)
 
 _UPLOAD_BODY = {
     "requestBody": {

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx
+from openft.api.routing import OpenFTRoute
 from openft.schemas.graders import RunGraderRequest, ValidateGraderRequest
 
-router = APIRouter(prefix="/fine_tuning/alpha/graders", tags=["Graders"])
+router = APIRouter(prefix="/fine_tuning/alpha/graders", tags=["Graders"], route_class=OpenFTRoute)
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]

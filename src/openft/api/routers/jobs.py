@@ -9,7 +9,8 @@ from fastapi.responses import Response
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
-from openft.domain import JobSpec, JobStatus
+from openft.api.routing import OpenFTRoute
+from openft.domain import METADATA_MAX_PAIRS, JobSpec, JobStatus
 from openft.errors import InvalidRequest
 from openft.schemas.jobs import (
     FineTuningJob,
@@ -21,7 +22,7 @@ from openft.schemas.jobs import (
 from openft.services import estimates
 from openft.services import jobs as service
 
-router = APIRouter(prefix="/fine_tuning/jobs", tags=["Fine-tuning"])
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["Fine-tuning"], route_class=OpenFTRoute)
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
@@ -52,7 +53,8 @@ async def estimate_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep
     """openft extension: what the job would cost (the same body as create;
     nothing is created). See ``openft.training.estimate``."""
     spec = await _checked_spec(body, caller, ctx)
-    return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec)
+    async with ctx.estimates.slot(caller.org_id):
+        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec)
 
 
 @router.get("", response_model=ListFineTuningJobsResponse)
@@ -95,6 +97,10 @@ def _metadata_filter(request: Request) -> tuple[dict[str, str], bool]:
             pairs[name[len("metadata[") : -1]] = value
     if is_null and pairs:
         raise InvalidRequest("metadata=null cannot be combined with metadata[key].", param="metadata")
+    if len(pairs) > METADATA_MAX_PAIRS:
+        raise InvalidRequest(
+            f"Filter with at most {METADATA_MAX_PAIRS} metadata[key]=value pairs (a job carries at most "
+            f"{METADATA_MAX_PAIRS}); got {len(pairs)}.", param="metadata")
     return pairs, is_null
 
 

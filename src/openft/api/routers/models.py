@@ -10,10 +10,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
+from openft.api.routing import OpenFTRoute
 from openft.services import exports
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
 
-router = APIRouter(prefix="/models", tags=["Models"])
+router = APIRouter(prefix="/models", tags=["Models"], route_class=OpenFTRoute)
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
@@ -29,8 +30,8 @@ async def list_models(caller: CallerDep, ctx: CtxDep) -> Response:
 async def export_model(model_id: str, caller: CallerDep, ctx: CtxDep, merged: bool = False) -> Response:
     """openft extension: the model's weights as a Hugging Face folder in a tar
     archive, streamed (see ``openft.export``)."""
-    async with ctx.reader() as db:
-        export = await exports.prepare(ctx.settings, ctx.chat, db, caller.org_id, model_id, merged=merged)
+    export = await exports.prepare(ctx.settings, ctx.chat, ctx.reader, ctx.exports, caller.org_id, model_id,
+                                   merged=merged)
     return StreamingResponse(export.stream(), media_type="application/x-tar", headers={
         "Content-Disposition": f'attachment; filename="{export.name}.tar"',
         "X-OpenFT-Export-Kind": export.kind,

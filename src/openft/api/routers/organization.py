@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx
+from openft.api.routing import OpenFTRoute
 from openft.store.queries import orgs
 
-router = APIRouter(tags=["Organization"])
+router = APIRouter(tags=["Organization"], route_class=OpenFTRoute)
 
 
 @router.get("/me")

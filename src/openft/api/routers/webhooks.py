@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
+from openft.api.routing import OpenFTRoute
 from openft.schemas.webhooks import (
     DeletedWebhookEndpoint,
     ListWebhookEndpointsResponse,
@@ -22,7 +23,7 @@ from openft.schemas.webhooks import (
 )
 from openft.services import webhooks as service
 
-router = APIRouter(prefix="/webhook_endpoints", tags=["Webhooks"])
+router = APIRouter(prefix="/webhook_endpoints", tags=["Webhooks"], route_class=OpenFTRoute)
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]

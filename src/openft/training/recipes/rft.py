@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from openft import tool_format
-from openft.graders.grader import Grader, GradingContext
+from openft.graders.grader import Grader, GraderUnavailable, GradingContext
 from openft.graders.sandbox import SandboxLimits
 from openft.graders.templates import sample_namespace
 from openft.store.blobs import BlobStore
@@ -113,6 +113,8 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Grader, and the sampler (it copies the base model before the adapter is added).
     grader = Grader(config.method["reinforcement"]["grader"], grading_context(config, device))
+    if problem := grader.unavailable():
+        raise GraderUnavailable(problem)
     wanted = max(hp.batch_size * hp.group_size, len(valid) * hp.eval_samples)
     rollouts = Rollouts(model, tokenizer, device, lora=hp.training_type == "lora",
                         max_batch=max(hp.group_size, hp.eval_samples, min(wanted, MAX_SAMPLING_BATCH)))
@@ -208,7 +210,7 @@ def step_statistics(rewards: list[list[float]], groups: list[list[Any]], errors:
 def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
     """Sandbox limits and embedding model from the server's settings; a judge
     for model graders, served in this process by openft's own generator."""
-    limits = {k: v for k, v in config.grader_limits.items() if k in ("timeout_seconds", "memory_mb")}
+    limits = SandboxLimits.from_dict(config.grader_limits["python"])
     embedding = config.grader_limits.get("embedding_model")
     judge = None
     if config.judges:
@@ -229,7 +231,7 @@ def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
                 base, adapter = adapter, None  # a full fine-tune judges with its own weights
             refs[model_id] = ModelRef(model_id, base, adapter)
         judge = GeneratorJudge(Generator(16 * 2**30, device.type), refs, timeout_seconds=600)
-    return GradingContext(SandboxLimits(**limits), judge, Path(embedding) if embedding else None)
+    return GradingContext(limits, judge, Path(embedding) if embedding else None)
 
 
 def frozen_copy(model: Any) -> Any:
