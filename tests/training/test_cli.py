@@ -8,6 +8,7 @@ import sys
 import threading
 
 import pytest
+from conftest import require
 from support import REPO, Tenant, chat_file
 from test_jobs_train import TINY, wait_for
 
@@ -97,6 +98,7 @@ def test_pause_resume_cancel_commands(cli, training_server) -> None:
 
 
 def test_jobs_create_reinforcement_with_a_python_grader_file(cli, tmp_path) -> None:
+    require("sandbox")  # python graders run only in it
     prompts = [{"messages": [{"role": "user", "content": f"Say hi {i}."}], "target": "hi"} for i in range(10)]
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in prompts))

@@ -142,18 +142,6 @@ def test_cancel_stops_an_rft_job_in_the_middle_of_a_long_step(trainer: Tenant, f
     assert trainer.sdk.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
-def test_a_failing_python_grader_is_zero_reward_and_the_job_goes_on(trainer: Tenant, files) -> None:
-    snoop = {"type": "python", "name": "snoop",
-             "source": "def grade(sample, item):\n    return float(len(open('/etc/passwd').read()))\n"}
-    training, validation = files
-    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, validation_file=validation,
-                                              method=method(snoop, n_epochs=1), seed=2147483647)  # largest seed
-    done = wait_for(trainer, job.id, {"succeeded", "failed"})
-    assert done.status == "succeeded", done.error
-    rows = metrics_of(trainer, job.id)
-    assert all(r["grader_errors"] == 4 * 4 and r["train_reward_mean"] == 0 for r in rows)
-
-
 def test_model_graders_judge_with_a_served_model_inside_the_training_process(trainer: Tenant, files, finished) -> None:
     """The judges: a base model and a fine-tuned one (its adapter fetched from blob storage)."""
     judged = {"type": "multi", "name": "judged", "calculate_output": "0.4 * close + 0.3 * polite + 0.3 * rated",

@@ -79,6 +79,8 @@ LAYER_RULES = {
     "openft.schemas": ("openft.store", "openft.services", "openft.api"),
     "openft.serving": ("openft.services", "openft.api", "openft.store", "openft.scheduler"),
     "openft.graders": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training"),
+    "openft.sandbox": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training",
+                       "openft.graders", "openft.serving"),
 }
 
 

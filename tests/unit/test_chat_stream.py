@@ -100,6 +100,9 @@ class RecordingGenerator:
         self.shown = tools
         return [1, 2, 3]
 
+    def context_length(self, ref) -> int:
+        return 512
+
 
 def test_tool_choice_decides_what_the_model_sees_and_may_emit(tmp_path) -> None:
     from openft.schemas.chat import ChatCompletionRequest
@@ -119,3 +122,16 @@ def test_tool_choice_decides_what_the_model_sees_and_may_emit(tmp_path) -> None:
         assert generator.shown == [tool] and forced.tool_names == {"get_time"}
         assert "<tool_call>" in forced.grammar  # calls are held to the call grammar
     assert "TEXT" in plan(tool_choice="auto").grammar and "TEXT" not in plan(tool_choice="required").grammar
+
+
+def test_the_completion_budget_fits_the_models_context() -> None:
+    from openft.errors import InvalidRequest
+    from openft.serving.types import GenerationParams
+    from openft.services.chat import fit_context
+
+    assert fit_context(GenerationParams(max_new_tokens=256), 500, 512, explicit=False).max_new_tokens == 12
+    assert fit_context(GenerationParams(max_new_tokens=12), 500, 512, explicit=True).max_new_tokens == 12
+    for prompt, explicit in ((500, True), (512, False), (600, False)):
+        with pytest.raises(InvalidRequest) as refused:
+            fit_context(GenerationParams(max_new_tokens=100), prompt, 512, explicit=explicit)
+        assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "messages")

@@ -1,10 +1,9 @@
-"""Every grader type on hand-made samples with known rewards, the checks
-that point a 400 into a grader, and the python sandbox holding hostile code."""
+"""Every grader type on hand-made samples with known rewards, and the checks
+that point a 400 into a grader. Python graders, which need the sandbox, are
+in ``tests/security/test_python_grader.py``."""
 
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from openft.graders.judge import JudgeReply
 from openft.graders.sandbox import SandboxLimits
 from openft.graders.templates import sample_namespace
 
-LIMITS = SandboxLimits(timeout_seconds=2, memory_mb=1024)
+LIMITS = SandboxLimits(timeout_seconds=2)
 
 
 def grade(grader: dict, output: str, item: dict | None = None, **context) -> object:
@@ -97,70 +96,6 @@ def test_cosine_with_an_embedding_model(tiny_model_dir) -> None:
 
 
 PY_EXACT = "def grade(sample, item):\n    return 1.0 if sample['output_text'] == item['label'] else 0.0\n"
-
-
-def python_grader(source: str) -> dict:
-    return {"type": "python", "name": "py", "source": source}
-
-
-def test_python_grader_scores_and_keeps_one_process() -> None:
-    checked = spec.validate(python_grader(PY_EXACT))
-    with Grader(checked, GradingContext(LIMITS)) as built:
-        rewards = [built.grade(sample_namespace(out), {"label": "yes"}).reward for out in ("yes", "no", "yes")]
-        assert rewards == [1.0, 0.0, 1.0]
-        started = time.perf_counter()
-        for _ in range(50):
-            built.grade(sample_namespace("yes"), {"label": "yes"})
-        assert (time.perf_counter() - started) / 50 < 0.05  # no process start per sample
-
-
-HOSTILE = {
-    "loops forever": ("def grade(sample, item):\n    while True:\n        pass\n", "did not return within"),
-    "allocates 10 GB": ("def grade(sample, item):\n    block = bytearray(10 * 2**30)\n    return 1.0\n",
-                        "MemoryError"),
-    "opens a socket": ("import socket\ndef grade(sample, item):\n"
-                       "    socket.create_connection(('127.0.0.1', 5432), timeout=2)\n    return 1.0\n",
-                       "does not allow socket"),
-    "reads /etc/passwd": ("def grade(sample, item):\n    return float(len(open('/etc/passwd').read()))\n",
-                          "does not allow opening /etc/passwd"),
-    "reads the server's environment": (
-        "import os\ndef grade(sample, item):\n"
-        "    return float(len(open(f'/proc/{os.getppid()}/environ', 'rb').read()))\n", "does not allow opening /proc"),
-    "reads openft's files": ("import openft\ndef grade(sample, item):\n    return 1.0\n", "does not allow opening"),
-    "runs a command": ("import subprocess\ndef grade(sample, item):\n    return float(subprocess.call(['id']))\n",
-                       "does not allow subprocess"),
-    "uses ctypes": ("def grade(sample, item):\n    import ctypes\n    return 1.0\n", "does not allow ctypes"),
-    "returns text": ("def grade(sample, item):\n    return 'yes'\n", "must return a finite number"),
-    "raises": ("def grade(sample, item):\n    raise ValueError('bad sample')\n", "ValueError: bad sample"),
-}
-
-
-@pytest.mark.parametrize("case", HOSTILE)
-def test_python_grader_contains_hostile_code(case: str) -> None:
-    source, reason = HOSTILE[case]
-    checked = spec.validate(python_grader(source))
-    with Grader(checked, GradingContext(LIMITS)) as built:
-        started = time.perf_counter()
-        graded = built.grade(sample_namespace("yes"), {"label": "yes"})
-        assert time.perf_counter() - started < LIMITS.timeout_seconds + 5
-        assert graded.reward == 0.0
-        assert graded.errors["python_grader_runtime_error"] is True
-        assert reason in graded.errors["python_grader_runtime_error_details"]
-        # The grader goes on working after it (a new process where the old one was killed).
-        assert built.grade(sample_namespace("yes"), {"label": "yes"}).reward == 0.0
-
-
-def test_python_grader_sees_no_server_environment(monkeypatch) -> None:
-    monkeypatch.setenv("OPENFT_SECRET_FOR_TEST", "hunter2")
-    source = "import os\ndef grade(sample, item):\n    return float('OPENFT_SECRET_FOR_TEST' in os.environ)\n"
-    assert grade(python_grader(source), "x").reward == 0.0
-    assert os.environ["OPENFT_SECRET_FOR_TEST"] == "hunter2"
-
-
-def test_python_grader_may_import_the_standard_library_and_numpy() -> None:
-    source = ("import json, math, re\nimport numpy as np\n"
-              "def grade(sample, item):\n    return float(np.mean([math.sqrt(4), len(re.findall('a', 'aa'))]))\n")
-    assert grade(python_grader(source), "x").reward == 2.0
 
 
 class FakeJudge:
@@ -259,8 +194,6 @@ def test_formula_is_arithmetic_only() -> None:
      "grader.input", "outside the template namespaces"),
     ({"type": "string_check", "name": "x", "input": "a", "reference": "b", "operation": "eq", "extra": 1},
      "grader.extra", "is not a field"),
-    ({"type": "python", "name": "x", "source": "def grade(sample, item)\n    return 1"}, "grader.source", "line 1"),
-    ({"type": "python", "name": "x", "source": "def other():\n    return 1\n"}, "grader.source", "grade(sample, item)"),
     ({"type": "python", "name": "x", "source": PY_EXACT, "image_tag": "2025-05-08"}, "grader.image_tag", "not supported"),
     (dict(SCORE, range=[1, 0]), "grader.range", "low < high"),
     (dict(SCORE, sampling_params={"reasoning_effort": "high"}), "grader.sampling_params.reasoning_effort", "do not reason"),

@@ -42,7 +42,8 @@ def strict_json(body: bytes) -> Any:
         value = json.loads(body)
     except RecursionError:
         raise InvalidBody("The JSON body is nested too deeply.") from None
-    if SURROGATE_ESCAPE.search(body) and (where := _lone_surrogate(value)) is not None:
+    if SURROGATE_ESCAPE.search(body) and (found := _lone_surrogate(value)) is not None:
+        where = found.encode("utf-8", "backslashreplace").decode()  # a key may hold the surrogate
         raise InvalidBody(f"Invalid '{where}': the text holds a lone surrogate escape (\\ud800 to "
                           "\\udfff without its pair), which is not valid Unicode.", param=where or None)
     return value

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from openft.sandbox import seccomp
+from openft.sandbox.seccomp import SeccompUnavailable, program_fd
 
 SHM_BYTES = 8 * 2**20
 """Size of ``/dev/shm`` (POSIX semaphores and shared memory of ``multiprocessing``)."""
@@ -149,8 +149,8 @@ def start(command: list[str], config: SandboxConfig, env: dict[str, str]) -> San
             f"bubblewrap ({config.bwrap!r}) is not installed: install Debian's 'bubblewrap' package "
             "(make run does, as root) or set OPENFT_SANDBOX_BWRAP to its path")
     try:
-        program = seccomp.program_fd()
-    except seccomp.SeccompUnavailable as exc:
+        program = program_fd()
+    except SeccompUnavailable as exc:
         raise SandboxUnavailable(f"{exc}: install libseccomp2 and the pyseccomp package") from exc
     info_read, info_write = os.pipe()
     block_read, block_write = os.pipe()
