@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from openft.config import load_settings
 from openft.services.chat import ChatService, Plan
 from openft.serving.types import Failed, Finished, StopSignal, TokenEvent
