@@ -105,6 +105,12 @@ def grade(sample, item):
     status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())
     if int(status['CapEff'], 16) or int(status['CapBnd'], 16):
         leaks.append('capabilities')
+    if os.getpid() != 1:  # the grader is the namespace's first process: no one without its limits
+        leaks.append(f'a process before the grader ({open("/proc/1/cmdline").read()!r})')
+    limits = [line.split() for line in open('/proc/1/limits')]
+    if ['Max', 'processes', '16', '16'] not in [l[:4] for l in limits] or \
+            ['Max', 'address', 'space', '536870912', '536870912'] not in [l[:5] for l in limits]:
+        leaks.append('unlimited processes or memory')
     if status['NoNewPrivs'].strip() != '1' or status['Seccomp'].strip() != '2':
         leaks.append('no_new_privs or seccomp off')
     if leaks:
@@ -202,7 +208,7 @@ SOCKETS = """
 import socket
 def grade(sample, item):
     reached = []
-    kinds = [(socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_DGRAM),
+    kinds = [(socket.AF_UNIX, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_DGRAM),
              (socket.AF_INET6, socket.SOCK_STREAM), (socket.AF_NETLINK, socket.SOCK_RAW),
              (socket.AF_PACKET, socket.SOCK_RAW), (40, socket.SOCK_STREAM), (38, socket.SOCK_SEQPACKET)]
     for family, kind in kinds:  # 40: AF_VSOCK, 38: AF_ALG
@@ -211,12 +217,11 @@ def grade(sample, item):
             reached.append(f'socket family {family}')
         except OSError:
             pass
-    for path in ('/run/postgresql/.s.PGSQL.5432', '/var/run/postgresql/.s.PGSQL.5432', '\\0openft'):
-        try:
-            socket.socket(socket.AF_UNIX).connect(path)
-            reached.append(path)
-        except OSError:
-            pass
+    try:
+        socket.socketpair()
+        reached.append('a socket pair')
+    except OSError:
+        pass
     try:
         socket.create_connection(('127.0.0.1', item['port']), timeout=2)
         reached.append('the server')
@@ -240,7 +245,9 @@ def grade(sample, item):
              'mount': lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None),
              'ptrace': lambda: libc.ptrace(0, 0, None, None),
              'setuid(0)': lambda: libc.setuid(0),
-             'chroot': lambda: libc.chroot(b'/tmp')}
+             'chroot': lambda: libc.chroot(b'/tmp'),
+             'shmget (System V shared memory)': lambda: libc.shmget(0, 2**27, 0o1600),
+             'memfd_create': lambda: libc.memfd_create(b'x', 0)}
     if os.uname().machine == 'x86_64':
         calls.update({'bpf': lambda: libc.syscall(321, 0, None, 0),
                       'keyctl': lambda: libc.syscall(250, 0, 0, 0, 0, 0),
@@ -290,7 +297,8 @@ def grade(sample, item):
 
 
 @pytest.mark.parametrize("reply", ["b'{\"reward\": NaN}\\n'", "b'{\"reward\": 1e999}\\n'", "b'{\"reward\": true}\\n'",
-                                   "b'garbage\\n'", "b'{\"reward\": 1.0, \"extra\": 1}\\n'", "b'x' * (3 * 2**20)"])
+                                   "b'garbage\\n'", "b'{\"reward\": 1.0, \"extra\": 1}\\n'", "b'x' * (3 * 2**20)",
+                                   "b'{\"reward\": 1' + b'0' * 400 + b'}\\n'"])
 def test_a_reply_the_grader_writes_itself_is_a_runtime_error(attacker: Tenant, reply: str) -> None:
     detail = failure(run(attacker, f"REPLY = {reply}\n" + FORGE))
     assert "not a reply" in detail or "finite number" in detail or "larger than" in detail

@@ -3,7 +3,9 @@
 :mod:`openft.graders.sandbox` for the protocol.
 
 Before it reads anything it was sent it sets its resource limits (the
-hard ones cannot be raised later), lowers its priority, makes
+hard ones cannot be raised later), takes only the CPU time nothing else
+wants (``SCHED_IDLE``), volunteers to be the first process the kernel kills
+when the host runs out of memory, makes
 ``SIGXFSZ`` an error instead of a kill, and keeps the original stdout for
 its replies while the user's code writes to ``/dev/null``. Then it reads
 requests, one JSON line each, from stdin: ``check`` (parse a source, run
@@ -40,7 +42,9 @@ def main(config_text):
     config = json.loads(config_text)
     for name, (soft, hard) in config["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    os.nice(config["nice"])
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # only the CPU nothing else wants
+    with open("/proc/self/oom_score_adj", "w") as adj:
+        adj.write("1000")  # first to go if the host runs out of memory
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     null = os.open(os.devnull, os.O_WRONLY)

@@ -12,10 +12,13 @@ Its replies are the user's to forge (the code can write to the reply pipe
 itself), so they are read as hostile: at most ``MAX_REPLY_BYTES`` a line,
 strict JSON (no ``NaN``), and anything but ``{"reward": <finite number>}``
 or ``{"error": <text>}`` is the sample's runtime error. Each call has a
-wall-clock limit (``OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS``) after which the
-sandbox is killed and a fresh one serves the next sample; the sandbox's
-CPU time limit (``OPENFT_PYTHON_GRADER_CPU_SECONDS``) counts over its life,
-so a sandbox that has spent half of it in calls is replaced before the next.
+wall-clock limit (``OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS``), writing the
+request included, after which the sandbox is killed and a fresh one serves
+the next sample. After every call the sandbox must be back to its one
+process and thread, and within half its CPU time
+(``OPENFT_PYTHON_GRADER_CPU_SECONDS``, counted over its life with every
+child it waited for); otherwise it is killed then, and replaced. So nothing
+a call starts outlives it, and nothing runs between calls.
 
 Whatever the code does (raise, loop, exhaust memory, crash, lie), the
 caller gets a :class:`SandboxError` with what happened, which the grader
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import select
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -88,8 +92,6 @@ class PythonSandbox:
         self.source, self.limits = source, limits
         self._box: SandboxProcess | None = None
         self._buffer = b""
-        self._spent = 0.0
-        """Seconds this sandbox has spent in calls (bounds its CPU time, see the module docstring)."""
 
     def __enter__(self) -> PythonSandbox:
         return self
@@ -99,26 +101,34 @@ class PythonSandbox:
 
     def grade(self, sample: dict[str, Any], item: dict[str, Any]) -> float:
         """The reward ``grade(sample, item)`` returns; SandboxError otherwise."""
-        if self._box is None or self._box.poll() is not None or self._spent > self.limits.sandbox.cpu_seconds / 2:
-            self._start()
         try:
             request = json.dumps({"sample": sample, "item": item}, allow_nan=False)
         except (ValueError, TypeError, RecursionError) as exc:
             raise SandboxError("runtime", f"the sample or item cannot be sent to the grader: {exc}") from None
-        started = time.monotonic()
-        reply = self._call(request, self.limits.timeout_seconds)
-        self._spent += time.monotonic() - started
+        if self._box is None or self._box.poll() is not None:
+            self._start()
+        try:
+            reply = self._call(request, self.limits.timeout_seconds)
+        finally:
+            self._settle()
         reward = reply.get("reward")
-        if isinstance(reward, (int, float)) and not isinstance(reward, bool) and math.isfinite(reward) \
-                and set(reply) == {"reward"}:
-            return float(reward)
+        if isinstance(reward, (int, float)) and not isinstance(reward, bool) and set(reply) == {"reward"}:
+            try:
+                value = float(reward)
+            except OverflowError:  # an integer of hundreds of digits
+                value = math.inf
+            if math.isfinite(value):
+                return value
         raise SandboxError("runtime", _error_text(reply, "grade() did not return a finite number"))
 
     def check(self) -> str | None:
         """Parse the source in a sandbox (nothing of it runs): what is wrong
         with it, or None when it parses and defines a top-level ``grade``."""
         self._open()
-        reply = self._call(json.dumps({"check": self.source}), START_SECONDS)
+        try:
+            reply = self._call(json.dumps({"check": self.source}), START_SECONDS)
+        finally:
+            self.close()
         return None if reply == {"ok": True} else _error_text(reply, "could not be checked")
 
     def close(self) -> None:
@@ -130,13 +140,14 @@ class PythonSandbox:
     def _open(self) -> None:
         """A fresh sandboxed process (the source not loaded yet)."""
         self.close()
-        config = {"rlimits": self.limits.sandbox.rlimits(), "nice": self.limits.sandbox.nice}
+        config = {"rlimits": self.limits.sandbox.rlimits()}
         command = [sys.executable, "-I", "-c", _CHILD.read_text(), json.dumps(config)]
         try:
             self._box = start(command, self.limits.sandbox, _ENV)
         except SandboxUnavailable as exc:
             raise SandboxError("unavailable", str(exc)) from None
-        self._buffer, self._spent = b"", 0.0
+        self._buffer = b""
+        os.set_blocking(self._box.stdin.fileno(), False)
 
     def _start(self) -> None:
         self._open()
@@ -145,15 +156,29 @@ class PythonSandbox:
             self.close()
             raise SandboxError("load", _error_text(reply, "the source did not load"))
 
+    def _settle(self) -> None:
+        """After a call: a sandbox in which something the code started still
+        runs, or which has used half its CPU time, is replaced before the next
+        call (so nothing outlives a call, and no sandbox runs out mid-sample)."""
+        box = self._box
+        if box is not None and (not box.only_the_command_runs()
+                                or box.cpu_seconds() > self.limits.sandbox.cpu_seconds / 2):
+            self.close()
+
     def _call(self, request: str, timeout: float) -> dict[str, Any]:
         box = self._box
         assert box is not None
+        deadline = time.monotonic() + timeout
         try:
-            box.stdin.write(request.encode() + b"\n")
-            box.stdin.flush()
-            line = self._read_line(box, time.monotonic() + timeout)
+            self._write(box, request.encode() + b"\n", deadline)
+            line = self._read_line(box, deadline)
         except (BrokenPipeError, EOFError):
             code = box.poll()
+            if code is None:
+                try:
+                    code = box.process.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    code = None
             self.close()
             raise SandboxError("crash", _exit_reason(code)) from None
         except OverflowError:
@@ -171,15 +196,25 @@ class PythonSandbox:
             raise SandboxError("runtime", "the grader's process wrote something that is not a reply")
         return reply
 
+    @staticmethod
+    def _write(box: SandboxProcess, data: bytes, deadline: float) -> None:
+        """All of ``data`` into the sandbox's stdin, or TimeoutError at the
+        deadline (a sandbox that stops reading cannot hold this thread)."""
+        fd = box.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            if not _wait(fd, select.POLLOUT, deadline):
+                raise TimeoutError
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                continue
+
     def _read_line(self, box: SandboxProcess, deadline: float) -> bytes:
         fd = box.stdout.fileno()
         while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not _wait(fd, select.POLLIN, deadline):
                 raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                continue
             chunk = os.read(fd, 65536)
             if not chunk:
                 raise EOFError
@@ -188,6 +223,15 @@ class PythonSandbox:
                 raise OverflowError
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+
+def _wait(fd: int, event: int, deadline: float) -> bool:
+    """Whether ``fd`` is ready for ``event`` (or hung up) before the deadline;
+    poll, not select, so any fd number works."""
+    poller = select.poll()
+    poller.register(fd, event | select.POLLHUP | select.POLLERR)
+    remaining = deadline - time.monotonic()
+    return remaining > 0 and bool(poller.poll(remaining * 1000))
 
 
 def _refuse_constant(name: str) -> None:
