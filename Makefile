@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft clean
+.PHONY: run test test-examples setup chromium sandbox bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-start clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,9 @@ bench-dpo: $(STAMP)
 
 bench-ray: $(STAMP)
 	$(BIN)/python bench/ray_overhead.py
+
+bench-start: $(STAMP)
+	$(BIN)/python bench/job_start.py
 
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py

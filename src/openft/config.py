@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         True, description="Run the training worker inside `openft serve` (false: API only)."
     )
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs one worker trains at once.")
+    warm_start: bool = Field(
+        True, description="Local training processes fork from a zygote process that has imported the ML "
+        "stack once (started with the worker), instead of importing it again for every job. false: "
+        "each job starts a new Python."
+    )
     lease_seconds: float = Field(
         30.0, gt=0, description="A running job whose worker sent no heartbeat for this long "
         "is re-queued (and resumes from its last checkpoint)."

@@ -79,7 +79,7 @@ def make_executor(settings: Settings) -> LocalExecutor | RayExecutor:
         executor = RayExecutor(settings)
         executor.connect()
         return executor
-    return LocalExecutor(settings.home / "runs")
+    return LocalExecutor(settings.home / "runs", warm=settings.warm_start)
 
 
 class Unstartable(Exception):
@@ -123,6 +123,8 @@ class Worker:
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
         log.info("worker %s started (max %d concurrent jobs)", self.id, self.settings.max_concurrent_jobs)
+        if isinstance(self.executor, LocalExecutor):
+            await self.executor.start()
         try:
             while not self._stopping.is_set():
                 try:
@@ -151,6 +153,8 @@ class Worker:
         await asyncio.gather(*self.running.values(), return_exceptions=True)
         if self.closing:
             await asyncio.wait(self.closing, timeout=10)
+        if isinstance(self.executor, LocalExecutor):
+            await self.executor.close()
 
     # ---------------------------------------------------------------- claims
     async def claim(self) -> Job | None:

@@ -65,7 +65,7 @@ def _recipe(method: str):  # type: ignore[no-untyped-def]
     raise ValueError(f"no recipe for method {method!r}")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """If the worker that launched us dies, die too (its job will be re-queued and
     resumed elsewhere; an orphan would train on and write the same keys)."""
     parent = int(os.environ.get("OPENFT_PARENT_PID", "0") or 0)
@@ -82,7 +82,7 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     reporter = PipeReporter.from_stdout()
     config = RunConfig.load(Path(sys.argv[1]))
