@@ -236,8 +236,9 @@ def chat_file(n: int = 12) -> bytes:
     return jsonl([chat_example(i) for i in range(n)])
 
 
-def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
-    """Save a tiny random LlamaForCausalLM plus the bundled tokenizer into ``folder``."""
+def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0, positions: int = 8192) -> Path:
+    """Save a tiny random LlamaForCausalLM plus the bundled tokenizer into
+    ``folder``; its context is ``positions`` tokens (the bundled model's 8192)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -253,7 +254,7 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -57,11 +57,16 @@ class Victim:
 
 
 @pytest.fixture(scope="session")
-def hostile_server(make_server, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
-    """The tier's server (API only); its model list holds ``local/tiny`` for chat cases."""
+def hostile_server(make_server, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """The tier's server (API only); its model list holds ``local/tiny``, a tiny
+    model whose context is 512 tokens, for chat cases."""
+    from support import build_tiny_model
+
     require("sandbox")
-    models = tmp_path_factory.mktemp("security-models") / "models.json"
-    models.write_text(json.dumps({"local/tiny": str(tiny_model_dir)}))
+    folder = tmp_path_factory.mktemp("security-models")
+    tiny = build_tiny_model(folder / "tiny", positions=512)
+    models = folder / "models.json"
+    models.write_text(json.dumps({"local/tiny": str(tiny)}))
     return make_server("sqlite", OPENFT_MODELS_FILE=str(models), **SECURITY_ENV)
 
 

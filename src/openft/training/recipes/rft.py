@@ -210,7 +210,8 @@ def step_statistics(rewards: list[list[float]], groups: list[list[Any]], errors:
 def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
     """Sandbox limits and embedding model from the server's settings; a judge
     for model graders, served in this process by openft's own generator."""
-    limits = SandboxLimits.from_dict(config.grader_limits["python"])
+    python = config.grader_limits.get("python")
+    limits = SandboxLimits.from_dict(python) if python else SandboxLimits()
     embedding = config.grader_limits.get("embedding_model")
     judge = None
     if config.judges:
