@@ -72,6 +72,7 @@ def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bund
     assert base.choices[0].message.content.startswith(before)  # the CLI printed its first line first
 
 
+@pytest.mark.example
 def test_first_job_on_a_fresh_home_trains_like_every_later_one(make_training_server) -> None:
     """A run is a function of seed, data and hyperparameters only: the first
     job on a fresh home (whose training process converts the bundled model)

@@ -236,6 +236,7 @@ def test_rft_raises_the_mean_reward_on_a_task_built_for_it(tmp_path: Path, tiny_
     assert sum(r["train_reward_mean"] for r in rows[-2:]) > sum(r["train_reward_mean"] for r in rows[:2])
 
 
+@pytest.mark.example
 def test_readme_rft_example_raises_the_bundled_models_validation_reward(make_training_server, bundled_model_dir) -> None:
     """README "Reinforcement fine-tuning", its Python block run as printed:
     the bundled model's mean validation reward after one epoch is clearly
