@@ -27,6 +27,7 @@ run: $(STAMP) sandbox
 	$(BIN)/openft serve
 
 test: $(STAMP) chromium sandbox
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
 # Python graders run only inside a bubblewrap sandbox whose seccomp filter

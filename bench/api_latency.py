@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -50,10 +50,9 @@ async def seed(home: Path, database_url: str | None) -> tuple[str, list[str]]:
 
     from openft.cli import create_api_key
     from openft.config import load_settings
-    from openft.store.db import create_engine
+    from openft.store.db import create_engine, create_session_factory
     from openft.store.queries.orgs import read_org_by_name
     from openft.store.tables import Job
-    from openft.store.db import create_session_factory
 
     overrides: dict[str, object] = {"home": home}
     if database_url:
@@ -61,7 +60,7 @@ async def seed(home: Path, database_url: str | None) -> tuple[str, list[str]]:
     settings = load_settings(**overrides)
     key = await create_api_key(settings, "bench")
     engine = create_engine(settings.resolved_database_url)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with create_session_factory(engine)() as session, session.begin():
         org = await read_org_by_name(session, "bench")
         assert org is not None

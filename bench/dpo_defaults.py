@@ -57,7 +57,7 @@ def questions() -> list[tuple[str, str, str]]:
                             ("sheep", "baa"), ("owl", "hoot"), ("lion", "roar"), ("snake", "hiss"),
                             ("horse", "neigh"), ("pig", "oink"), ("frog", "ribbit"), ("bee", "buzz")]]
     mixed = []
-    for group in zip(capital, opposite, sums, animals + animals[:4]):
+    for group in zip(capital, opposite, sums, animals + animals[:4], strict=False):
         mixed.extend(group)
     return mixed[:60]
 

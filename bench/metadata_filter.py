@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import statistics
 import tempfile
@@ -81,7 +82,7 @@ async def plant_needles(engine, size: int) -> None:
         for k in range(NEEDLES):
             seed = 1 + k * (size - 1) // (NEEDLES - 1)
             seq = (await conn.execute(text("SELECT seq FROM fine_tuning_jobs WHERE seed = :s"), {"s": seed})).scalar()
-            metadata = '{"run": "%d", "team": "needle"}' % seed
+            metadata = json.dumps({"run": str(seed), "team": "needle"})
             cast = "json(:m)" if engine.dialect.name == "sqlite" else "CAST(:m AS jsonb)"
             await conn.execute(text(f"UPDATE fine_tuning_jobs SET metadata = {cast} WHERE seq = :q"),
                                {"m": metadata, "q": seq})

@@ -86,9 +86,11 @@ def main() -> None:
                 servers.append(Server(home=home, extra_env={**common, **env}).start())
             local, ray = (Tenant(s, "default", s.api_key) for s in servers)
             data = chat_file(args.examples)
-            files = [t.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id for t in (local, ray)]
+            files = [t.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
+                     for t in (local, ray)]
             # Warm-up: converts the bundled model once (shared folder) and starts each path once.
-            warm = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": args.examples}}}
+            warm = {"type": "supervised",
+                    "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": args.examples}}}
             timed_job(local, files[0], warm, None)
             timed_job(ray, files[1], warm, None)
             rows.append(("local", timed_job(local, files[0], method, None)))

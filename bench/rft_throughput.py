@@ -121,7 +121,8 @@ def run_trl(args: argparse.Namespace, tuned: bool = False) -> dict:
     rewards_seen: list[list[float]] = []
 
     def reward(completions, label, **_):
-        scores = [grade({"output_text": c[0]["content"]}, {"label": y}) for c, y in zip(completions, label)]
+        scores = [grade({"output_text": c[0]["content"]}, {"label": y})
+                  for c, y in zip(completions, label, strict=True)]
         rewards_seen.append(scores)
         return scores
 

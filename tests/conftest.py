@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from support import Server, Tenant
 
 POSTGRES_URL = os.environ.get(
@@ -108,7 +109,7 @@ def require(tier: str) -> None:
     message = f"the {tier} tier cannot run here: {problem}"
     if IN_CI:
         pytest.fail(f"{message} (CI=true: the {tier} tier may not be skipped)")
-    warnings.warn(message)
+    warnings.warn(message, stacklevel=2)
     pytest.skip(f"SKIPPED {tier} tier: {message}")
 
 

@@ -215,8 +215,8 @@ class RayCluster:
         import json
 
         code = (
-            "import json, ray; ray.init(address=%r, log_to_driver=False, configure_logging=False); "
-            "print(json.dumps(ray.cluster_resources()))" % self.address
+            f"import json, ray; ray.init(address={self.address!r}, log_to_driver=False, configure_logging=False); "
+            "print(json.dumps(ray.cluster_resources()))"
         )
         try:
             result = subprocess.run(

@@ -48,7 +48,8 @@ def _key_file() -> str | None:
 def client_options(command: Any) -> Any:
     command = click.option("--json", "as_json", is_flag=True, help="Print API objects as JSON.")(command)
     command = click.option("--api-key", default=None, help="API key (default: OPENFT_API_KEY).")(command)
-    command = click.option("--base-url", default=None, help=f"API base URL (default: OPENFT_BASE_URL or {DEFAULT_BASE_URL}).")(command)
+    command = click.option("--base-url", default=None,
+                           help=f"API base URL (default: OPENFT_BASE_URL or {DEFAULT_BASE_URL}).")(command)
     return command
 
 
@@ -81,10 +82,11 @@ def _print(client: Client, obj: Any, rows: list[list[str]], headers: list[str]) 
         data = obj.model_dump() if hasattr(obj, "model_dump") else obj
         click.echo(json.dumps(data, indent=2, default=str))
         return
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    click.echo(click.style("  ".join(h.ljust(w) for h, w in zip(headers, widths)), bold=True))
+    columns = zip(headers, *rows, strict=True)
+    widths = [max(len(str(x)) for x in column) for column in columns]
+    click.echo(click.style("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), bold=True))
     for row in rows:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
 
 
 def _when(timestamp: int | None) -> str:
@@ -176,7 +178,8 @@ def _file_id(client: Client, value: str | None) -> str | None:
 @client_options
 @_api_errors
 def jobs_create(model: str, training_file: str, validation_file: str | None, method: str,
-                grader_path: str | None, epochs: int | None, batch_size: int | None, learning_rate_multiplier: float | None,
+                grader_path: str | None, epochs: int | None, batch_size: int | None,
+                learning_rate_multiplier: float | None,
                 beta: float | None, training_type: str | None, reasoning_effort: str | None,
                 suffix: str | None, seed: int | None, dry_run: bool,
                 base_url: str | None, api_key: str | None, as_json: bool) -> None:

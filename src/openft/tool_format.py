@@ -97,10 +97,11 @@ def to_template_messages(
             role = "system"
         if style == "native":
             if calls:
+                functions = [c.get("function") or c for c in calls]
                 out.append({"role": "assistant", "content": content, "tool_calls": [
-                    {"type": "function", "function": {"name": (c.get("function") or c).get("name"),
-                                                      "arguments": _arguments((c.get("function") or c).get("arguments"))}}
-                    for c in calls]})
+                    {"type": "function",
+                     "function": {"name": f.get("name"), "arguments": _arguments(f.get("arguments"))}}
+                    for f in functions]})
             elif role in ("tool", "function"):
                 out.append({"role": "tool", "content": content})
             else:

@@ -11,6 +11,7 @@ import sys
 import httpx
 import openai
 import pytest
+
 from support import SMOLLM, Server, Tenant, chat_file
 
 pytestmark = pytest.mark.api

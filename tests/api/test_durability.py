@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
+
 from support import SMOLLM, Server, Tenant, chat_example, chat_file
 
 pytestmark = pytest.mark.api

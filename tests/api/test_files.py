@@ -7,6 +7,7 @@ import json
 
 import openai
 import pytest
+
 from support import Tenant, assert_matches_schema, chat_example, chat_file, jsonl
 
 pytestmark = pytest.mark.api

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+
 from conftest import require
 from support import Server, Tenant, assert_matches_schema
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 import pytest
+
 from support import SMOLLM, Tenant, assert_matches_schema, chat_file, jsonl, preference_example
 
 pytestmark = pytest.mark.api
@@ -63,7 +64,8 @@ class TestCreateAndRead:
             suffix="my-model",
             seed=42,
             metadata={"team": "search"},
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}}},
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}}},
             integrations=[],
         )
         assert (job.seed, job.metadata, job.validation_file) == (42, {"team": "search"}, validation)
@@ -201,7 +203,8 @@ class TestListing:
             tenant.sdk.fine_tuning.jobs.cancel(job_id)
         with tenant.http() as http:
             first = http.get("/fine_tuning/jobs", params={"status": "cancelled", "limit": 2}).json()
-            rest = http.get("/fine_tuning/jobs", params={"status": "cancelled", "after": first["data"][-1]["id"]}).json()
+            after = first["data"][-1]["id"]
+            rest = http.get("/fine_tuning/jobs", params={"status": "cancelled", "after": after}).json()
             queued = http.get("/fine_tuning/jobs", params={"status": "queued", "metadata[team]": "s"}).json()
             bad = http.get("/fine_tuning/jobs", params={"status": "done"})
         assert [j["id"] for j in first["data"] + rest["data"]] == ids[:3][::-1] and first["has_more"]
@@ -209,7 +212,8 @@ class TestListing:
         assert (bad.status_code, bad.json()["error"]["param"]) == (400, "status")
         assert "cancelled" in bad.json()["error"]["message"]
 
-    @pytest.mark.parametrize("params,param", [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "x"}, "limit"), ({"after": "ftjob-nope"}, "after")])
+    @pytest.mark.parametrize("params,param", [({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
+                                              ({"limit": "x"}, "limit"), ({"after": "ftjob-nope"}, "after")])
     def test_bad_list_parameters(self, tenant: Tenant, params: dict, param: str) -> None:
         with tenant.http() as http:
             response = http.get("/fine_tuning/jobs", params=params)
@@ -266,10 +270,12 @@ class TestLimits:
             ({"metadata": {"k": 1}}, "metadata"),
             ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}] * 6}, "integrations"),
             ({"integrations": [{"type": "slack", "wandb": {"project": "p"}}]}, "integrations.0.type"),
-            ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.reinforcement.grader.type"),
+            ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}},
+             "method.reinforcement.grader.type"),
             ({"method": {"type": "reinforcement", "reinforcement": {
                 "grader": {"type": "string_check", "name": "s", "input": "a", "reference": "a", "operation": "eq"},
-                "hyperparameters": {"compute_multiplier": 11}}}}, "method.reinforcement.hyperparameters.compute_multiplier"),
+                "hyperparameters": {"compute_multiplier": 11}}}},
+             "method.reinforcement.hyperparameters.compute_multiplier"),
             ({"method": {"type": "magic"}}, "method.type"),
             ({"method": {"type": "supervised", "dpo": {}}}, "method"),
             ({"model": "gpt-4o-mini"}, "model"),
@@ -296,7 +302,8 @@ class TestLimits:
         job = create(
             tenant, training_file, seed=2147483647, suffix="s" * 64,
             metadata={f"{i:0>64}": "v" * 512 for i in range(16)},
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 256, "learning_rate_multiplier": 1e-9}}},
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 50, "batch_size": 256, "learning_rate_multiplier": 1e-9}}},
         )
         assert job.seed == 2147483647
         dpo = tenant.sdk.files.create(

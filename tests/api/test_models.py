@@ -7,15 +7,16 @@ import io
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import openai
 import pytest
-from support import SMOLLM, Server, Tenant, assert_matches_schema, chat_file
 
 from openft.config import load_settings
 from openft.store.db import create_engine, create_session_factory
 from openft.store.tables import FineTunedModel
+
+from support import SMOLLM, Server, Tenant, assert_matches_schema, chat_file
 
 pytestmark = pytest.mark.api
 
@@ -26,7 +27,7 @@ def add_fine_tuned_model(server: Server, org_id: str, model_id: str) -> None:
         async with create_session_factory(engine)() as session, session.begin():
             session.add(FineTunedModel(
                 id=model_id, org_id=org_id, job_id="ftjob-x", base_model=SMOLLM,
-                storage_key=f"models/{org_id}/x", created_at=datetime.now(timezone.utc)))
+                storage_key=f"models/{org_id}/x", created_at=datetime.now(UTC)))
         await engine.dispose()
 
     asyncio.run(insert())

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from support import SMOLLM, Tenant, chat_file
 
 from openft.config import load_settings
 from openft.domain import JobStatus
@@ -21,13 +20,15 @@ from openft.store.queries import jobs as job_queries
 from openft.store.queries import orgs as org_queries
 from openft.store.tables import File, Job
 
+from support import SMOLLM, Tenant, chat_file
+
 pytestmark = pytest.mark.api
 
 
 async def _exercise(url: str) -> dict:
     engine = create_engine(url)
     sessions = create_session_factory(engine)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     seen: dict = {"dialect": engine.dialect.driver}
     try:
         await migrate(engine)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+
 from support import Tenant
 
 pytestmark = pytest.mark.api

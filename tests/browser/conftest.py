@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
 from conftest import CHROMIUM, require
 from support import REPO, Server, Tenant
 

@@ -14,8 +14,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+
 from browser.conftest import new_tenant
 from openft.config import load_settings
+
 from support import SMOLLM, Server, Tenant, chat_file
 
 pytestmark = pytest.mark.browser

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from browser.conftest import new_tenant
+
 from support import chat_example, chat_file, jsonl
 
 pytestmark = [pytest.mark.browser, pytest.mark.training]
@@ -182,7 +184,8 @@ def test_the_whole_story(training_server, dashboard) -> None:
 
     # A job that fails: its page shows the error with the line it names.
     long = {"messages": [{"role": "user", "content": "hello " * 100}, {"role": "assistant", "content": "ok"}]}
-    broken = tenant.sdk.files.create(file=("long.jsonl", io.BytesIO(jsonl([chat_example(i) for i in range(10)] + [long]))),
+    lines = jsonl([chat_example(i) for i in range(10)] + [long])
+    broken = tenant.sdk.files.create(file=("long.jsonl", io.BytesIO(lines)),
                                      purpose="fine-tune").id
     failing = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=broken, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "max_seq_length": 64}}})

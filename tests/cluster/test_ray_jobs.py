@@ -20,6 +20,7 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from support import Server, Tenant
 from test_jobs_train import TINY, upload, wait_for
 from test_recovery import assert_same_weights, gone_within, wait_for_event

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import Server, Tenant
 from test_jobs_train import TINY, upload, wait_for
 

@@ -12,6 +12,7 @@ import threading
 
 import psutil
 import pytest
+
 from conftest import require
 from support import Server, Tenant, free_port
 
@@ -97,6 +98,7 @@ def test_a_missing_bucket_or_refused_credentials_stop_start_up(s3_storage, tmp_p
 
 def test_an_unreachable_ray_cluster_stops_a_ray_worker_at_once(tmp_path) -> None:
     require("ray")
-    server = Server(home=tmp_path, extra_env={"OPENFT_EXECUTOR": "ray", "OPENFT_RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
+    server = Server(home=tmp_path, extra_env={"OPENFT_EXECUTOR": "ray",
+                                              "OPENFT_RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
     output = _start_fails(server, "worker")
     assert "Cannot reach the Ray cluster" in output and "Traceback" not in output

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+
 from support import Server, Tenant
 
 pytestmark = pytest.mark.security

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+
 from support import Server, Tenant
 
 pytestmark = pytest.mark.security
@@ -57,19 +58,22 @@ def test_a_grader_source_that_recurses_the_parser(attacker: Tenant, source: str)
     assert error["param"] == "grader.source" and "nested too deeply" in error["message"]
 
 
-SURROGATE = "\\ud800"
-STRING_CHECK = '{"type": "string_check", "name": "%s", "input": "{{sample.output_text}}", "reference": "%s", ' \
-               '"operation": "eq"}'
+SURROGATE = "\\ud800"  # the JSON escape of a lone surrogate, as a client sends it
+
+
+def string_check(name: str = "n", reference: str = "b") -> str:
+    """A string_check grader as JSON text (so escapes stay as sent)."""
+    return (f'{{"type": "string_check", "name": "{name}", "input": "{{{{sample.output_text}}}}", '
+            f'"reference": "{reference}", "operation": "eq"}}')
 
 
 @pytest.mark.parametrize(("route", "body", "param"), [
-    ("validate", '{"grader": {"type": "python", "name": "p", "source": "def grade(s, i):\\n    return 1 # %s"}}'
-     % SURROGATE, "grader.source"),
-    ("validate", '{"grader": %s}' % (STRING_CHECK % (SURROGATE, "b")), "grader.name"),
-    ("run", '{"grader": %s, "model_sample": "x"}' % (STRING_CHECK % ("n", SURROGATE)), "grader.reference"),
-    ("run", '{"grader": %s, "model_sample": "x%s"}' % (STRING_CHECK % ("n", "b"), SURROGATE), "model_sample"),
-    ("run", '{"grader": %s, "model_sample": "x", "item": {"k%s": 1}}' % (STRING_CHECK % ("n", "b"), SURROGATE),
-     "item.k\\ud800"),
+    ("validate", f'{{"grader": {{"type": "python", "name": "p", '
+                 f'"source": "def grade(s, i):\\n    return 1 # {SURROGATE}"}}}}', "grader.source"),
+    ("validate", f'{{"grader": {string_check(name=SURROGATE)}}}', "grader.name"),
+    ("run", f'{{"grader": {string_check(reference=SURROGATE)}, "model_sample": "x"}}', "grader.reference"),
+    ("run", f'{{"grader": {string_check()}, "model_sample": "x{SURROGATE}"}}', "model_sample"),
+    ("run", f'{{"grader": {string_check()}, "model_sample": "x", "item": {{"k{SURROGATE}": 1}}}}', "item.k\\ud800"),
 ])
 def test_a_lone_surrogate_is_refused_where_it_is(attacker: Tenant, route: str, body: str, param: str) -> None:
     with attacker.http() as http:
@@ -80,7 +84,8 @@ def test_a_lone_surrogate_is_refused_where_it_is(attacker: Tenant, route: str, b
 
 
 def test_a_paired_surrogate_is_an_ordinary_character(attacker: Tenant) -> None:
-    body = '{"grader": %s, "model_sample": "\\ud83d\\ude00"}' % (STRING_CHECK % ("n", "\\ud83d\\ude00"))
+    smile = "\\ud83d\\ude00"  # a pair: one character outside the basic plane
+    body = f'{{"grader": {string_check(reference=smile)}, "model_sample": "{smile}"}}'
     with attacker.http() as http:
         response = http.post("/fine_tuning/alpha/graders/run", content=body.encode(),
                              headers={"content-type": "application/json"})

@@ -9,14 +9,15 @@ import os
 import time
 
 import pytest
-from conftest import require
-from support import Tenant
 
 from openft.graders import spec
 from openft.graders.grader import Grader, GradingContext
 from openft.graders.sandbox import PythonSandbox, SandboxError, SandboxLimits
 from openft.graders.templates import sample_namespace
 from openft.sandbox import SandboxConfig
+
+from conftest import require
+from support import Tenant
 
 pytestmark = pytest.mark.security
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from support import Server, Tenant, jsonl
 
 pytestmark = [pytest.mark.security, pytest.mark.training]

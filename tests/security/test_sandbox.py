@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from support import Server, Tenant
 
 pytestmark = pytest.mark.security
@@ -208,7 +209,8 @@ SOCKETS = """
 import socket
 def grade(sample, item):
     reached = []
-    kinds = [(socket.AF_UNIX, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_DGRAM),
+    kinds = [(socket.AF_UNIX, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_STREAM),
+             (socket.AF_INET, socket.SOCK_DGRAM),
              (socket.AF_INET6, socket.SOCK_STREAM), (socket.AF_NETLINK, socket.SOCK_RAW),
              (socket.AF_PACKET, socket.SOCK_RAW), (40, socket.SOCK_STREAM), (38, socket.SOCK_SEQPACKET)]
     for family, kind in kinds:  # 40: AF_VSOCK, 38: AF_ALG
@@ -309,7 +311,8 @@ BOMBS = {
     "CPU": ("def grade(sample, item):\n    while True:\n        pass\n", ("CPU time", "did not return within")),
     "CPU on many threads": (
         "import threading\ndef spin():\n    while True:\n        pass\n"
-        "def grade(sample, item):\n    for _ in range(16):\n        threading.Thread(target=spin, daemon=True).start()\n"
+        "def grade(sample, item):\n    for _ in range(16):\n"
+        "        threading.Thread(target=spin, daemon=True).start()\n"
         "    spin()\n", ("CPU time", "did not return within", "can't start new thread")),
     "sleep": ("import time\ndef grade(sample, item):\n    time.sleep(60)\n", ("did not return within 3 s",)),
     "processes": ("import os\ndef grade(sample, item):\n    while True:\n        os.fork()\n",

@@ -97,7 +97,7 @@ def test_ipv6_forms_that_embed_a_private_ipv4_address_are_refused(address: str) 
 
 def test_ipv6_forms_that_embed_a_public_ipv4_address_pass() -> None:
     for address in ("64:ff9b::101:101", "2002:101:101::1", "2606:4700:4700::1111"):
-        target = check_url("https://hooks.example.test/x", allow_private=False, resolver=lambda h, p: [address])
+        target = check_url("https://hooks.example.test/x", allow_private=False, resolver=lambda h, p, a=address: [a])
         assert target.address == address and target.request_url() == f"https://[{address}]/x"
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+
 from support import Tenant, jsonl
 from test_jobs_train import TINY, wait_for
 

@@ -8,6 +8,7 @@ import sys
 import threading
 
 import pytest
+
 from conftest import require
 from support import REPO, Tenant, chat_file
 from test_jobs_train import TINY, wait_for

@@ -9,6 +9,7 @@ import tarfile
 
 import openai
 import pytest
+
 from support import Tenant, chat_file, jsonl, preference_example
 from test_jobs_train import TINY, wait_for
 

@@ -19,7 +19,8 @@ def tokenizer(tiny_model_dir):
 
 
 def labelled_text(tokenizer, example) -> str:
-    return tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l != IGNORE])
+    pairs = zip(example.input_ids, example.labels, strict=True)
+    return tokenizer.decode([token for token, label in pairs if label != IGNORE])
 
 
 def lines(*examples) -> list[str]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import REPO, SMOLLM, Tenant, run_readme_python, share_bundled_model
 
 pytestmark = pytest.mark.training

@@ -10,6 +10,7 @@ import json
 
 import openai
 import pytest
+
 from support import Tenant
 from test_jobs_train import TINY, wait_for
 

@@ -11,6 +11,7 @@ import json
 
 import openai
 import pytest
+
 from support import Tenant, chat_file, jsonl, preference_example
 from test_jobs_train import TINY, wait_for
 
@@ -39,7 +40,8 @@ def test_the_estimate_counts_what_the_job_trains(trainer: Tenant, method: str) -
     shown = estimate(trainer, **body)
     assert [j.id for j in trainer.sdk.fine_tuning.jobs.list(limit=100)] == before  # nothing created
     assert shown["object"] == "fine_tuning.job.estimate" and shown["model"] == TINY
-    assert (shown["steps_per_epoch"], shown["total_steps"]) == (3 if method == "dpo" else 4, 6 if method == "dpo" else 8)
+    expected = (3, 6) if method == "dpo" else (4, 8)
+    assert (shown["steps_per_epoch"], shown["total_steps"]) == expected
     assert shown["trained_tokens"] == 2 * shown["training_tokens"]
     assert shown["estimated_duration_seconds"] > 0 and shown["estimated_peak_memory_bytes"] > 0
     assert shown["calibration"]["train_tokens_per_second"] > 0

@@ -13,6 +13,7 @@ import tarfile
 import httpx
 import pytest
 import torch
+
 from support import REPO, Tenant, chat_file
 from test_jobs_train import TINY, wait_for
 

@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pytest
 import torch
-from support import build_tiny_model
 
 from openft.errors import Overloaded
 from openft.serving import constraints
 from openft.serving.generator import Generator, collect
 from openft.serving.types import Finished, GenerationParams, ModelRef, StopSignal, TokenEvent
+
+from support import build_tiny_model
 
 pytestmark = pytest.mark.training
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support import Tenant, chat_file, free_port
 from test_jobs_train import TINY, wait_for
 

@@ -7,6 +7,7 @@ import io
 import time
 
 import pytest
+
 from support import Tenant, assert_matches_schema, chat_file
 
 pytestmark = pytest.mark.training
@@ -93,7 +94,8 @@ def test_failing_job_reports_error_and_next_job_runs(local_trainer: Tenant, tmp_
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    import subprocess, sys  # noqa: E401
+    import subprocess  # noqa: E401
+    import sys
     subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/broken", str(broken)],
                    env=trainer.server.env, check=True, capture_output=True)
     bad = trainer.sdk.fine_tuning.jobs.create(model="local/broken", training_file=upload(trainer))

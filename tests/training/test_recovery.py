@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from support import Server, Tenant
 from test_jobs_train import TINY, upload, wait_for
 

@@ -11,14 +11,15 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from support import Server, Tenant, jsonl
-from test_jobs_train import TINY, wait_for
-from test_recovery import adapter, assert_same_weights, gone_within, training_process, wait_for_event
 
 from openft.store.blobs import BlobStore
 from openft.training.config import RunConfig
 from openft.training.report import ListReporter
 from openft.training.run import run
+
+from support import Server, Tenant, jsonl
+from test_jobs_train import TINY, wait_for
+from test_recovery import adapter, assert_same_weights, gone_within, training_process, wait_for_event
 
 pytestmark = pytest.mark.training
 
@@ -177,7 +178,8 @@ def test_reinforcement_requests_are_checked_field_by_field(trainer: Tenant, file
          "method.reinforcement.grader.model", "does not exist"),
         (dict(training_file=training, validation_file=validation, method=method(eval_samples=0)),
          "method.reinforcement.hyperparameters.eval_samples", "between 1 and 64"),
-        (dict(training_file=chat, validation_file=validation, method=method()), "training_file", "reinforcement format"),
+        (dict(training_file=chat, validation_file=validation, method=method()), "training_file",
+         "reinforcement format"),
     ]
     for body, param, text in cases:
         with pytest.raises(openai.BadRequestError) as refused:
@@ -237,7 +239,8 @@ def test_rft_raises_the_mean_reward_on_a_task_built_for_it(tmp_path: Path, tiny_
 
 
 @pytest.mark.example
-def test_readme_rft_example_raises_the_bundled_models_validation_reward(make_training_server, bundled_model_dir) -> None:
+def test_readme_rft_example_raises_the_bundled_models_validation_reward(make_training_server,
+                                                                       bundled_model_dir) -> None:
     """README "Reinforcement fine-tuning", its Python block run as printed:
     the bundled model's mean validation reward after one epoch is clearly
     above its own before training (the baseline event, same sampling)."""

@@ -16,8 +16,9 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from support import Tenant
 from test_chat import ASK, say, train_on
+
+from support import Tenant
 from test_jobs_train import TINY
 
 pytestmark = pytest.mark.training

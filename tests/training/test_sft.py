@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import chat_example
 
 from openft.store.blobs import BlobStore
 from openft.training.config import RunConfig
 from openft.training.report import ListReporter
 from openft.training.run import run
+
+from support import chat_example
 
 pytestmark = pytest.mark.training
 
@@ -71,8 +72,8 @@ def test_lora_learns_and_leaves_base_weights_untouched(tmp_path, tiny_model_dir)
     assert adapter and all("lora_" in name for name in adapter)
     assert any(t.abs().sum() > 0 for n, t in adapter.items() if "lora_B" in n)  # B starts at zero
     base = load_file(tiny_model_dir / "model.safetensors")
-    from transformers import AutoModelForCausalLM
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                       tmp_path / "blobs" / "models" / "ftjob-unit")
     for name, tensor in tuned.get_base_model().state_dict().items():
@@ -83,7 +84,8 @@ def test_lora_learns_and_leaves_base_weights_untouched(tmp_path, tiny_model_dir)
 
 def test_full_fine_tuning_changes_the_weights(tmp_path, tiny_model_dir) -> None:
     reporter = ListReporter()
-    run(make_config(tmp_path, tiny_model_dir, training_type="full", n_epochs=1, learning_rate_multiplier=50.0), reporter)
+    config = make_config(tmp_path, tiny_model_dir, training_type="full", n_epochs=1, learning_rate_multiplier=50.0)
+    run(config, reporter)
     assert reporter.of("done")
     tuned = final_weights(tmp_path)
     base = load_file(tiny_model_dir / "model.safetensors")

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
+
 from support import REPO, Tenant, chat_file
 from test_jobs_train import TINY, wait_for
 

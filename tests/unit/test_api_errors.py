@@ -50,7 +50,8 @@ async def test_domain_errors_keep_their_status() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.get("/conflict")
     assert response.status_code == 409
-    assert response.json() == {"error": {"message": "nope", "type": "invalid_request_error", "param": None, "code": "invalid_job_state"}}
+    assert response.json() == {"error": {"message": "nope", "type": "invalid_request_error", "param": None,
+                                         "code": "invalid_job_state"}}
 
 
 @pytest.fixture

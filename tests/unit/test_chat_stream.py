@@ -128,8 +128,8 @@ def test_tool_choice_decides_what_the_model_sees_and_may_emit(tmp_path) -> None:
 
 def test_the_completion_budget_fits_the_models_context() -> None:
     from openft.errors import InvalidRequest
-    from openft.serving.types import GenerationParams
     from openft.services.chat import fit_context
+    from openft.serving.types import GenerationParams
 
     assert fit_context(GenerationParams(max_new_tokens=256), 500, 512, explicit=False).max_new_tokens == 12
     assert fit_context(GenerationParams(max_new_tokens=12), 500, 512, explicit=True).max_new_tokens == 12

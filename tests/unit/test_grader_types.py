@@ -4,7 +4,6 @@ in ``tests/security/test_python_grader.py``."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from openft.errors import InvalidRequest
@@ -111,7 +110,8 @@ class FakeJudge:
 
 SCORE = {"type": "score_model", "name": "judge", "model": "local/judge", "range": [0, 10],
          "input": [{"role": "system", "content": "Rate the answer."},
-                   {"role": "user", "content": [{"type": "input_text", "text": "Q: {{item.q}} A: {{sample.output_text}}"}]}],
+                   {"role": "user", "content": [
+                       {"type": "input_text", "text": "Q: {{item.q}} A: {{sample.output_text}}"}]}],
          "sampling_params": {"temperature": 0.5, "seed": 7, "max_completions_tokens": 20}}
 
 
@@ -194,9 +194,11 @@ def test_formula_is_arithmetic_only() -> None:
      "grader.input", "outside the template namespaces"),
     ({"type": "string_check", "name": "x", "input": "a", "reference": "b", "operation": "eq", "extra": 1},
      "grader.extra", "is not a field"),
-    ({"type": "python", "name": "x", "source": PY_EXACT, "image_tag": "2025-05-08"}, "grader.image_tag", "not supported"),
+    ({"type": "python", "name": "x", "source": PY_EXACT, "image_tag": "2025-05-08"}, "grader.image_tag",
+     "not supported"),
     (dict(SCORE, range=[1, 0]), "grader.range", "low < high"),
-    (dict(SCORE, sampling_params={"reasoning_effort": "high"}), "grader.sampling_params.reasoning_effort", "do not reason"),
+    (dict(SCORE, sampling_params={"reasoning_effort": "high"}), "grader.sampling_params.reasoning_effort",
+     "do not reason"),
     (dict(SCORE, input=[{"role": "user", "content": [{"type": "input_image", "image_url": "https://x"}]}]),
      "grader.input.0.content.0.type", "text models"),
     (dict(MULTI, calculate_output="exact + missing"), "grader.calculate_output", "'missing'"),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import chat_example, jsonl, preference_example
 
 from openft.domain import FileFormat
 from openft.services.validation import FileValidationError, TrainingFileValidator
+
+from support import chat_example, jsonl, preference_example
 
 
 def validate(data: bytes, chunk: int | None = None):
@@ -56,7 +57,8 @@ BAD_FILES = [
         ),
     ),
     ("invalid_tools", 1, line({**chat_example(0), "tools": {"a": 1}})),
-    ("invalid_preference", 2, line(preference_example(0)) + line({"input": {"messages": [USER]}, "preferred_output": [{"role": "assistant", "content": "x"}]})),
+    ("invalid_preference", 2, line(preference_example(0)) + line({
+        "input": {"messages": [USER]}, "preferred_output": [{"role": "assistant", "content": "x"}]})),
     (
         "invalid_preference",
         1,
@@ -64,7 +66,8 @@ BAD_FILES = [
     ),
     ("invalid_preference", 1, line({**preference_example(0), "input": "just text"})),
     ("invalid_prompt_completion", 1, line({"prompt": "a", "completion": 3})),
-    ("invalid_prompt_completion", 2, line({"prompt": "a", "completion": "b"}) + line({"prompt": "a", "completion": ""})),
+    ("invalid_prompt_completion", 2,
+     line({"prompt": "a", "completion": "b"}) + line({"prompt": "a", "completion": ""})),
 ]
 
 
@@ -127,7 +130,8 @@ class TestGoodFiles:
                 USER,
                 {"role": "assistant", "content": "first", "weight": 0},
                 {"role": "user", "content": [{"type": "text", "text": "again"}]},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
                 {"role": "tool", "tool_call_id": "c1", "content": "42"},
                 {"role": "assistant", "content": "It is 42.", "weight": 1},
             ],

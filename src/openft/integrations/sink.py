@@ -98,7 +98,7 @@ class IntegrationSink:
         self.queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.gather(*self.tasks, self.process.wait()), CLOSE_SECONDS)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self.process.kill()
             await self.add_event(f"An integration did not close its run within {CLOSE_SECONDS:g} s and was "
                                  "stopped.", "warn", {})

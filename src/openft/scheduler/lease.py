@@ -11,7 +11,7 @@ renewal; the worker renews it every ``OPENFT_HEARTBEAT_SECONDS``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,8 +21,9 @@ from openft.errors import Conflict, NotFound
 from openft.store.db import Transaction
 from openft.store.queries import jobs as job_queries
 
+
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Lease:

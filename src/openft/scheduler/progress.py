@@ -17,7 +17,7 @@ has. A cancelled job records nothing more.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -40,7 +40,7 @@ RESULTS_FILENAME = "step_metrics.csv"
 
 
 def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, timezone.utc)
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 class Recorder:
@@ -91,7 +91,7 @@ class Recorder:
             await job_queries.add_checkpoint(session, Checkpoint(
                 id=new_id("checkpoint"),
                 job_id=self.job_id,
-                created_at=datetime.now(timezone.utc),
+                created_at=datetime.now(UTC),
                 step_number=step,
                 fine_tuned_model_checkpoint=f"{self.model_name}:ckpt-step-{step}",
                 metrics={k: float(v) for k, v in record["metrics"].items()},
@@ -119,7 +119,7 @@ class Recorder:
     async def _on_done(self, record: dict[str, Any]) -> None:
         self.outcome = "done"
         size = await anyio.to_thread.run_sync(self.blobs.size, record["results_key"])
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             async with self.lease.transaction() as session:
                 results = File(

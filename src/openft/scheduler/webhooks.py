@@ -40,9 +40,9 @@ import logging
 import random
 import socket
 import time
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -166,7 +166,10 @@ def signed_headers(secrets: list[str], body: str, now: float | None = None) -> d
     }
 
 
-def retry_delay(attempts: int, base: float, cap: float, rng: random.Random = random.Random()) -> float:
+_JITTER = random.Random()
+
+
+def retry_delay(attempts: int, base: float, cap: float, rng: random.Random = _JITTER) -> float:
     """Seconds before attempt ``attempts + 1``: base x 2^(attempts - 1), within ±20%, at most ``cap``."""
     return min(cap, base * 2 ** max(0, attempts - 1)) * rng.uniform(0.8, 1.2)
 
@@ -184,7 +187,7 @@ async def post(settings: Settings, url: str, secrets: list[str], body: str,
             settings.webhook_timeout_seconds)
     except UnsafeURL as exc:
         return None, f"endpoint refused: {exc}"
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return None, "endpoint refused: its host name did not resolve in time"
     headers = {**signed_headers(secrets, body), "host": target.host_header()}
     extensions = {"sni_hostname": urlsplit(url).hostname} if target.address is not None else {}
@@ -227,7 +230,7 @@ class Dispatcher:
 
     async def deliver_due(self) -> int:
         """Attempt every due delivery (up to a batch), concurrently; returns how many were due."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         async with self.sessions() as session:
             due = await queries.due_deliveries(session, now, BATCH)
         await asyncio.gather(*(self._attempt(row, now) for row in due))
@@ -249,7 +252,7 @@ class Dispatcher:
                 return
             delay = retry_delay(attempts, self.settings.webhook_retry_base_seconds,
                                 self.settings.webhook_retry_max_seconds)
-            retry_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
             if retry_at - row.created_at > timedelta(hours=self.settings.webhook_retry_hours):
                 await queries.record(session, row.id, status=queries.FAILED, error=error)
                 log.warning("webhook %s to %s given up after %d attempts: %s", row.event_type, row.url,

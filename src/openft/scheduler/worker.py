@@ -343,7 +343,8 @@ class Worker:
         judges: dict[str, dict[str, object]] = {}
         for _, model in grader_spec.judge_models(job.method["reinforcement"]["grader"]):
             tuned = await model_queries.read_tuned_weights(session, job.org_id, model)
-            base = await resolve_base(session, tuned.base_model if tuned else model, models_file=self.settings.models_file,
+            base = await resolve_base(session, tuned.base_model if tuned else model,
+                                      models_file=self.settings.models_file,
                                       hub=self.settings.hub == "auto")
             if base is None:
                 raise FileNotFoundError(f"judge model {model} is no longer available")

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from openft import tool_format
 from openft.config import Settings
 from openft.errors import InvalidRequest, NotFound, OpenFTError, error_body
-from openft import tool_format
 from openft.schemas.chat import (
     AssistantMessage,
     ChatCompletion,

@@ -5,8 +5,8 @@ The archive itself is ``openft.export.tar_stream``."""
 from __future__ import annotations
 
 import re
-import shutil
 import secrets
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -186,7 +186,7 @@ async def record_upload(
     purpose: str,
     lifetime_seconds: int | None,
 ) -> OpenAIFile:
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     row = await file_queries.create_file(
         session,
         File(

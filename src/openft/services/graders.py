@@ -26,9 +26,9 @@ from openft.errors import InvalidRequest, NotFound
 from openft.graders import spec
 from openft.graders.sandbox import PythonSandbox, SandboxError, SandboxLimits
 from openft.schemas.graders import RunGraderRequest
-from openft.serving.types import ModelRef
 from openft.services.capacity import Capacity
 from openft.services.chat import ChatService
+from openft.serving.types import ModelRef
 from openft.store.queries.reads import Db
 
 Reader = Callable[[], AbstractAsyncContextManager[Db]]
@@ -77,7 +77,8 @@ class GraderService:
         checked, refs = await self.checked(reader, org_id, body.grader)
 
         def grade() -> dict[str, Any]:
-            judge = GeneratorJudge(self.chat.generator, refs, self.settings.generation_timeout_seconds) if refs else None
+            timeout = self.settings.generation_timeout_seconds
+            judge = GeneratorJudge(self.chat.generator, refs, timeout) if refs else None
             context = GradingContext(self.limits, judge, self.settings.grader_embedding_model)
             with Grader(checked, context) as grader:
                 return grader.grade(sample_namespace(body.model_sample), body.item or {}).to_wire()

@@ -7,7 +7,7 @@ of rows to the wire objects. Status itself is written only through
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from openft import domain
 from openft.domain import FileFormat, JobSpec, JobStatus, MethodType
 from openft.errors import InvalidRequest, NotFound
+from openft.integrations import missing_package
 from openft.schemas.jobs import (
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -25,7 +26,6 @@ from openft.schemas.jobs import (
     ListFineTuningJobEventsResponse,
     ListFineTuningJobsResponse,
 )
-from openft.integrations import missing_package
 from openft.services.models import ModelRegistry
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
@@ -106,7 +106,7 @@ async def create_job(
     checked = await check_job(session, registry, org_id, spec, executor=executor)
     spec, base_model = checked.spec, checked.base_model
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     job = Job(
         id=domain.new_id("job"),
         org_id=org_id,

@@ -13,7 +13,7 @@ and fails fast offline, so creating a job never hangs.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ OWNER = "openft"
 class ModelRegistry:
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._started = int(datetime.now(timezone.utc).timestamp())
+        self._started = int(datetime.now(UTC).timestamp())
 
     def _file_models(self) -> dict[str, str]:
         return read_models_file(self._settings.models_file)

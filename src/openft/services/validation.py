@@ -96,15 +96,15 @@ class TrainingFileValidator:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _LineError("invalid_encoding", f"is not valid UTF-8 (byte {exc.start + 1}).")
+            raise _LineError("invalid_encoding", f"is not valid UTF-8 (byte {exc.start + 1}).") from None
         if not text.strip():
             return
         try:
             example = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise _LineError("invalid_json", f"is not valid JSON: {exc.msg} (column {exc.colno}).")
+            raise _LineError("invalid_json", f"is not valid JSON: {exc.msg} (column {exc.colno}).") from None
         except RecursionError:
-            raise _LineError("invalid_json", "is nested too deeply to be a fine-tuning example.")
+            raise _LineError("invalid_json", "is nested too deeply to be a fine-tuning example.") from None
         if not isinstance(example, dict):
             raise _LineError(
                 "invalid_line_type", f"must be a JSON object, got {type(example).__name__}."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -47,7 +47,7 @@ async def checked_url(settings: Settings, url: str) -> str:
 
 async def create(session: AsyncSession, settings: Settings, org_id: str,
                  body: WebhookEndpointCreate) -> WebhookEndpointWithSecret:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     row = EndpointRow(
         id=domain.new_id("webhook_endpoint"), org_id=org_id, name=body.name,
         url=await checked_url(settings, body.url), event_types=sorted(set(body.event_types)),
@@ -75,7 +75,7 @@ async def update(session: AsyncSession, settings: Settings, org_id: str, endpoin
     if body.event_types is not None and sorted(set(body.event_types)) != row.event_types:
         values["event_types"] = sorted(set(body.event_types))
     if values:
-        values["updated_at"] = datetime.now(timezone.utc)
+        values["updated_at"] = datetime.now(UTC)
         await queries.update_endpoint(session, org_id, endpoint_id, **values)
     return to_wire(await get(session, org_id, endpoint_id))
 
@@ -83,7 +83,7 @@ async def update(session: AsyncSession, settings: Settings, org_id: str, endpoin
 async def rotate_secret(session: AsyncSession, org_id: str, endpoint_id: str,
                         keep_old: bool) -> WebhookEndpointWithSecret:
     row = await get(session, org_id, endpoint_id)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     secret = new_secret()
     await queries.update_endpoint(
         session, org_id, endpoint_id, secret=secret, updated_at=now,
@@ -110,7 +110,7 @@ async def list_all(db: Db, org_id: str, *, after: str | None, limit: int) -> Lis
 async def test(row: Any, settings: Settings, event_type: str) -> WebhookEndpointTestResult:
     """Send one sample event (``data.id`` names no real job) to the endpoint
     ``row`` now, signed like any other; the result has its HTTP status."""
-    body = queries.event_body(domain.new_id("webhook_event"), event_type, datetime.now(timezone.utc),
+    body = queries.event_body(domain.new_id("webhook_event"), event_type, datetime.now(UTC),
                               "ftjob-test")
     status, error = await post(settings, row.url, [row.secret], body)
     if status is None:

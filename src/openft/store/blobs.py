@@ -27,7 +27,6 @@ from typing import IO, Any
 
 import fsspec
 
-
 PART_BYTES = 8 * 1024 * 1024
 """Size of one part of a multipart upload to an object store (S3's minimum is 5 MiB)."""
 

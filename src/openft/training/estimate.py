@@ -12,7 +12,8 @@ Duration and peak memory come from a calibration measured on this
 deployment: the job's base model is loaded with the worker's threads and
 niceness, and optimizer steps of the job's own batches (LoRA or full,
 supervised or DPO) are timed after two warm-up steps (at least 5 steps and
-4 s; the median step's rate), as are forward-only passes and a model save. The result is kept per (model, method, training type, LoRA rank,
+4 s; the median step's rate), as are forward-only passes and a model save.
+The result is kept per (model, method, training type, LoRA rank,
 device, threads, batch size, sequence length bucket) in the calibration
 file, so later estimates of the same shape only tokenize. The estimate is then
 
@@ -62,7 +63,8 @@ def estimate(config: Any, calibration_file: Path) -> dict[str, Any]:
     setup_torch(device, config.threads)
     blobs = BlobStore(config.storage_url, config.storage_options)
     start = start_folder(config, blobs)
-    path = start if start is not None and not is_adapter(start) else config.base_weights.local_path(Path(config.models_dir))
+    path = (start if start is not None and not is_adapter(start)
+            else config.base_weights.local_path(Path(config.models_dir)))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model_limit = int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", 2048) or 2048)
     method, requested = config.method_type, config.hyperparameters
@@ -220,7 +222,9 @@ def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any
     batches = [train[i: i + hp.batch_size] for i in range(0, len(train), hp.batch_size)]
 
     def tokens(batch: list[Any]) -> int:
-        return sum(len(c.input_ids) + len(r.input_ids) for c, r in batch) if dpo else sum(len(e.input_ids) for e in batch)
+        if dpo:
+            return sum(len(c.input_ids) + len(r.input_ids) for c, r in batch)
+        return sum(len(e.input_ids) for e in batch)
 
     def step(batch: list[Any]) -> None:
         if dpo:

@@ -11,8 +11,8 @@ from fastapi.responses import Response, StreamingResponse
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
 from openft.api.routing import OpenFTRoute
-from openft.services import exports
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
+from openft.services import exports
 
 router = APIRouter(prefix="/models", tags=["Models"], route_class=OpenFTRoute)
 

@@ -207,7 +207,8 @@ class _DataParallel:
     """Drives one Ray Train run (``fit`` blocks until it ends)."""
 
     def fit(self, config: dict[str, Any], channel: Any, workers: int, cpus: float, gpus: float, name: str) -> None:
-        from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+        from ray.train import FailureConfig, ScalingConfig
+        from ray.train import RunConfig as TrainRunConfig
         from ray.train.torch import TorchTrainer
 
         from openft.training.ray_run import train_rank

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, delete, exists, or_, select, update
@@ -16,7 +15,7 @@ from openft.store.tables import File, Job
 
 def _visible(org_id: str):
     """Files of this organisation that have not expired."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return select_rows(File).where(
         File.org_id == org_id, or_(File.expires_at.is_(None), File.expires_at > now)
     )
@@ -58,7 +57,7 @@ async def touch_file(session: AsyncSession, org_id: str, file_id: str) -> bool:
     result = await session.execute(
         update(File)
         .where(File.org_id == org_id, File.id == file_id)
-        .values(last_used_at=datetime.now(timezone.utc))
+        .values(last_used_at=datetime.now(UTC))
     )
     return result.rowcount > 0
 

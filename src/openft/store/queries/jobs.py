@@ -3,13 +3,13 @@ writer of ``status`` anywhere in openft."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, bindparam, delete, func, select, update
-from sqlalchemy.orm import aliased
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from openft.domain import JobStatus, new_id, sources_of
 from openft.errors import Conflict, NotFound
@@ -94,7 +94,7 @@ async def transition_job(
     (or a ``guard`` condition, such as "this worker still owns it") forbids
     the move.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     fields: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
     if to.is_terminal:
         fields.update(finished_at=now, estimated_finish=None)
@@ -145,7 +145,7 @@ async def add_event(
     event = JobEvent(
         id=new_id("event"),
         job_id=job_id,
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
         level=level,
         type=type,
         message=message,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, delete, select
@@ -17,7 +17,7 @@ from openft.store.tables import FineTunedModel, Job, RegisteredModel
 async def upsert_base_model(session: AsyncSession, model_id: str, path: str) -> None:
     row = await session.get(RegisteredModel, model_id)
     if row is None:
-        session.add(RegisteredModel(id=model_id, path=path, created_at=datetime.now(timezone.utc)))
+        session.add(RegisteredModel(id=model_id, path=path, created_at=datetime.now(UTC)))
     else:
         row.path = path
     await session.flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -25,7 +25,7 @@ async def read_org_name(db: AsyncSession | AsyncConnection, org_id: str) -> str 
 
 
 async def create_org(session: AsyncSession, name: str) -> Organization:
-    org = Organization(id=new_id("org"), name=name, created_at=datetime.now(timezone.utc))
+    org = Organization(id=new_id("org"), name=name, created_at=datetime.now(UTC))
     session.add(org)
     await session.flush()
     return org
@@ -39,7 +39,7 @@ async def create_api_key(
         org_id=org_id,
         key_hash=key_hash,
         display_prefix=display_prefix,
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
     )
     session.add(key)
     await session.flush()

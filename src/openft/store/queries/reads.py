@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
 from functools import cache
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession

@@ -10,7 +10,7 @@ its own attempt), so two dispatchers never send one delivery at once.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, delete, select, update
@@ -64,7 +64,7 @@ async def enqueue(session: AsyncSession, org_id: str, event_type: str, object_id
     endpoints = (await session.execute(
         select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(WebhookEndpoint.org_id == org_id)
     )).all()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     event_id = domain.new_id("webhook_event")
     body = event_body(event_id, event_type, now, object_id)
     targets = [e.id for e in endpoints if event_type in (e.event_types or [])]
@@ -97,7 +97,7 @@ async def claim(session: AsyncSession, delivery_id: str, seen_attempts: int, hol
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING,
                WebhookDelivery.attempts == seen_attempts)
-        .values(next_attempt_at=datetime.now(timezone.utc) + hold, attempts=WebhookDelivery.attempts + 1)
+        .values(next_attempt_at=datetime.now(UTC) + hold, attempts=WebhookDelivery.attempts + 1)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount > 0
@@ -107,7 +107,7 @@ async def record(session: AsyncSession, delivery_id: str, *, status: str, error:
                  next_attempt_at: datetime | None = None) -> None:
     values: dict[str, Any] = {"status": status, "last_error": error}
     if status == DELIVERED:
-        values["delivered_at"] = datetime.now(timezone.utc)
+        values["delivered_at"] = datetime.now(UTC)
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
     await session.execute(

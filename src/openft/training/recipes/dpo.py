@@ -35,8 +35,8 @@ from openft.training.common import (
     optimizer_and_schedule,
     read_lines,
     seed_everything,
-    start_folder,
     sequence_logprobs,
+    start_folder,
     steps_per_epoch,
 )
 from openft.training.config import Hyperparameters, RunConfig

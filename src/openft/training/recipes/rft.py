@@ -40,7 +40,6 @@ end, so that every rank stops at the same step.
 
 from __future__ import annotations
 
-
 import math
 import statistics
 from collections.abc import Callable
