@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-start clean
+.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-start clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ chromium:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)); \
 	  else echo "!!! chromium is missing and cannot be installed here (not root): the browser tier will be skipped"; fi; }
+
+# The reference pages generated from the code (settings, hyperparameters).
+docs: $(STAMP)
+	$(BIN)/python -m openft.reference
 
 test-examples: $(STAMP)
 	$(BIN)/python -m pytest -m example -s

@@ -276,12 +276,14 @@ def share_bundled_model(server: Server, bundled_model_dir: Path) -> Server:
 
 
 def run_readme_python(server: Server, marker: str, timeout: float) -> str:
-    """Run the README's Python block that contains ``marker``, as printed,
-    against ``server`` with its key; its standard output (printed with its time)."""
+    """Run the Python block of the README or a page of ``docs/`` that contains
+    ``marker``, as printed, against ``server`` with its key; its standard
+    output (printed with its time)."""
     import re
 
-    readme = (REPO / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if marker in b]
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    [block] = [b for page in pages for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+               if marker in b]
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
                             env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,

@@ -1,0 +1,76 @@
+"""Reference pages generated from the code, so they cannot drift from it:
+every setting (:class:`openft.config.Settings`) and every resolved
+hyperparameter (:class:`openft.training.config.Hyperparameters`), with
+their help texts, as Markdown tables.
+
+``python -m openft.reference`` (``make docs``) rewrites the generated part
+of ``docs/reference/configuration.md`` and ``docs/reference/hyperparameters.md``
+(between ``<!-- generated -->`` and ``<!-- end generated -->``);
+``tests/unit/test_docs.py`` fails when a page differs from what this
+module renders.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- generated -->", "<!-- end generated -->"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "reference"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    from openft.config import Settings
+
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        rows.append(f"| `OPENFT_{name.upper()}` | {_default(info.default)} | {_cell(info.description or '')} |")
+    return "\n".join(rows)
+
+
+def hyperparameters_table() -> str:
+    from openft.training.config import Hyperparameters
+
+    rows = ["| Hyperparameter | Meaning |", "| --- | --- |"]
+    for field in fields(Hyperparameters):
+        assert field.default is MISSING or field.default is None
+        rows.append(f"| `{field.name}` | {_cell(field.metadata.get('help', ''))} |")
+    return "\n".join(rows)
+
+
+PAGES = {"configuration.md": settings_table, "hyperparameters.md": hyperparameters_table}
+
+
+def rendered(page: str, text: str) -> str:
+    """``text`` with its generated part replaced by what the code says now."""
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{page} has no {START} ... {END} part")
+    return pattern.sub(lambda _: f"{START}\n{PAGES[page]()}\n{END}", text)
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS
+    for page in PAGES:
+        path = folder / page
+        path.write_text(rendered(page, path.read_text()))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
