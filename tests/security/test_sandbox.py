@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import psutil
@@ -49,7 +50,10 @@ def host(hostile_server: Server, victim) -> dict:
     return {"home": str(hostile_server.home), "db": str(hostile_server.home / "openft.db"),
             "key_file": str(hostile_server.home / "api-key"), "blob": str(victim.file_path),
             "pid": hostile_server.process.pid, "port": hostile_server.port,
-            "src": str(Path(__file__).resolve().parents[2] / "src")}
+            "src": str(Path(__file__).resolve().parents[2] / "src"),
+            # Python's own folders are bound where they are, under /tmp too (a fresh clone's venv)
+            "python_under_tmp": sorted({Path(p).parts[2] for p in (sys.prefix, sys.base_prefix)
+                                        if Path(p).parts[1:2] == ("tmp",)})}
 
 
 READS = {
@@ -97,7 +101,7 @@ def grade(sample, item):
     pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
     if len(pids) > 3 or item['pid'] in pids:
         leaks.append(f'processes {pids}')
-    if os.listdir('/tmp'):
+    if set(os.listdir('/tmp')) - set(item['python_under_tmp']):
         leaks.append('a scratch folder that is not new')
     if socket.gethostname() != 'sandbox':
         leaks.append('the host name')

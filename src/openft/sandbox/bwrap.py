@@ -252,13 +252,14 @@ def _view(config: SandboxConfig) -> list[str]:
             args += ["--ro-bind", str(path), str(path)]
     if Path("/etc/ld.so.cache").is_file():
         args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    # The scratch folder first: Python's folders may lie under /tmp, and are bound over it then.
+    args += ["--size", str(config.scratch_mb * 2**20), "--tmpfs", "/tmp"]
     bound = ["/usr/"]
     for prefix in _prefixes():
         if not any((prefix + "/").startswith(b) for b in bound):
             args += ["--ro-bind", prefix, prefix]
             bound.append(prefix + "/")
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
-             "--size", str(config.scratch_mb * 2**20), "--tmpfs", "/tmp", "--chdir", "/tmp",
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--chdir", "/tmp",
              # bubblewrap builds / and /dev on unbounded tmpfs: read-only, they cannot be filled
              "--remount-ro", "/dev", "--remount-ro", "/"]
     return args
