@@ -186,10 +186,15 @@ STORAGE_MODULES = ("test_files.py", "test_jobs.py")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """API tests run on SQLite and PostgreSQL (and S3 for modules that store
+    blobs); ``@pytest.mark.stores(...)`` narrows that to the stores where the
+    behaviour could differ (validation, say, differs on none)."""
     if "server_kind" in metafunc.fixturenames:
         kinds = ["sqlite", "postgres"]
         if metafunc.definition.path.name in STORAGE_MODULES:
             kinds.append("s3")
+        if (marker := metafunc.definition.get_closest_marker("stores")) is not None:
+            kinds = [kind for kind in kinds if kind in marker.args]
         metafunc.parametrize("server_kind", kinds, indirect=True, scope="session")
 
 

@@ -72,6 +72,7 @@ class TestUploadAndRead:
         assert {f.id for f in tenant.sdk.files.list()} == {*ids, other}
 
 
+@pytest.mark.stores("sqlite")  # validation while streaming: the same on every store
 class TestBadFiles:
     CASES = [
         (jsonl([chat_example(0)]) + b'{"messages": [{"role": "user", "content": "hi"}]}\n', 2, "mixed_formats"),
@@ -149,6 +150,7 @@ def test_storage_url_can_be_any_fsspec_url(make_server) -> None:
     assert tenant.sdk.files.delete(created.id).deleted
 
 
+@pytest.mark.stores("sqlite", "s3")  # names are rows; downloads are blobs
 class TestHostileFilenames:
     """The stored name is user text: it goes into a header and is shown back."""
 

@@ -33,6 +33,7 @@ def post_job(tenant: Tenant, body: dict[str, Any], prefix: str = "/v1", **header
         return http.post("/fine_tuning/jobs", json=body, headers=headers)
 
 
+@pytest.mark.stores("sqlite", "postgres")  # nothing of a job is a blob
 class TestCreateAndRead:
     def test_create_defaults(self, tenant: Tenant, training_file: str) -> None:
         job = create(tenant, training_file)
@@ -147,6 +148,7 @@ class TestCreateAndRead:
         assert_matches_schema(raw, "ListFineTuningJobCheckpointsResponse")
 
 
+@pytest.mark.stores("sqlite", "postgres")  # queries differ by database
 class TestListing:
     def test_auto_pagination_newest_first(self, tenant: Tenant, training_file: str) -> None:
         ids = [create(tenant, training_file).id for _ in range(7)]
@@ -236,6 +238,7 @@ BODY_ERRORS = [
 ]
 
 
+@pytest.mark.stores("sqlite")  # validation, before any store is touched
 class TestLimits:
     @pytest.mark.parametrize("hyper,field", BODY_ERRORS, ids=[f"{f}={list(h.values())[0]}" for h, f in BODY_ERRORS])
     def test_supervised_hyperparameters(self, tenant: Tenant, training_file: str, hyper: dict, field: str) -> None:
@@ -348,6 +351,7 @@ class TestLimits:
         assert response.status_code == 200
 
 
+@pytest.mark.stores("sqlite", "postgres")
 class TestStateMachine:
     def test_pause_resume_cancel(self, tenant: Tenant, training_file: str) -> None:
         jobs = tenant.sdk.fine_tuning.jobs
@@ -386,6 +390,7 @@ class TestStateMachine:
                 call("ftjob-unknown")
 
 
+@pytest.mark.stores("sqlite")
 class TestGatewaySurface:
     def test_status_enum_on_api_llm(self, tenant: Tenant, training_file: str) -> None:
         job = create(tenant, training_file)
@@ -436,6 +441,7 @@ class TestFileInUse:
         assert tenant.sdk.fine_tuning.jobs.retrieve(job.id).training_file == training_file
 
 
+@pytest.mark.stores("sqlite", "postgres")  # the conditional UPDATE on each database
 class TestConcurrentTransitions:
     def test_concurrent_cancels_apply_once(self, tenant: Tenant, training_file: str) -> None:
         from concurrent.futures import ThreadPoolExecutor
