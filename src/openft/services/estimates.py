@@ -26,6 +26,12 @@ ESTIMATE_TIMEOUT_SECONDS = 900
 _ONE_AT_A_TIME = anyio.Semaphore(1)
 
 
+def warm_jobs(settings: Settings) -> bool:
+    """Whether this deployment's jobs start without paying the ML imports (the
+    local executor's zygote): then the estimate leaves them out."""
+    return settings.warm_start and settings.executor == "local"
+
+
 def calibration_file(settings: Settings) -> Path:
     return settings.models_dir / "calibration.json"
 
@@ -49,7 +55,8 @@ async def estimate(transaction: Any, settings: Settings, registry: ModelRegistry
         async with _ONE_AT_A_TIME:
             with anyio.fail_after(ESTIMATE_TIMEOUT_SECONDS):
                 done = await anyio.run_process(
-                    [sys.executable, "-m", "openft.training.estimate", str(path), str(calibration_file(settings))],
+                    [sys.executable, "-m", "openft.training.estimate", str(path), str(calibration_file(settings)),
+                     *(["--warm"] if warm_jobs(settings) else [])],
                     check=False,
                 )
     if done.returncode != 0:

@@ -17,11 +17,13 @@ The result is kept per (model, method, training type, LoRA rank,
 device, threads, batch size, sequence length bucket) in the calibration
 file, so later estimates of the same shape only tokenize. The estimate is then
 
-    imports and model load + reading and tokenizing the files
-      + trained tokens / train rate + evaluated tokens / forward rate + saves
+    model load (+ the ML imports, unless jobs start warm) + reading and
+      tokenizing the files + trained tokens / train rate
+      + evaluated tokens / forward rate + saves
 
 where evaluated tokens are the validations the recipe runs (and DPO's
-reference pass).
+reference pass). ``--warm`` says the deployment's jobs fork from a zygote
+that has imported the ML stack already (``OPENFT_WARM_START``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ FEW_EXAMPLES = 50
 """OpenAI's guidance: at least 50 well-crafted examples show clear improvements."""
 
 
-def estimate(config: Any, calibration_file: Path) -> dict[str, Any]:
+def estimate(config: Any, calibration_file: Path, *, warm: bool = False) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from openft.store.blobs import BlobStore
@@ -143,7 +145,8 @@ def estimate(config: Any, calibration_file: Path) -> dict[str, Any]:
         return result
     evaluated = _evaluated_tokens(method, hp.n_epochs, per_epoch, total_steps, sizes, valid_sizes)
     train_rate, forward_rate = calibration["train_tokens_per_second"], calibration["forward_tokens_per_second"]
-    duration = (calibration["load_seconds"] + (tokenized_at - began)
+    imports = 0.0 if warm else calibration.get("import_seconds", 0.0)  # a warm start has them done
+    duration = (calibration["load_seconds"] + imports + (tokenized_at - began)
                 + hp.n_epochs * sum(sizes) / train_rate + evaluated / forward_rate
                 + (hp.n_epochs + 1) * calibration["save_seconds"])
     result["estimated_duration_seconds"] = round(duration, 1)
@@ -270,7 +273,8 @@ def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
-        "load_seconds": round(IMPORT_SECONDS + load_seconds, 3),
+        "import_seconds": round(IMPORT_SECONDS, 3),
+        "load_seconds": round(load_seconds, 3),
         "train_tokens_per_second": round(statistics.median(train_rates), 1),
         "forward_tokens_per_second": round(statistics.median(forward_rates), 1),
         "timed_steps": len(train_rates),
@@ -309,7 +313,7 @@ def main() -> None:
     from openft.training.data import DataError
 
     try:
-        result = estimate(config, Path(sys.argv[2]))
+        result = estimate(config, Path(sys.argv[2]), warm="--warm" in sys.argv[3:])
     except DataError as exc:
         result = {"error": {"code": exc.code, "message": str(exc), "param": "training_file"}}
     except ModelLoadError as exc:
