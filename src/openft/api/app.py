@@ -106,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
             from openft.scheduler.worker import Worker
 
             worker = Worker(settings, ctx.sessions, ctx.blobs, colocated=True)
+            ctx.zygote = getattr(worker.executor, "zygote", None)
             worker_task = asyncio.create_task(worker.run(), name="openft worker")
         try:
             yield

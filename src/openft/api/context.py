@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from openft.api.gate import FairGate
 from openft.config import Settings
+from openft.scheduler.executors.warm import Zygote
 from openft.services.auth import Authenticator
 from openft.services.capacity import Capacity
 from openft.services.chat import ChatService
@@ -37,6 +38,8 @@ class AppContext:
     """Merged exports at once, shared fairly between organisations."""
     estimates: Capacity = field(init=False)
     """Job estimates at once, shared fairly between organisations."""
+    zygote: Zygote | None = None
+    """The co-located worker's warm start (set when the worker starts): estimates fork from it."""
 
     def __post_init__(self) -> None:
         if self.gate is None:

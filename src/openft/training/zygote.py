@@ -3,7 +3,7 @@
 Starting Python and importing torch, transformers, PEFT and TRL takes
 several seconds, on every job. The worker keeps one zygote: a process that
 has imported all of it (and openft's recipes) once, then forks a training
-process per job on request. The child is what ``python -m
+process per job (and per estimate) on request. The child is what ``python -m
 openft.training.run CONFIG`` would be (same entry point, same records on
 its stdout, same log on its stderr, its own session and process group, the
 environment the worker gives it, that command line as its process title),
@@ -11,9 +11,10 @@ minus the imports. Cancel, pause and kill -9 reach it as they reach a cold
 one; the zygote reaps it and reports its exit status.
 
 The worker talks to the zygote over a ``SOCK_SEQPACKET`` socket pair whose
-descriptor it passes (its number is the one argument): a ``spawn`` message (JSON) carries the job's
-config path, folder and environment, with the pipe for records and the log
-file as ``SCM_RIGHTS`` descriptors; the zygote answers ``{"spawned": pid}``,
+descriptor it passes (its number is the one argument): a ``spawn`` message
+(JSON) carries the module to run (a job's ``openft.training.run``, or an
+estimate's ``openft.training.estimate``), its arguments, folder and
+environment, with its stdout and stderr as ``SCM_RIGHTS`` descriptors; the zygote answers ``{"spawned": pid}``,
 and ``{"exited": pid, "code": c}`` when that child ends (``c`` negative for
 a signal, as ``subprocess`` reports it). The zygote dies with the worker
 (``PR_SET_PDEATHSIG``), and its children with it; it stays single-threaded,
@@ -24,25 +25,26 @@ with torch's default state, as a cold process would.
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import select
 import signal
 import socket
 import sys
+import time
 import traceback
 
 import setproctitle  # finds the command line's memory when imported: here, before any fork
 
-import openft.training.run
-from openft.training.run import main as run_main
+ENTRY_POINTS = ("openft.training.run", "openft.training.estimate")
+"""The modules a zygote runs, as ``python -m MODULE ARGS`` would."""
 
 MAX_MESSAGE = 1 << 20
 
 
 def warm_up() -> None:
     """Import what every training process imports (nothing runs)."""
-
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
@@ -50,6 +52,7 @@ def warm_up() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     import openft.training.common  # noqa: F401
+    import openft.training.estimate  # noqa: F401
     import openft.training.recipes.dpo  # noqa: F401
     import openft.training.recipes.rft  # noqa: F401
     import openft.training.recipes.sft  # noqa: F401
@@ -92,7 +95,7 @@ def _reap(control: socket.socket) -> None:
 
 
 def _child(request: dict[str, object], fds: list[int], control: socket.socket, wake: tuple[int, int]) -> None:
-    """In the forked process: become ``python -m openft.training.run CONFIG``; never returns."""
+    """In the forked process: become ``python -m MODULE ARGS``; never returns."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -101,23 +104,27 @@ def _child(request: dict[str, object], fds: list[int], control: socket.socket, w
         for fd in wake:
             os.close(fd)
         os.setsid()
-        records, log = fds
-        os.dup2(records, 1)
-        os.dup2(log, 2)
-        os.close(records)
-        os.close(log)
+        stdout, stderr = fds
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.close(stdout)
+        os.close(stderr)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
         os.chdir(str(request["cwd"]))
-        config = str(request["config"])
-        setproctitle.setproctitle(f"{sys.executable} -m openft.training.run {config}")
+        name, args = str(request["module"]), [str(a) for a in request["args"]]  # type: ignore[attr-defined]
+        if name not in ENTRY_POINTS:
+            raise ValueError(f"the zygote does not run {name}")
+        setproctitle.setproctitle(" ".join([sys.executable, "-m", name, *args]))
         environment = dict(request["env"])  # type: ignore[call-overload]
         os.environ.clear()
         os.environ.update(environment)
-        sys.argv = [str(openft.training.run.__file__), config]  # as ``python -m`` sets it
-
-        run_main()
+        module = importlib.import_module(name)
+        if hasattr(module, "STARTED"):  # a module that times itself from its process's start: now
+            module.STARTED = time.monotonic()
+        sys.argv = [str(module.__file__), *args]  # as ``python -m`` sets it
+        module.main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

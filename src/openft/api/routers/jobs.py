@@ -54,7 +54,8 @@ async def estimate_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep
     nothing is created). See ``openft.training.estimate``."""
     spec = await _checked_spec(body, caller, ctx)
     async with ctx.estimates.slot(caller.org_id):
-        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec)
+        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec,
+                                        ctx.zygote)
 
 
 @router.get("", response_model=ListFineTuningJobsResponse)

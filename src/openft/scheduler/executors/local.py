@@ -174,7 +174,8 @@ class LocalExecutor:
         read_end, write_end = os.pipe()
         try:
             with log_path.open("ab") as log_file:
-                pid = await self.zygote.spawn(config_path, folder, env, write_end, log_file.fileno())
+                pid = await self.zygote.spawn("openft.training.run", [str(config_path)], folder, env, write_end,
+                                              log_file.fileno())
         except BaseException:
             os.close(read_end)
             raise

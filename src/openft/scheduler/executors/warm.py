@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from openft.scheduler.executors.local import LocalRun
@@ -71,9 +72,11 @@ class Zygote:
         self._ready = loop.create_future()
         loop.add_reader(ours.fileno(), self._receive)
 
-    async def spawn(self, config: Path, cwd: Path, env: dict[str, str], records: int, log_fd: int) -> int:
-        """Fork a training process for ``config``; its pid. ``records`` and
-        ``log_fd`` become its stdout and stderr."""
+    async def spawn(self, module: str, args: list[str], cwd: Path, env: dict[str, str], stdout: int,
+                    stderr: int) -> int:
+        """Fork ``python -m module args`` (``openft.training.run`` or
+        ``openft.training.estimate``); its pid. ``stdout`` and ``stderr``
+        become its own."""
         if self._socket is None or self._ready is None:
             raise ZygoteUnavailable("the zygote is not running")
         try:
@@ -83,15 +86,31 @@ class Zygote:
             raise ZygoteUnavailable(f"the zygote did not become ready: {exc}") from None
         request_id = secrets.token_hex(8)
         spawned = self._spawned[request_id] = asyncio.get_running_loop().create_future()
-        message = json.dumps({"id": request_id, "config": str(config), "cwd": str(cwd),
+        message = json.dumps({"id": request_id, "module": module, "args": args, "cwd": str(cwd),
                               "env": {**env, "OPENFT_PARENT_PID": str(pid)}}).encode()
         try:
-            socket.send_fds(self._socket, [message], [records, log_fd])
+            socket.send_fds(self._socket, [message], [stdout, stderr])
         except OSError as exc:
             self._spawned.pop(request_id, None)
             self.close()
             raise ZygoteUnavailable(f"the zygote is gone ({exc})") from None
         return await spawned
+
+    async def run(self, module: str, args: list[str], cwd: Path, timeout: float) -> tuple[int, bytes, bytes]:
+        """Run ``python -m module args`` to its end: exit code, stdout, stderr
+        (TimeoutError, with the process killed, past ``timeout``)."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            pid = await self.spawn(module, args, cwd, {**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   out.fileno(), err.fileno())
+            try:
+                code = await asyncio.wait_for(asyncio.shield(self.exit_code(pid)), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                raise
+            out.seek(0)
+            err.seek(0)
+            return code, out.read(), err.read()
 
     def exit_code(self, pid: int) -> asyncio.Future[int]:
         """Resolves with ``pid``'s exit code (negative: the signal that ended it)."""
