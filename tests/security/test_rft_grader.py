@@ -55,6 +55,8 @@ def test_a_hostile_grader_in_an_rft_job_is_contained_and_the_job_trains(training
     assert done.status == "succeeded", done.error
     events = tenant.sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
     rows = [e.data for e in events if e.type == "metrics"]
-    # Each step grades 4 prompts x 2 completions; the odd prompts' graders fail.
-    assert len(rows) == 3 and all(r["grader_errors"] == 4 and r["train_reward_mean"] == 0.5 for r in rows), rows
+    # Each step grades 4 prompts x 2 completions; the odd prompts' graders fail (half of them
+    # over the epoch), and every other completion earns 1.
+    assert len(rows) == 3 and sum(r["grader_errors"] for r in rows) == 12, rows
+    assert all(r["train_reward_mean"] == 1 - r["grader_errors"] / 8 for r in rows), rows
     assert training_server.process.poll() is None
