@@ -56,6 +56,8 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENFT_")}
         env.update(
             OPENFT_HOME=str(self.home), PYTHONUNBUFFERED="1", OPENFT_LOG_LEVEL="warning",
+            # a test's server stops as soon as its requests are done (or cut after 2 s)
+            OPENFT_SHUTDOWN_TIMEOUT_SECONDS="2",
             # API tests keep jobs queued; training tests turn the worker on.
             OPENFT_WORKER="false",
         )

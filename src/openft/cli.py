@@ -68,6 +68,7 @@ def serve(host: str | None, port: int | None) -> None:
         host=settings.host,
         port=settings.port,
         http=EnvelopeHttpToolsProtocol,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         log_level=settings.log_level.lower(),
         access_log=False,
     )

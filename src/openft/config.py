@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         description="Largest request body on every route except the file upload, in bytes "
         "(413 above, answered before the body is read).",
     )
+    shutdown_timeout_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long the server lets requests in flight finish (a long "
+        "chat stream included) before it cancels them and exits."
+    )
     body_timeout_seconds: float = Field(
         30.0, gt=0, description="Longest wait for the next piece of a request body (uploads included); "
         "a body that stalls longer is answered 408 and its connection closed."

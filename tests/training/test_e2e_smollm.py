@@ -26,7 +26,8 @@ def quick_start_block() -> str:
 
 
 def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bundled_model_dir) -> None:
-    server = share_bundled_model(make_training_server(), bundled_model_dir)
+    # Training takes both cores here (nothing else runs while the quick start trains).
+    server = share_bundled_model(make_training_server(OPENFT_TRAINING_THREADS="2"), bundled_model_dir)
     env = {**server.env, "OPENFT_BASE_URL": f"{server.url}/v1", "OPENFT_API_KEY": server.api_key}
     script = "set -euo pipefail\n" + quick_start_block() + '\necho "JOB=$JOB"\n'
     result = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
