@@ -269,7 +269,9 @@ def make_training_server(
             "OPENFT_WORKER": "true",
             "OPENFT_MODELS_FILE": str(models_file),
             "OPENFT_HEARTBEAT_SECONDS": "0.2",
-            "OPENFT_POLL_SECONDS": "0.2",
+            # The API wakes its worker when it queues a job; the poll only finds expired
+            # leases and jobs queued elsewhere (an idle poll costs CPU the suite needs).
+            "OPENFT_POLL_SECONDS": "1",
             **env,
         }
         return make_server(kind, **settings)  # type: ignore[operator,no-any-return]

@@ -107,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
 
             worker = Worker(settings, ctx.sessions, ctx.blobs, colocated=True)
             ctx.zygote = getattr(worker.executor, "zygote", None)
+            ctx.wake_worker = worker.wake
             worker_task = asyncio.create_task(worker.run(), name="openft worker")
         try:
             yield

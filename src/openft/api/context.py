@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -40,6 +40,8 @@ class AppContext:
     """Job estimates at once, shared fairly between organisations."""
     zygote: Zygote | None = None
     """The co-located worker's warm start (set when the worker starts): estimates fork from it."""
+    wake_worker: Callable[[], None] = lambda: None
+    """Tells the co-located worker a job was queued (a no-op without one)."""
 
     def __post_init__(self) -> None:
         if self.gate is None:

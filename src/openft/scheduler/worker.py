@@ -3,7 +3,8 @@
 One :class:`Worker` per process (inside ``openft serve`` unless
 ``OPENFT_WORKER=false``, or alone as ``openft worker``). Every
 ``OPENFT_POLL_SECONDS`` it re-queues jobs whose lease expired (their worker
-died) and claims queued jobs up to ``OPENFT_MAX_CONCURRENT_JOBS``. A claim is
+died) and claims queued jobs up to ``OPENFT_MAX_CONCURRENT_JOBS``; inside
+``openft serve`` the API also wakes it the moment it queues a job. A claim is
 the conditional status update ``queued -> running`` (with ``SKIP LOCKED`` on
 PostgreSQL), so two workers never run one job.
 
@@ -114,6 +115,7 @@ class Worker:
         self.closing: set[asyncio.Task[None]] = set()
         """Integration loggers finishing their runs after their job's process ended."""
         self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -139,12 +141,19 @@ class Worker:
                 except Exception:
                     log.exception("worker loop error (retrying)")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.settings.poll_seconds)
+                    await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_seconds)
+                self._wakeup.clear()
         finally:
             await self._shutdown()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Look for queued jobs now, not at the next poll (the co-located API
+        calls this when it queues one)."""
+        self._wakeup.set()
 
     async def _shutdown(self) -> None:
         """Graceful stop: running jobs save their state and go back to the queue."""

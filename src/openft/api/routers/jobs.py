@@ -45,6 +45,7 @@ async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) 
             session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
             executor=ctx.settings.executor,
         )
+    ctx.wake_worker()
     return wire(service.job_to_wire(job, gateway=caller.gateway))
 
 
@@ -115,6 +116,8 @@ async def retrieve_job(job_id: str, caller: CallerDep, ctx: CtxDep) -> Response:
 async def _act(action: str, job_id: str, caller: Caller, ctx: AppContext) -> Response:
     async with ctx.transaction() as session:
         job = await service.apply_user_action(session, caller.org_id, job_id, action)
+    if action == "resume":
+        ctx.wake_worker()
     return wire(service.job_to_wire(job, gateway=caller.gateway))
 
 
