@@ -91,26 +91,6 @@ def pytest_configure(config: pytest.Config) -> None:
                      sandbox=_sandbox_problem())
 
 
-TESTS = Path(__file__).resolve().parent
-WHOLE_TIERS = ("cluster", "browser", "security")
-"""Tiers whose tests share one heavy session service (the Ray cluster, Chromium,
-the hostile server): each runs whole on one pytest-xdist worker."""
-BUNDLED = ("test_e2e_smollm.py", "test_weights.py")
-"""Modules that share the bundled model's session conversion."""
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``make test`` runs two pytest-xdist workers (``--dist loadgroup``): each
-    module runs whole on one worker, so its module fixtures (servers, finished
-    jobs) are built once; whole tiers that share a session service stay on one."""
-    for item in items:
-        relative = item.path.relative_to(TESTS)
-        group = relative.parts[0] if relative.parts[0] in WHOLE_TIERS else str(relative)
-        if item.path.name in BUNDLED:
-            group = "bundled"
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = []
     for tier, problem in _PROBLEMS.items():
