@@ -87,6 +87,7 @@ def score(model, tokenizer, prompts: list[str]) -> tuple[int, list[str]]:
 
 
 def run_openft(model_dir: Path, work: Path, method: str, lines: list[dict], hyper: dict):
+    from openft.domain import Method, MethodType
     from openft.training.config import RunConfig
     from openft.training.report import ListReporter
     from openft.training.run import run
@@ -98,7 +99,7 @@ def run_openft(model_dir: Path, work: Path, method: str, lines: list[dict], hype
     config = RunConfig(
         job_id=job, base={"id": "bundled", "kind": "local", "path": str(model_dir)},
         models_dir=str(work / "models"), storage_url=str(blobs), training_file_key="files/train.jsonl",
-        validation_file_key=None, method={"type": method, method: {"hyperparameters": hyper}}, seed=1,
+        validation_file_key=None, method=Method(MethodType(method), hyper), seed=1,
     )
     reporter = ListReporter()
     run(config, reporter)

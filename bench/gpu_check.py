@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from openft.domain import Method, MethodType  # noqa: E402
 from openft.store.blobs import BlobStore  # noqa: E402
 from openft.training.config import RunConfig  # noqa: E402
 from openft.training.report import ListReporter  # noqa: E402
@@ -60,8 +61,8 @@ def config(folder: Path, steps: int, job: str) -> RunConfig:
         job_id=job, base={"id": "random/smollm2-shape", "kind": "local", "path": str(folder / "model")},
         models_dir=str(folder / "models"), storage_url=str(folder / "blobs"), training_file_key="files/train",
         validation_file_key=None, seed=3, device="cuda",
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": max(1, steps * 16 // 64), "batch_size": 16, "lora_dropout": 0.0}}},
+        method=Method(MethodType.SUPERVISED, {"n_epochs": max(1, steps * 16 // 64), "batch_size": 16,
+                                              "lora_dropout": 0.0}),
     )
 
 

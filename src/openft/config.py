@@ -6,6 +6,7 @@ nothing in openft reads the environment at import time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -255,8 +256,30 @@ class Settings(BaseSettings):
         return self.home / "models"
 
     @property
+    def cache_dir(self) -> Path:
+        """Local copies of model folders kept in a remote blob store (S3),
+        fetched once (``BlobStore.folder``); a training process finds the same
+        folder beside ``models_dir`` (``RunConfig.cache_dir``)."""
+        return self.home / "cache"
+
+    @property
     def api_key_file(self) -> Path:
         return self.home / "api-key"
+
+    def training_share(self, colocated: bool) -> tuple[int | None, int]:
+        """(threads, niceness) of training processes. Next to the API, a
+        training process takes one core fewer than the host has and runs at
+        niceness 10, so a busy API keeps answering quickly and training keeps
+        most of its pace (measured in ``bench/colocated.py``); alone, it takes
+        everything (threads None)."""
+        cores = os.cpu_count() or 1
+        threads = self.training_threads or (max(1, cores - 1) if colocated else None)
+        nice = self.training_nice if self.training_nice is not None else (COLOCATED_NICE if colocated else 0)
+        return threads, nice
+
+
+COLOCATED_NICE = 10
+"""Niceness of a training process next to the API (unless ``OPENFT_TRAINING_NICE``)."""
 
 
 def to_async_url(url: str, sqlite_driver: str = "openft") -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -80,6 +80,43 @@ class MethodType(str, enum.Enum):
     REINFORCEMENT = "reinforcement"
 
 
+@dataclass(frozen=True)
+class Method:
+    """A job's fine-tuning method, typed. The wire (and the database's JSON
+    column, and a run config's file) spell it ``{"type": t, t:
+    {"hyperparameters": {...}, "grader": {...}}}``; :meth:`from_wire` and
+    :meth:`to_wire` are the only places that read or write that shape.
+    """
+
+    type: MethodType
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """As requested: a hyperparameter not given is absent or ``"auto"``."""
+    grader: dict[str, Any] | None = None
+    """Reinforcement only: the grader, in the graders API's wire form."""
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Method:
+        kind = MethodType(data["type"])
+        body = data.get(kind.value) or {}
+        return cls(kind, dict(body.get("hyperparameters") or {}), body.get("grader"))
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {} if self.grader is None else {"grader": self.grader}
+        body["hyperparameters"] = dict(self.hyperparameters)
+        return {"type": self.type.value, self.type.value: body}
+
+    def with_hyperparameters(self, hyperparameters: dict[str, Any]) -> Method:
+        return replace(self, hyperparameters=dict(hyperparameters))
+
+    def with_grader(self, grader: dict[str, Any]) -> Method:
+        return replace(self, grader=grader)
+
+    @property
+    def where(self) -> str:
+        """The wire path of the hyperparameters, for errors' ``param``."""
+        return f"method.{self.type.value}.hyperparameters"
+
+
 FORMATS_FOR_METHOD: dict[MethodType, frozenset[FileFormat]] = {
     MethodType.SUPERVISED: frozenset({FileFormat.CHAT, FileFormat.PROMPT_COMPLETION}),
     MethodType.DPO: frozenset({FileFormat.PREFERENCE}),
@@ -131,14 +168,13 @@ def fine_tuned_name(base_model: str, org_name: str, suffix: str | None, job_id: 
 class JobSpec:
     """A validated job request, independent of the wire format it came in.
 
-    ``method`` is normalised to ``{"type": t, t: {"hyperparameters": {...}}}``
-    with every standard hyperparameter present ("auto" where not given).
+    ``method`` holds every standard hyperparameter ("auto" where not given).
     """
 
     model: str
     training_file: str
     validation_file: str | None
-    method: dict[str, Any]
+    method: Method
     seed: int
     suffix: str | None
     metadata: dict[str, str] | None
@@ -148,8 +184,4 @@ class JobSpec:
 
     @property
     def method_type(self) -> MethodType:
-        return MethodType(self.method["type"])
-
-    @property
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(self.method[self.method["type"]]["hyperparameters"])
+        return self.method.type

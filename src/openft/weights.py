@@ -109,6 +109,11 @@ def cache_folder(models_dir: Path, model_id: str) -> Path:
     return models_dir / model_id.replace("/", "--")
 
 
+def is_adapter(folder: Path) -> bool:
+    """Whether a fine-tuned model's folder is a LoRA adapter (else full weights)."""
+    return (folder / "adapter_config.json").is_file()
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 

@@ -36,6 +36,9 @@ def test_migrations_match_tables(kind: str, tmp_path, postgres_database) -> None
     assert asyncio.run(_diff_after_migrating(to_async_url(url), concurrent=3)) == []
 
 
+METHOD = '{"type": "supervised", "supervised": {"hyperparameters": {}}}'
+
+
 async def _backfill(url: str) -> list[str]:
     from alembic import command
     from sqlalchemy import text
@@ -53,8 +56,8 @@ async def _backfill(url: str) -> list[str]:
                 await conn.execute(text(
                     "INSERT INTO fine_tuning_jobs (id, org_id, model, training_file, status, method, seed, "
                     "metadata, result_files, created_at, updated_at) VALUES (:id, 'org-1', 'm', 'f', "
-                    "'queued', '{}', 0, :metadata, '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
-                    {"id": f"ftjob-{i}", "metadata": metadata})
+                    "'queued', :method, 0, :metadata, '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                    {"id": f"ftjob-{i}", "metadata": metadata, "method": METHOD})
         await migrate(engine)
         async with engine.connect() as conn:
             page = await list_jobs(conn, "org-1", after=None, limit=10, metadata={"team": "b", "env": "x"})

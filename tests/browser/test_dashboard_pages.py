@@ -34,12 +34,13 @@ def create_jobs(server: Server, org: str, training: str, count: int) -> list[str
     from openft.schemas.jobs import FineTuningJobCreate
     from openft.services import auth, jobs
     from openft.services.models import ModelRegistry
+    from openft.store.blobs import BlobStore
 
     settings = load_settings(**server.settings_env())
 
     async def work(session) -> list[str]:
         org_id = await auth.ensure_org(session, org)
-        registry = ModelRegistry(settings)
+        registry = ModelRegistry(settings, BlobStore(settings.resolved_storage_url, settings.storage_options))
         made = []
         for i in range(count):
             body = FineTuningJobCreate(model=SMOLLM, training_file=training, suffix=f"n{i}",

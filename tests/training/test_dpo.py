@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from openft.domain import Method, MethodType
 from openft.store.blobs import BlobStore
 from openft.training.config import RunConfig
 from openft.training.data import tokenize_preferences
@@ -46,8 +47,7 @@ def test_dpo_raises_the_preference_margin(tmp_path: Path, tiny_model_dir: Path) 
         job_id="ftjob-dpo", base={"id": "local/tiny", "kind": "local", "path": str(tiny_model_dir)},
         models_dir=str(tmp_path / "models"), storage_url=str(tmp_path / "blobs"),
         training_file_key="files/prefs.jsonl", validation_file_key="files/prefs.jsonl",
-        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "beta": 0.5,
-                                                             "learning_rate_multiplier": 50.0}}},
+        method=Method(MethodType.DPO, {"n_epochs": 3, "batch_size": 4, "beta": 0.5, "learning_rate_multiplier": 50.0}),
         seed=3,
     )
     reporter = ListReporter()

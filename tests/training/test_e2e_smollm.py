@@ -70,8 +70,9 @@ def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bund
     for model in (done.fine_tuned_model, f"{done.fine_tuned_model}:ckpt-step-90"):
         reply = tenant.sdk.chat.completions.create(model=model, messages=ask, temperature=0, max_tokens=256)
         assert reply.choices[0].message.content == after
-    base = tenant.sdk.chat.completions.create(model=SMOLLM, messages=ask, temperature=0, max_tokens=256)
-    assert base.choices[0].message.content.startswith(before)  # the CLI printed its first line first
+    base = tenant.sdk.chat.completions.create(model=SMOLLM, messages=ask, temperature=0, max_tokens=24)
+    text = base.choices[0].message.content
+    assert text and text[:len(before)] == before[:len(text)]  # what the CLI printed first, greedy again
 
 
 @pytest.mark.example

@@ -20,6 +20,9 @@ from test_jobs_train import TINY, upload, wait_for
 pytestmark = pytest.mark.training
 
 LONG = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 4}}}
+"""For jobs stopped early (cancel): 60 steps, far more than they ever reach."""
+RUN = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 4}}}
+"""For jobs interrupted and then finished: 24 steps (checkpoints every 3)."""
 
 
 def training_process(job_id: str, timeout: float = 60) -> psutil.Process:
@@ -70,7 +73,7 @@ def trainer(training_server: Server) -> Tenant:
 def reference(training_server: Server) -> tuple[str, dict[str, torch.Tensor]]:
     """An uninterrupted run with seed 11 on 12 examples: the weights to match."""
     tenant = Tenant(training_server, "default", training_server.api_key)
-    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), seed=11, method=LONG)
+    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), seed=11, method=RUN)
     assert wait_for(tenant, job.id, {"succeeded", "failed"}).status == "succeeded"
     return job.id, adapter(training_server, job.id)
 
@@ -91,7 +94,7 @@ def test_cancel_stops_the_process_within_5_seconds(trainer: Tenant) -> None:
 
 def test_pause_then_resume_matches_an_uninterrupted_run(trainer: Tenant, reference) -> None:
     _, expected = reference
-    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(trainer), seed=11, method=LONG)
+    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(trainer), seed=11, method=RUN)
     wait_for_event(trainer, job.id, "Step 8/")
     process = training_process(job.id)
     assert trainer.sdk.fine_tuning.jobs.pause(job.id).status == "paused"
@@ -105,7 +108,7 @@ def test_pause_then_resume_matches_an_uninterrupted_run(trainer: Tenant, referen
 
 def test_kill_9_of_the_training_process_recovers_to_the_same_weights(trainer: Tenant, reference) -> None:
     reference_id, expected = reference
-    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(trainer), seed=11, method=LONG)
+    job = trainer.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(trainer), seed=11, method=RUN)
     wait_for_event(trainer, job.id, "Checkpoint created at step 6")
     training_process(job.id).send_signal(signal.SIGKILL)
     wait_for_event(trainer, job.id, "exited unexpectedly (signal 9)")
@@ -159,7 +162,7 @@ def test_two_workers_on_postgres_never_run_a_job_twice(make_training_server, pos
 def test_a_dead_worker_loses_its_lease_and_the_job_resumes(make_training_server) -> None:
     server = make_training_server(OPENFT_LEASE_SECONDS="2")
     tenant = Tenant(server, "default", server.api_key)
-    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), method=LONG)
+    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), method=RUN)
     wait_for_event(tenant, job.id, "Checkpoint created at step 3")
     child = training_process(job.id)
     server.process.send_signal(signal.SIGKILL)  # the whole worker (and API) dies

@@ -12,6 +12,7 @@ import openai
 import pytest
 import torch
 
+from openft.domain import Method
 from openft.store.blobs import BlobStore
 from openft.training.config import RunConfig
 from openft.training.report import ListReporter
@@ -208,7 +209,7 @@ def in_process(tmp_path: Path, job_id: str, base: dict, training: list[dict], va
         job_id=job_id, base=base, models_dir=str(tmp_path / "models"), storage_url=str(tmp_path / "blobs"),
         training_file_key=f"files/{job_id}-train.jsonl",
         validation_file_key=f"files/{job_id}-valid.jsonl" if validation else None,
-        method=method, seed=seed, device="cpu",
+        method=Method.from_wire(method), seed=seed, device="cpu",
     )
     reporter = ListReporter()
     run(config, reporter)
@@ -288,7 +289,7 @@ def test_a_pause_in_the_middle_of_a_step_drops_it_and_resumes_to_the_same_run(
         out.write(jsonl(prompts(8)))
     config = RunConfig(job_id="ftjob-cut", base=base, models_dir=str(tmp_path / "models"),
                        storage_url=str(tmp_path / "blobs"), training_file_key="files/ftjob-cut-train.jsonl",
-                       validation_file_key=None, method=rl, seed=9, device="cpu")
+                       validation_file_key=None, method=Method.from_wire(rl), seed=9, device="cpu")
     run(config, reporter)
     [paused] = reporter.of("paused")
     assert paused["step"] == 2 and [r["data"]["step"] for r in reporter.of("metrics")] == [1, 2]

@@ -29,7 +29,7 @@ class Script:
 
 
 def service(tmp_path) -> ChatService:
-    return ChatService(load_settings(home=tmp_path), registry=None, blobs=None)  # type: ignore[arg-type]
+    return ChatService(load_settings(home=tmp_path), registry=None)  # type: ignore[arg-type]
 
 
 def run(chat: ChatService, script: Script, plan: Plan, stop: StopSignal) -> list[dict]:

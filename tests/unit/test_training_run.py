@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from openft.domain import Method, MethodType
 from openft.training import run as run_module
 from openft.training.common import ModelLoadError
 from openft.training.config import RunConfig
@@ -14,7 +15,7 @@ from openft.training.report import ListReporter
 def config() -> RunConfig:
     return RunConfig(job_id="j", base={"id": "m", "kind": "local", "path": "/x"}, models_dir="/x",
                      storage_url="/x", training_file_key="k", validation_file_key=None,
-                     method={"type": "supervised", "supervised": {"hyperparameters": {}}}, seed=0)
+                     method=Method(MethodType.SUPERVISED), seed=0)
 
 
 class OutOfMemoryError(RuntimeError):

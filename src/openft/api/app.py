@@ -55,14 +55,14 @@ async def start_context(settings: Settings, *, bootstrap_key: bool = True) -> Ap
     await migrate(engine)
     blobs = BlobStore(settings.resolved_storage_url, settings.storage_options)
     await asyncio.to_thread(blobs.check)  # a missing bucket or refused key stops start-up here
-    registry = ModelRegistry(settings)
+    registry = ModelRegistry(settings, blobs)
     ctx = AppContext(
         settings=settings,
         engine=engine,
         sessions=create_session_factory(engine),
         blobs=blobs,
         registry=registry,
-        chat=ChatService(settings, registry, blobs),
+        chat=ChatService(settings, registry),
     )
     async with ctx.transaction() as session:
         default_org_id = await auth.ensure_org(session, settings.default_org)

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from openft.training import records
+from openft.training.records import CheckpointRecord, DoneRecord, HyperparametersRecord, MetricsRecord, Record
+
 NOT_METRICS = {"step", "total_steps"}
 
 
@@ -54,17 +57,17 @@ class WandbLogger:
              f"{run_dir}; upload it with `wandb sync {run_dir}`.", {"mode": "offline", "dir": str(run_dir)})
         )
 
-    def handle(self, record: dict[str, Any]) -> None:
-        kind = record["type"]
-        if kind == "hyperparameters":
-            self.run.config.update(record["resolved"], allow_val_change=True)
-        elif kind == "metrics":
-            self.run.log(numeric(record["data"]), step=int(record["data"]["step"]))
-        elif kind == "checkpoint":
-            self.run.log(numeric(record["metrics"]), step=int(record["step"]))
-        elif kind == "done":
-            self.run.summary.update({"fine_tuned_model": record["fine_tuned_model"],
-                                     "trained_tokens": record["trained_tokens"]})
+    def handle(self, record: Record, fine_tuned_model: str) -> None:
+        match record:
+            case HyperparametersRecord():
+                self.run.config.update(record.resolved, allow_val_change=True)
+            case MetricsRecord():
+                self.run.log(numeric(record.data), step=int(record.data["step"]))
+            case CheckpointRecord():
+                self.run.log(numeric(record.metrics), step=int(record.step))
+            case DoneRecord():
+                self.run.summary.update({"fine_tuned_model": fine_tuned_model,
+                                         "trained_tokens": record.trained_tokens})
 
     def finish(self, outcome: str) -> None:
         self.run.finish(exit_code=0 if outcome in ("succeeded", "paused") else 1)
@@ -107,17 +110,17 @@ class MlflowLogger:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
-    def handle(self, record: dict[str, Any]) -> None:
-        kind = record["type"]
-        if kind == "hyperparameters":
-            self._params(record["resolved"])
-        elif kind == "metrics":
-            self._metrics(numeric(record["data"]), int(record["data"]["step"]))
-        elif kind == "checkpoint":
-            self._metrics(numeric(record["metrics"]), int(record["step"]))
-        elif kind == "done":
-            self.client.set_tag(self.run_id, "fine_tuned_model", record["fine_tuned_model"])
-            self._metrics({"trained_tokens": float(record["trained_tokens"])}, 0)
+    def handle(self, record: Record, fine_tuned_model: str) -> None:
+        match record:
+            case HyperparametersRecord():
+                self._params(record.resolved)
+            case MetricsRecord():
+                self._metrics(numeric(record.data), int(record.data["step"]))
+            case CheckpointRecord():
+                self._metrics(numeric(record.metrics), int(record.step))
+            case DoneRecord():
+                self.client.set_tag(self.run_id, "fine_tuned_model", fine_tuned_model)
+                self._metrics({"trained_tokens": float(record.trained_tokens)}, 0)
 
     def finish(self, outcome: str) -> None:
         if outcome != "paused":  # a paused run resumes later
@@ -152,13 +155,14 @@ def main() -> None:
         say(out, message, integration=spec["type"], **data)
     outcome = "stopped"
     for line in sys.stdin:
-        record = json.loads(line)
-        if record["type"] == "end":
-            outcome = record["outcome"]
+        data = json.loads(line)
+        if data["type"] == "end":
+            outcome = data["outcome"]
             break
+        record = records.parse(data)
         for logger in list(loggers):
             try:
-                logger.handle(record)
+                logger.handle(record, data["fine_tuned_model"])
             except Exception as exc:
                 loggers.remove(logger)
                 say(out, f"{logger.name} logging failed ({type(exc).__name__}: {exc}); the job trains on "

@@ -21,12 +21,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from openft.training.records import CheckpointRecord, DoneRecord, HyperparametersRecord, MetricsRecord, Record
+
 log = logging.getLogger(__name__)
 
 QUEUE = 10_000
 CLOSE_SECONDS = 120.0
 """How long a logger may take to close its runs after the job's process ended."""
-FORWARDED = {"hyperparameters", "metrics", "checkpoint", "done"}
+FORWARDED = (HyperparametersRecord, MetricsRecord, CheckpointRecord, DoneRecord)
+"""The progress records trackers log."""
 
 AddEvent = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
@@ -54,10 +57,11 @@ class IntegrationSink:
                       asyncio.create_task(self._read(), name="integrations reader")]
         self.send_raw(self.header)
 
-    def send(self, record: dict[str, Any], **extra: Any) -> None:
-        """Forward one progress record (if it is one a tracker logs); never blocks."""
-        if record.get("type") in FORWARDED:
-            self.send_raw({**record, **extra})
+    def send(self, record: Record, *, fine_tuned_model: str) -> None:
+        """Forward one progress record (if it is one a tracker logs), with the
+        model the job makes; never blocks."""
+        if isinstance(record, FORWARDED):
+            self.send_raw({**record.to_dict(), "fine_tuned_model": fine_tuned_model})
 
     def send_raw(self, item: dict[str, Any], *, always: bool = False) -> None:
         if self.process is None:

@@ -1,7 +1,7 @@
 """Turning a training process's progress records into store writes.
 
-Record types (see ``openft.training.report``): ``event``, ``hyperparameters``,
-``metrics``, ``checkpoint``, ``paused``, ``done``, ``failed``. Every write is
+Record types: ``openft.training.records`` (the training side sends the same
+types). Every write is
 fenced on the worker still owning the job, and the final status goes through
 ``transition_job``, so a late ``done`` cannot overwrite a cancelled job.
 Checkpoints beyond the newest ``KEEP_CHECKPOINTS`` are deleted with their
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 
@@ -30,6 +29,16 @@ from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
 from openft.store.tables import Checkpoint, File, FineTunedModel, Job
+from openft.training.records import (
+    CheckpointRecord,
+    DoneRecord,
+    EventRecord,
+    FailedRecord,
+    HyperparametersRecord,
+    MetricsRecord,
+    PausedRecord,
+    Record,
+)
 
 log = logging.getLogger(__name__)
 STILL_REPORTING = (JobStatus.RUNNING, JobStatus.PAUSED)
@@ -54,39 +63,42 @@ class Recorder:
         self.max_attempts = max_attempts
         self.outcome: str | None = None
 
-    async def apply(self, record: dict[str, Any]) -> None:
-        handler = getattr(self, f"_on_{record.get('type')}", None)
-        if handler is None:
-            log.warning("job %s: unknown progress record %r", self.job_id, record.get("type"))
-            return
-        await handler(record)
+    async def apply(self, record: Record) -> None:
+        match record:
+            case EventRecord():
+                await self._on_event(record)
+            case HyperparametersRecord():
+                async with self.lease.transaction() as session:
+                    await self.lease.write(session, resolved_hyperparameters=record.resolved)
+            case MetricsRecord():
+                await self._on_metrics(record)
+            case CheckpointRecord():
+                await self._on_checkpoint(record)
+            case PausedRecord():
+                await self._on_paused(record)
+            case DoneRecord():
+                await self._on_done(record)
+            case FailedRecord():
+                self.outcome = "failed"
+                await fail(self.lease, record.code, record.message, record.param)
 
-    async def _on_event(self, record: dict[str, Any]) -> None:
+    async def _on_event(self, record: EventRecord) -> None:
         async with self.lease.transaction() as session:
             if not await self.lease.write(session, statuses=STILL_REPORTING):
                 return
-            await job_queries.add_event(
-                session, self.job_id, record["message"], level=record.get("level", "info"),
-                data=record.get("data"),
-            )
+            await job_queries.add_event(session, self.job_id, record.message, level=record.level, data=record.data)
 
-    async def _on_hyperparameters(self, record: dict[str, Any]) -> None:
-        async with self.lease.transaction() as session:
-            await self.lease.write(session, resolved_hyperparameters=record["resolved"])
-
-    async def _on_metrics(self, record: dict[str, Any]) -> None:
+    async def _on_metrics(self, record: MetricsRecord) -> None:
         async with self.lease.transaction() as session:
             if await self.lease.write(session, statuses=STILL_REPORTING,
-                                      estimated_finish=_utc(record["estimated_finish"])):
-                await job_queries.add_event(
-                    session, self.job_id, record["message"], type="metrics", data=record["data"]
-                )
+                                      estimated_finish=_utc(record.estimated_finish)):
+                await job_queries.add_event(session, self.job_id, record.message, type="metrics", data=record.data)
 
-    async def _on_checkpoint(self, record: dict[str, Any]) -> None:
-        step = int(record["step"])
+    async def _on_checkpoint(self, record: CheckpointRecord) -> None:
+        step = int(record.step)
         async with self.lease.transaction() as session:
             if not await self.lease.write(session, statuses=STILL_REPORTING,
-                                          resume_state_key=record["state_key"], resume_step=step):
+                                          resume_state_key=record.state_key, resume_step=step):
                 return
             await job_queries.add_checkpoint(session, Checkpoint(
                 id=new_id("checkpoint"),
@@ -94,8 +106,8 @@ class Recorder:
                 created_at=datetime.now(UTC),
                 step_number=step,
                 fine_tuned_model_checkpoint=f"{self.model_name}:ckpt-step-{step}",
-                metrics={k: float(v) for k, v in record["metrics"].items()},
-                storage_key=record["model_key"],
+                metrics={k: float(v) for k, v in record.metrics.items()},
+                storage_key=record.model_key,
             ))
             await job_queries.add_event(session, self.job_id, f"Checkpoint created at step {step}")
             pruned = await job_queries.prune_checkpoints(session, self.job_id, KEEP_CHECKPOINTS)
@@ -104,33 +116,31 @@ class Recorder:
             await anyio.to_thread.run_sync(self.blobs.delete_tree, model_key)
             await anyio.to_thread.run_sync(self.blobs.delete_tree, state)
 
-    async def _on_paused(self, record: dict[str, Any]) -> None:
+    async def _on_paused(self, record: PausedRecord) -> None:
         self.outcome = "paused"
         async with self.lease.transaction() as session:
             if await self.lease.write(
-                session, statuses=(JobStatus.PAUSED,),
-                resume_state_key=record["state_key"], resume_step=int(record["step"]),
+                session, statuses=(JobStatus.PAUSED,), resume_state_key=record.state_key, resume_step=int(record.step),
             ):
                 await job_queries.add_event(
-                    session, self.job_id,
-                    f"Training state saved at step {record['step']}; resume the job to continue.",
+                    session, self.job_id, f"Training state saved at step {record.step}; resume the job to continue.",
                 )
 
-    async def _on_done(self, record: dict[str, Any]) -> None:
+    async def _on_done(self, record: DoneRecord) -> None:
         self.outcome = "done"
-        size = await anyio.to_thread.run_sync(self.blobs.size, record["results_key"])
+        size = await anyio.to_thread.run_sync(self.blobs.size, record.results_key)
         now = datetime.now(UTC)
         try:
             async with self.lease.transaction() as session:
                 results = File(
                     id=new_id("file"), org_id=self.org_id, filename=RESULTS_FILENAME,
-                    purpose="fine-tune-results", bytes=size, storage_key=record["results_key"],
+                    purpose="fine-tune-results", bytes=size, storage_key=record.results_key,
                     created_at=now,
                 )
                 await file_queries.create_file(session, results)
                 await model_queries.create_fine_tuned_model(session, FineTunedModel(
                     id=self.model_name, org_id=self.org_id, job_id=self.job_id,
-                    base_model=self.base_model, storage_key=record["model_key"],
+                    base_model=self.base_model, storage_key=record.model_key,
                     created_at=now,
                 ))
                 await job_queries.add_event(
@@ -141,7 +151,7 @@ class Recorder:
                     action="complete",
                     values={
                         "fine_tuned_model": self.model_name,
-                        "trained_tokens": int(record["trained_tokens"]),
+                        "trained_tokens": int(record.trained_tokens),
                         "result_files": [results.id],
                     },
                 )
@@ -149,10 +159,6 @@ class Recorder:
             log.info("job %s finished training but is no longer running; result dropped", self.job_id)
             return
         await anyio.to_thread.run_sync(self.blobs.delete_tree, f"jobs/{self.job_id}/state")
-
-    async def _on_failed(self, record: dict[str, Any]) -> None:
-        self.outcome = "failed"
-        await fail(self.lease, record["code"], record["message"], record.get("param"))
 
     async def finish(self, exit_code: int, how: str | None = None) -> None:
         """The process ended: if it left no outcome, it crashed (``how``: in what way)."""

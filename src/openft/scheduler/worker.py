@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import socket
 import time
@@ -38,7 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from openft.config import Settings
 from openft.domain import JobStatus, fine_tuned_name
 from openft.errors import Conflict, NotFound
-from openft.graders.sandbox import SandboxLimits
 from openft.integrations.sink import IntegrationSink
 from openft.scheduler import progress
 from openft.scheduler.executors.local import LocalExecutor, LocalRun
@@ -56,20 +54,6 @@ if TYPE_CHECKING:
     from openft.scheduler.executors.ray import RayExecutor, RayRun
 
 log = logging.getLogger(__name__)
-
-
-COLOCATED_NICE = 10
-
-
-def training_share(settings: Settings, colocated: bool) -> tuple[int | None, int]:
-    """(threads, niceness) of training processes. Next to the API, a training
-    process takes one core fewer than the host has and runs at niceness 10,
-    so a busy API keeps answering quickly and training keeps most of its pace
-    (measured in ``bench/colocated.py``); alone, it takes everything."""
-    cores = os.cpu_count() or 1
-    threads = settings.training_threads or (max(1, cores - 1) if colocated else None)
-    nice = settings.training_nice if settings.training_nice is not None else (COLOCATED_NICE if colocated else 0)
-    return threads, nice
 
 
 def make_executor(settings: Settings) -> LocalExecutor | RayExecutor:
@@ -102,12 +86,12 @@ class Worker:
         colocated: bool = False,
     ):
         """``colocated``: the worker shares its host with the API (``openft serve``),
-        so training leaves the API room by default (see :func:`training_share`)."""
+        so training leaves the API room by default (``Settings.training_share``)."""
         self.settings = settings
         self.sessions = sessions
         self.blobs = blobs
         self.executor = executor or make_executor(settings)
-        self.threads, self.nice = training_share(settings, colocated)
+        self.colocated = colocated
         self.id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.running: dict[str, asyncio.Task[None]] = {}
         self.waiting_since: dict[str, float] = {}
@@ -262,7 +246,7 @@ class Worker:
         sink = IntegrationSink({
             "job": {"job_id": job.id, "model": job.model, "training_file": job.training_file,
                     "validation_file": job.validation_file, "seed": job.seed, "suffix": job.suffix,
-                    "method_type": job.method["type"]},
+                    "method_type": job.method.type.value},
             "integrations": job.integrations,
             "settings": {"wandb_dir": str(self.settings.home / "wandb"),
                          "mlflow_tracking_uri": self.settings.resolved_mlflow_tracking_uri},
@@ -320,37 +304,22 @@ class Worker:
             raise FileNotFoundError(f"training file {job.training_file} is gone")
         if base is None:
             raise FileNotFoundError(f"base model {job.model} is no longer available")
-        config = RunConfig(
-            job_id=job.id,
-            base=base.to_dict(),
-            models_dir=str(self.settings.models_dir),
-            storage_url=self.settings.resolved_storage_url,
-            storage_options=self.settings.storage_options,
-            training_file_key=training.storage_key,
-            validation_file_key=validation.storage_key if validation else None,
-            method=job.method,
-            seed=job.seed,
-            resume_state_key=job.resume_state_key,
-            start_key=start.storage_key if start else None,
-            device=self.settings.device,
-            threads=self.threads,
-            nice=self.nice,
-            judges=judges,
-            grader_limits={
-                "python": SandboxLimits.from_settings(self.settings).to_dict(),
-                "embedding_model": str(self.settings.grader_embedding_model or "") or None,
-            },
+        config = RunConfig.create(
+            self.settings, job_id=job.id, base=base, training_file_key=training.storage_key,
+            validation_file_key=validation.storage_key if validation else None, method=job.method,
+            seed=job.seed, start_key=start.storage_key if start else None, colocated=self.colocated,
+            resume_state_key=job.resume_state_key, judges=judges,
         )
         return config, org.name if org else job.org_id
 
     async def _judges(self, session: AsyncSession, job: Job) -> dict[str, dict[str, object]]:
         """Where the judge models of a reinforcement job's grader are, for its organisation."""
-        if job.method["type"] != "reinforcement":
+        if job.method.grader is None:
             return {}
         from openft.graders import spec as grader_spec
 
         judges: dict[str, dict[str, object]] = {}
-        for _, model in grader_spec.judge_models(job.method["reinforcement"]["grader"]):
+        for _, model in grader_spec.judge_models(job.method.grader):
             tuned = await model_queries.read_tuned_weights(session, job.org_id, model)
             base = await resolve_base(session, tuned.base_model if tuned else model,
                                       models_file=self.settings.models_file,

@@ -207,9 +207,9 @@ class FineTuningJobCreate(RequestModel):
             resources=(self.resources.model_dump(exclude_none=True) or None) if self.resources else None,
         )
 
-    def _resolve_method(self) -> dict[str, Any]:
-        """The method as ``{"type": t, t: {"hyperparameters": {...}}}``, mapping
-        the deprecated top-level ``hyperparameters`` onto ``method.supervised``."""
+    def _resolve_method(self) -> domain.Method:
+        """The method, typed, mapping the deprecated top-level
+        ``hyperparameters`` onto ``method.supervised``."""
         method = self.method or Method(type="supervised")
         if self.hyperparameters is not None:
             explicit = method.supervised is not None and (
@@ -227,15 +227,15 @@ class FineTuningJobCreate(RequestModel):
             if method.reinforcement is None or method.reinforcement.grader is None:
                 raise InvalidRequest("A reinforcement job needs a grader: method.reinforcement.grader.",
                                      param="method.reinforcement.grader")
-            return {"type": "reinforcement", "reinforcement": {
-                "grader": method.reinforcement.grader,
-                "hyperparameters": method.reinforcement.hyperparameters.model_dump(exclude_none=True),
-            }}
+            return domain.Method(
+                domain.MethodType.REINFORCEMENT,
+                method.reinforcement.hyperparameters.model_dump(exclude_none=True),
+                grader=method.reinforcement.grader,
+            )
         chosen = getattr(method, method.type) or (
             SupervisedMethod() if method.type == "supervised" else DpoMethod()
         )
-        hyperparameters = chosen.hyperparameters.model_dump(exclude_none=True)
-        return {"type": method.type, method.type: {"hyperparameters": hyperparameters}}
+        return domain.Method(domain.MethodType(method.type), chosen.hyperparameters.model_dump(exclude_none=True))
 
 
 class JobError(WireModel):

@@ -6,8 +6,8 @@ vLLM's ``OpenAIServingChat``): the router only hands it the request. It owns
 
 * resolution: a base, fine-tuned (``ft:...``) or checkpoint model id of the
   caller's organisation becomes a :class:`ModelRef` through the one model
-  resolver (``ModelRegistry.weights``); fine-tuned weights are fetched from
-  blob storage once into ``$OPENFT_HOME/cache``;
+  resolver (``ModelRegistry.resolve``, which exports and graders' judges use
+  too);
 * the generator, created on the first request (importing torch then, not
   when the API starts), whose per-base engines batch every request;
 * the request's :class:`Plan`: prompt tokens (tools rendered in the model's
@@ -39,14 +39,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
 from openft import tool_format
 from openft.config import Settings
-from openft.errors import InvalidRequest, NotFound, OpenFTError, error_body
+from openft.errors import InvalidRequest, OpenFTError, error_body
 from openft.schemas.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -77,8 +76,6 @@ from openft.serving.types import (
     TokenEvent,
     TokenLogprob,
 )
-from openft.store.blobs import BlobStore
-from openft.store.queries import models as model_queries
 from openft.store.queries.reads import Db
 
 if TYPE_CHECKING:
@@ -140,8 +137,8 @@ def fit_context(params: GenerationParams, prompt_tokens: int, context: int, *, e
 
 
 class ChatService:
-    def __init__(self, settings: Settings, registry: ModelRegistry, blobs: BlobStore):
-        self.settings, self.registry, self.blobs = settings, registry, blobs
+    def __init__(self, settings: Settings, registry: ModelRegistry):
+        self.settings, self.registry = settings, registry
         self._generator: Generator | None = None
         self._generator_lock = threading.Lock()
 
@@ -174,7 +171,7 @@ class ChatService:
         if body.stream and params.n > 1:
             raise InvalidRequest("Streaming supports n=1 only.", param="n")
         async with reader() as db:
-            ref = await self.resolve(db, org_id, body.model)
+            ref = await self.registry.resolve(db, org_id, body.model)
         plan = await anyio.to_thread.run_sync(self.plan, ref, body)
         params = fit_context(params, len(plan.prompt), plan.context,
                              explicit=(body.max_completion_tokens or body.max_tokens) is not None)
@@ -220,31 +217,6 @@ class ChatService:
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         names = {t["function"]["name"] for t in tools} if tools else set()
         return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref))
-
-    async def resolve(self, db: Db, org_id: str, model_id: str) -> ModelRef:
-        tuned = await model_queries.read_tuned_weights(db, org_id, model_id)
-        if tuned is None:
-            return ModelRef(model_id, await self._base_path(db, model_id, model_id, known_base=False))
-        folder = await anyio.to_thread.run_sync(self._local_copy, tuned.storage_key)
-        if not (folder / "adapter_config.json").exists():  # a full fine-tune
-            return ModelRef(model_id, folder)
-        return ModelRef(model_id, await self._base_path(db, tuned.base_model, model_id, known_base=True), folder)
-
-    async def _base_path(self, db: Db, base: str, asked: str, *, known_base: bool) -> Path:
-        weights = await self.registry.weights(db, base, known_base=known_base)
-        if weights is None:
-            raise NotFound("model", asked, param="model")
-        return await anyio.to_thread.run_sync(weights.local_path, self.settings.models_dir)
-
-    def _local_copy(self, key: str) -> Path:
-        if (local := self.blobs.local_path(key)) is not None:
-            return local
-        target = self.settings.home / "cache" / key
-        if not (target / ".complete").exists():
-            target.mkdir(parents=True, exist_ok=True)
-            self.blobs.get_dir(key, str(target))
-            (target / ".complete").touch()
-        return target
 
     async def events(
         self, submission: Submission, plan: Plan, model: str, include_usage: bool, stop: StopSignal,

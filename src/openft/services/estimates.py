@@ -18,8 +18,7 @@ from openft.config import Settings
 from openft.domain import JobSpec
 from openft.errors import InvalidRequest, ServerFailure
 from openft.scheduler.executors.warm import Zygote, ZygoteUnavailable
-from openft.scheduler.worker import training_share
-from openft.services.jobs import check_job
+from openft.services.jobs import GraderCheck, check_job
 from openft.services.models import ModelRegistry
 from openft.training.config import RunConfig
 
@@ -38,19 +37,18 @@ def calibration_file(settings: Settings) -> Path:
 
 
 async def estimate(transaction: Any, settings: Settings, registry: ModelRegistry, org_id: str,
-                   spec: JobSpec, zygote: Zygote | None = None) -> dict[str, Any]:
+                   spec: JobSpec, *, graders: GraderCheck | None = None,
+                   zygote: Zygote | None = None) -> dict[str, Any]:
     """``zygote``: the co-located worker's, when it has one; the estimate then
     forks from it instead of starting a new Python (seconds of imports)."""
     async with transaction() as session:
-        checked = await check_job(session, registry, org_id, spec, executor=settings.executor)
-    threads, nice = training_share(settings, colocated=settings.worker)
-    config = RunConfig(
-        job_id=f"estimate-{secrets.token_hex(4)}", base=checked.base.to_dict(), models_dir=str(settings.models_dir),
-        storage_url=settings.resolved_storage_url, storage_options=settings.storage_options,
+        checked = await check_job(session, registry, org_id, spec, graders=graders, executor=settings.executor)
+    config = RunConfig.create(
+        settings, job_id=f"estimate-{secrets.token_hex(4)}", base=checked.base,
         training_file_key=checked.training.storage_key,
         validation_file_key=checked.validation.storage_key if checked.validation is not None else None,
         method=checked.spec.method, seed=checked.spec.seed, start_key=checked.start_key,
-        device=settings.device, threads=threads, nice=nice,
+        colocated=settings.worker,
     )
     with tempfile.TemporaryDirectory(prefix="openft-estimate-") as folder:
         path = Path(folder) / "config.json"
@@ -65,9 +63,8 @@ async def estimate(transaction: Any, settings: Settings, registry: ModelRegistry
     if "error" in result:
         raise InvalidRequest(result["error"]["message"], param=result["error"]["param"],
                              code=result["error"]["code"])
-    kind = checked.spec.method_type.value
-    method = {**checked.spec.method, kind: {**checked.spec.method[kind], "hyperparameters": result["hyperparameters"]}}
-    return {"object": result.pop("object"), "model": spec.model, "method": method, **result}
+    method = checked.spec.method.with_hyperparameters(result["hyperparameters"])
+    return {"object": result.pop("object"), "model": spec.model, "method": method.to_wire(), **result}
 
 
 async def _run(args: list[str], folder: Path, zygote: Zygote | None) -> tuple[int, bytes, bytes]:

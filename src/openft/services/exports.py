@@ -63,7 +63,7 @@ async def prepare(settings: Settings, chat: ChatService, reader: Reader, capacit
                     param="model", code="model_not_exportable",
                 )
             raise NotFound("model", model_id, param="model")
-        ref = await chat.resolve(db, org_id, model_id)
+        ref = await chat.registry.resolve(db, org_id, model_id)
     name = archive_name(model_id)
     if ref.adapter_path is None:
         return Export(ref.base_path, name, "full")

@@ -46,7 +46,7 @@ class GraderService:
         refs: dict[str, ModelRef] = {}
         for where, model in spec.judge_models(grader, param):
             try:
-                refs[model] = await self.chat.resolve(db, org_id, model)
+                refs[model] = await self.chat.registry.resolve(db, org_id, model)
             except NotFound:
                 raise InvalidRequest(f"Invalid '{where}': the model {model!r} does not exist or is not "
                                      "available to your organisation.", param=where, code="model_not_found") from None
@@ -55,15 +55,25 @@ class GraderService:
     async def checked(self, reader: Reader, org_id: str, grader: Any,
                       param: str = "grader") -> tuple[dict[str, Any], dict[str, ModelRef]]:
         """The grader with defaults filled in, and its judge models as the
-        organisation sees them; a 400 pointing into the grader otherwise. Used
-        by the graders API and by reinforcement job creation."""
+        organisation sees them; a 400 pointing into the grader otherwise."""
+        checked = await self._validated(org_id, grader, param)
+        async with reader() as db:
+            return checked, await self.judges(db, org_id, checked, param)
+
+    async def check(self, db: Db, org_id: str, grader: Any, param: str) -> dict[str, Any]:
+        """:meth:`checked` within a job request's session
+        (``openft.services.jobs.GraderCheck``)."""
+        checked = await self._validated(org_id, grader, param)
+        await self.judges(db, org_id, checked, param)
+        return checked
+
+    async def _validated(self, org_id: str, grader: Any, param: str) -> dict[str, Any]:
         checked = spec.validate(grader, param, cosine_available=self.settings.grader_embedding_model is not None)
         sources = spec.python_sources(checked, param)
         if sources:
             async with self.capacity.slot(org_id):
                 await self.capacity.run_sync(lambda: self._check_sources(sources))
-        async with reader() as db:
-            return checked, await self.judges(db, org_id, checked, param)
+        return checked
 
     async def validate(self, reader: Reader, org_id: str, grader: Any) -> dict[str, Any]:
         checked, _ = await self.checked(reader, org_id, grader)

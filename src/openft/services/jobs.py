@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,12 +52,28 @@ class CheckedJob:
     """The continued model's weights (blob key), if any."""
 
 
+class GraderCheck(Protocol):
+    """What job requests need of the graders service: a reinforcement job's
+    grader checked for its organisation, with defaults filled in (a 400
+    pointing into it otherwise). ``openft.services.graders.GraderService``."""
+
+    async def check(self, db: Db, org_id: str, grader: Any, param: str) -> dict[str, Any]: ...
+
+
 async def check_job(
-    session: AsyncSession, registry: ModelRegistry, org_id: str, spec: JobSpec, *, executor: str = "local",
+    session: AsyncSession, registry: ModelRegistry, org_id: str, spec: JobSpec, *,
+    graders: GraderCheck | None = None, executor: str = "local",
 ) -> CheckedJob:
     """Every check of a job request (create and estimate share them).
-    ``executor``: the deployment's (``OPENFT_EXECUTOR``); only Ray places jobs
-    on the ``resources`` they ask for, so elsewhere asking is an error."""
+    ``graders``: needed for reinforcement jobs. ``executor``: the
+    deployment's (``OPENFT_EXECUTOR``); only Ray places jobs on the
+    ``resources`` they ask for, so elsewhere asking is an error."""
+    if spec.method.grader is not None:
+        # First, while the session holds nothing: a python grader's source is parsed in a sandbox.
+        if graders is None:
+            raise RuntimeError("checking a reinforcement job needs the graders service")
+        grader = await graders.check(session, org_id, spec.method.grader, "method.reinforcement.grader")
+        spec = replace(spec, method=spec.method.with_grader(grader))
     if spec.resources and executor != "ray":
         raise InvalidRequest(
             "This server runs jobs with the local executor, which trains each job in one process "
@@ -100,10 +116,11 @@ async def create_job(
     spec: JobSpec,
     *,
     request_metadata: dict[str, str] | None = None,
+    graders: GraderCheck | None = None,
     executor: str = "local",
 ) -> Job:
     """Check the request against the database, then insert the job and queue it."""
-    checked = await check_job(session, registry, org_id, spec, executor=executor)
+    checked = await check_job(session, registry, org_id, spec, graders=graders, executor=executor)
     spec, base_model = checked.spec, checked.base_model
 
     now = datetime.now(UTC)
@@ -151,12 +168,10 @@ def _check_integrations(spec: JobSpec) -> None:
 def _check_early_stopping(spec: JobSpec) -> None:
     """Early stopping and the best checkpoint go by the validation loss: they
     need a validation file, and reinforcement has rewards, not a loss."""
-    kind = spec.method_type.value
-    hyper = spec.method[kind]["hyperparameters"]
     for name in ("early_stopping_patience", "fine_tuned_model_from"):
-        if hyper.get(name) in (None, "last"):
+        if spec.method.hyperparameters.get(name) in (None, "last"):
             continue
-        param = f"method.{kind}.hyperparameters.{name}"
+        param = f"{spec.method.where}.{name}"
         if spec.method_type is MethodType.REINFORCEMENT:
             raise InvalidRequest(f"{name} applies to supervised and dpo jobs, which have a validation "
                                  "loss; reinforcement jobs are measured by reward.", param=param)
@@ -177,9 +192,8 @@ async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tupl
         raise NotFound("model", spec.model, param="model")
     parent = await job_queries.read_job(session, org_id, tuned.job_id)
     earlier = dict(parent.resolved_hyperparameters or {}) if parent is not None else {}
-    kind = spec.method_type.value
-    requested = dict(spec.method[kind]["hyperparameters"])
-    where = f"method.{kind}.hyperparameters"
+    requested = dict(spec.method.hyperparameters)
+    where = spec.method.where
     training_type = requested.get("training_type") or earlier.get("training_type", "lora")
     if earlier.get("training_type") == "full" and training_type == "lora":
         raise InvalidRequest(
@@ -196,8 +210,7 @@ async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tupl
                     param=f"{where}.{name}",
                 )
             requested[name] = earlier[name]
-    method = {**spec.method, kind: {**spec.method[kind], "hyperparameters": requested}}
-    return replace(spec, method=method), tuned.base_model, tuned.storage_key
+    return replace(spec, method=spec.method.with_hyperparameters(requested)), tuned.base_model, tuned.storage_key
 
 
 async def _usable_file(
@@ -309,11 +322,10 @@ def job_to_wire(job: Any, *, gateway: bool = False) -> FineTuningJob:
     status = JobStatus(job.status)
     if gateway:
         status = domain.GATEWAY_STATUS.get(status, status)
-    method: dict[str, Any] = job.method
-    hyper = dict(method[method["type"]]["hyperparameters"])
+    method: domain.Method = job.method
     if job.resolved_hyperparameters:
-        hyper.update(job.resolved_hyperparameters)
-        method = {**method, method["type"]: {**method[method["type"]], "hyperparameters": hyper}}
+        method = method.with_hyperparameters({**method.hyperparameters, **job.resolved_hyperparameters})
+    hyper = method.hyperparameters
     return FineTuningJob(
         id=job.id,
         created_at=int(job.created_at.timestamp()),
@@ -331,7 +343,7 @@ def job_to_wire(job: Any, *, gateway: bool = False) -> FineTuningJob:
         integrations=job.integrations,
         seed=job.seed,
         estimated_finish=_ts(job.estimated_finish),
-        method=method,
+        method=method.to_wire(),
         metadata=job.metadata_,
         user_provided_suffix=job.suffix,
         resources=job.resources,

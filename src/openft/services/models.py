@@ -23,9 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from openft.config import Settings
 from openft.errors import Forbidden, InvalidRequest, NotFound
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
+from openft.serving.types import ModelRef
+from openft.store.blobs import BlobStore
 from openft.store.queries import models as queries
 from openft.store.queries.reads import Db
-from openft.weights import BUNDLED_MODEL, BaseWeights, read_models_file, resolve_base
+from openft.weights import BUNDLED_MODEL, BaseWeights, is_adapter, read_models_file, resolve_base
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,34 @@ OWNER = "openft"
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings):
+    """Model ids to weights: every base, fine-tuned and checkpoint id an
+    organisation may use becomes folders on this machine here (chat, export
+    and graders' judges call :meth:`resolve`); the worker hands a training
+    process the same ids as blob keys, and the process finds the same folders
+    (``RunConfig.model_folder``)."""
+
+    def __init__(self, settings: Settings, blobs: BlobStore):
         self._settings = settings
+        self._blobs = blobs
         self._started = int(datetime.now(UTC).timestamp())
+
+    async def resolve(self, db: Db, org_id: str, model_id: str) -> ModelRef:
+        """The weights of ``model_id`` as the organisation sees it: a base
+        model's folder, a fine-tuned model's or checkpoint's adapter on its
+        base, or a full fine-tune's own folder; NotFound otherwise."""
+        tuned = await queries.read_tuned_weights(db, org_id, model_id)
+        if tuned is None:
+            return ModelRef(model_id, await self._base_folder(db, model_id, model_id, known_base=False))
+        folder = await anyio.to_thread.run_sync(self._blobs.folder, tuned.storage_key, self._settings.cache_dir)
+        if not is_adapter(folder):
+            return ModelRef(model_id, folder)
+        return ModelRef(model_id, await self._base_folder(db, tuned.base_model, model_id, known_base=True), folder)
+
+    async def _base_folder(self, db: Db, base: str, asked: str, *, known_base: bool) -> Path:
+        weights = await self.weights(db, base, known_base=known_base)
+        if weights is None:
+            raise NotFound("model", asked, param="model")
+        return await anyio.to_thread.run_sync(weights.local_path, self._settings.models_dir)
 
     def _file_models(self) -> dict[str, str]:
         return read_models_file(self._settings.models_file)

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from openft.errors import InvalidRequest, Overloaded
+from openft.kv_cache import cache_keyword, cache_of
 from openft.serving.lora import BASE
 from openft.serving.types import (
     Failed,
@@ -399,20 +400,6 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def cache_keyword(model: Any) -> str:
-    """The forward argument that takes a KV cache: ``cache`` in transformers
-    5.x, ``past_key_values`` before."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
-def cache_of(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

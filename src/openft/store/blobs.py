@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -150,6 +151,34 @@ class BlobStore:
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
+
+    def folder(self, key: str, cache: Path) -> Path:
+        """A local folder holding the tree at ``key`` (a model's weights): the
+        store's own folder when the store is local, else a copy at
+        ``cache / key`` fetched once. The copy is downloaded beside its place
+        and renamed into it, so a reader never sees half a folder and two
+        processes fetching at once both end with one whole copy."""
+        if (local := self.local_path(key)) is not None:
+            return local
+        target, whole = cache / key, cache / key / ".complete"
+        if whole.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        try:
+            self.get_dir(key, str(partial))
+            (partial / ".complete").touch()
+            if target.exists() and not whole.exists():  # an unfinished copy of an older version
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                partial.rename(target)
+            except OSError:  # another process put its copy there first
+                if not whole.exists():
+                    raise
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+        return target
 
 
 class BlobWriter:

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from openft.domain import Method
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -53,6 +55,21 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+class MethodColumn(TypeDecorator[Method]):
+    """A job's :class:`~openft.domain.Method`, stored as its wire JSON."""
+
+    impl = JSONType
+    cache_ok = True
+
+    def process_bind_param(self, value: Method | None, dialect: Any) -> dict[str, Any] | None:
+        return value.to_wire() if value is not None else None
+
+    def process_result_value(self, value: dict[str, Any] | None, dialect: Any) -> Method | None:
+        return Method.from_wire(value) if value is not None else None
+
+
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
 
@@ -114,7 +131,7 @@ class Job(Base):
     validation_file: Mapped[str | None] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(32))
     # The method as requested, hyperparameters still "auto" where not given.
-    method: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    method: Mapped[Method] = mapped_column(MethodColumn)
     # Hyperparameters resolved by the trainer once the job runs.
     resolved_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     suffix: Mapped[str | None] = mapped_column(String(64))

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from openft.store.blobs import BlobStore
+from openft.training.records import CheckpointRecord, DoneRecord, MetricsRecord, PausedRecord
 from openft.training.report import Reporter
 from openft.training.team import SOLO, Team
 
@@ -225,10 +226,10 @@ class RunProgress:
         message = f"Step {self.step}/{self.total_steps}: training loss={row['train_loss']:.4f}"
         if "valid_loss" in row:
             message += f", validation loss={row['valid_loss']:.4f}"
-        self.reporter.emit(
-            "metrics", message=message + summary, data={"total_steps": self.total_steps, **self._named(row)},
+        self.reporter.emit(MetricsRecord(
+            message + summary, data={"total_steps": self.total_steps, **self._named(row)},
             estimated_finish=time.time() + rate * (self.total_steps - self.step),
-        )
+        ))
         if "valid_loss" in row and (self.patience or self.keep_best):
             self._validated(float(row["valid_loss"]))
         if self.patience and self.team.size > 1:  # rank 0 validates; every rank stops with it
@@ -276,10 +277,10 @@ class RunProgress:
         state = self.save_state()
         model_key = checkpoint_key(self.job_id, self.step)
         save_model(self.blobs, model_key, model=self.model, tokenizer=self.tokenizer)
-        self.reporter.emit(
-            "checkpoint", step=self.step, state_key=state, model_key=model_key,
+        self.reporter.emit(CheckpointRecord(
+            step=self.step, state_key=state, model_key=model_key,
             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        )
+        ))
 
     def save_state(self) -> str:
         key = state_key(self.job_id, self.step)
@@ -296,7 +297,7 @@ class RunProgress:
             return True
         if stop == "pause" and not self.done:
             if self.team.is_main:
-                self.reporter.emit("paused", step=self.step, state_key=self.save_state())
+                self.reporter.emit(PausedRecord(step=self.step, state_key=self.save_state()))
             return True
         return False
 
@@ -310,7 +311,7 @@ class RunProgress:
         )
         if self.keep_best and self.best["step"] is not None:
             self._use_best(model_key)
-        self.reporter.emit("done", model_key=model_key, results_key=results_key, trained_tokens=self.tokens)
+        self.reporter.emit(DoneRecord(model_key=model_key, results_key=results_key, trained_tokens=self.tokens))
 
     def _use_best(self, model_key: str) -> None:
         """Make the best validation's weights the fine-tuned model."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from openft.store.blobs import BlobStore
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import IGNORE
 from openft.training.hyperparameters import learning_rate
+from openft.weights import is_adapter
 
 
 class ModelLoadError(Exception):
@@ -63,25 +63,10 @@ def begin(config: RunConfig) -> tuple[torch.device, BlobStore, Any, Any]:
     return device, blobs, tokenizer, model
 
 
-_STARTS: dict[str, Any] = {}
-
-
 def start_folder(config: RunConfig, blobs: BlobStore) -> Path | None:
-    """A local copy of the model folder the job continues from (None: it
-    starts from its base model), fetched once per process."""
-    if config.start_key is None:
-        return None
-    if (local := blobs.local_path(config.start_key)) is not None:
-        return local
-    if config.start_key not in _STARTS:
-        folder = tempfile.TemporaryDirectory(prefix="openft-start-")
-        blobs.get_dir(config.start_key, folder.name)
-        _STARTS[config.start_key] = folder
-    return Path(_STARTS[config.start_key].name)
-
-
-def is_adapter(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file()
+    """The model folder the job continues from, on this machine (None: it
+    starts from its base model)."""
+    return None if config.start_key is None else config.model_folder(blobs, config.start_key)
 
 
 def load_base(config: RunConfig, device: torch.device, *, path: Path | None = None) -> tuple[Any, Any]:
@@ -218,7 +203,7 @@ def group_logprobs(
     completions run together, right-padded, against it. A group of 8
     completions of 16 tokens after a 45-token prompt is 173 tokens through
     the model instead of 488."""
-    from openft.serving.engine import cache_keyword, cache_of
+    from openft.kv_cache import cache_keyword, cache_of
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()

@@ -12,9 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from openft.domain import Method
 from openft.weights import BaseWeights
+
+if TYPE_CHECKING:
+    from openft.config import Settings
+    from openft.store.blobs import BlobStore
 
 
 @dataclass
@@ -27,8 +32,8 @@ class RunConfig:
     storage_url: str
     training_file_key: str
     validation_file_key: str | None
-    method: dict[str, Any]
-    """``{"type": t, t: {"hyperparameters": {...}}}`` as requested ("auto" kept)."""
+    method: Method
+    """As requested ("auto" kept)."""
     seed: int
     resume_state_key: str | None = None
     """Training state to resume from (a previous run's checkpoint), if any."""
@@ -58,19 +63,63 @@ class RunConfig:
         return BaseWeights(**self.base)
 
     @property
+    def cache_dir(self) -> Path:
+        """Where fetched model folders are kept: ``Settings.cache_dir`` of the
+        deployment (``models_dir`` is its ``home / "models"``)."""
+        return Path(self.models_dir).parent / "cache"
+
+    def model_folder(self, blobs: BlobStore, key: str) -> Path:
+        """The model folder at blob ``key`` (a fine-tuned model, a checkpoint)
+        on this machine, as the API's ``ModelRegistry.resolve`` finds it."""
+        return blobs.folder(key, self.cache_dir)
+
+    @property
     def method_type(self) -> str:
-        return str(self.method["type"])
+        return self.method.type.value
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        return dict(self.method[self.method_type].get("hyperparameters", {}))
+        return dict(self.method.hyperparameters)
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, job_id: str, base: BaseWeights, training_file_key: str,
+        validation_file_key: str | None, method: Method, seed: int, start_key: str | None, colocated: bool,
+        resume_state_key: str | None = None, judges: dict[str, dict[str, Any]] | None = None,
+    ) -> RunConfig:
+        """The one builder, for the worker's runs and the estimate's: what the
+        deployment decides (storage, device, the training share of the host,
+        graders' limits) comes from ``settings``; ``colocated``: the training
+        process shares its host with the API (``Settings.training_share``)."""
+        from openft.graders.sandbox import SandboxLimits
+
+        threads, nice = settings.training_share(colocated)
+        return cls(
+            job_id=job_id, base=base.to_dict(), models_dir=str(settings.models_dir),
+            storage_url=settings.resolved_storage_url, storage_options=settings.storage_options,
+            training_file_key=training_file_key, validation_file_key=validation_file_key,
+            method=method, seed=seed, resume_state_key=resume_state_key, start_key=start_key,
+            device=settings.device, threads=threads, nice=nice, judges=judges or {},
+            grader_limits={
+                "python": SandboxLimits.from_settings(settings).to_dict(),
+                "embedding_model": str(settings.grader_embedding_model or "") or None,
+            },
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the file a local run reads, the payload a Ray run gets)."""
+        return {**asdict(self), "method": self.method.to_wire()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(**{**data, "method": Method.from_wire(data["method"])})
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        path.write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls(**json.loads(path.read_text()))
+        return cls.from_dict(json.loads(path.read_text()))
 
 
 def _help(text: str, default: Any = None) -> Any:

@@ -37,7 +37,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from openft.training.config import Hyperparameters, RunConfig
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 STARTED = time.monotonic()
 """When the process started (imports are timed from here)."""
@@ -52,7 +58,7 @@ FEW_EXAMPLES = 50
 """OpenAI's guidance: at least 50 well-crafted examples show clear improvements."""
 
 
-def estimate(config: Any, calibration_file: Path, *, warm: bool = False) -> dict[str, Any]:
+def estimate(config: RunConfig, calibration_file: Path, *, warm: bool = False) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from openft.store.blobs import BlobStore
@@ -174,15 +180,15 @@ def _evaluated_tokens(method: str, epochs: int, per_epoch: int, total_steps: int
     return validations * sum(valid_sizes[:VALIDATION_SAMPLE]) + epochs * sum(valid_sizes)
 
 
-def _calibration_key(config: Any, hp: Any, sizes: list[int], device: Any) -> str:
+def _calibration_key(config: RunConfig, hp: Hyperparameters, sizes: list[int], device: torch.device) -> str:
     bucket = 2 ** max(4, math.ceil(math.log2(max(1, sum(sizes) / len(sizes)))))
     return "|".join(str(part) for part in (
         config.model, config.method_type, hp.training_type, hp.lora_rank, device.type, config.threads,
         hp.batch_size, bucket))
 
 
-def _calibration(config: Any, hp: Any, train: list[Any], sizes: list[int], device: Any, file: Path,
-                 tokenizer: Any) -> tuple[dict[str, Any], bool]:
+def _calibration(config: RunConfig, hp: Hyperparameters, train: list[Any], sizes: list[int], device: torch.device,
+                 file: Path, tokenizer: PreTrainedTokenizerBase) -> tuple[dict[str, Any], bool]:
     key = _calibration_key(config, hp, sizes, device)
     stored = json.loads(file.read_text()) if file.is_file() else {}
     if key in stored:
@@ -206,7 +212,8 @@ def _calibration(config: Any, hp: Any, train: list[Any], sizes: list[int], devic
     return measured, False
 
 
-def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any) -> dict[str, Any]:
+def _measure(config: RunConfig, hp: Hyperparameters, train: list[Any], device: torch.device,
+             tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """Time the job's first batches through the recipe's own loss and update."""
     import torch
 
@@ -283,7 +290,7 @@ def _measure(config: Any, hp: Any, train: list[Any], device: Any, tokenizer: Any
     }
 
 
-def _memory_available(device: Any) -> int | None:
+def _memory_available(device: torch.device) -> int | None:
     if device.type == "cuda":
         import torch
 

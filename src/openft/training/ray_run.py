@@ -25,6 +25,7 @@ import socket
 from typing import Any
 
 from openft.training.config import RunConfig
+from openft.training.records import FailedRecord, Record
 from openft.training.report import Reporter, StopKind
 from openft.training.team import SOLO, Team
 
@@ -80,9 +81,9 @@ class RankReporter(Reporter):
     """Ranks other than 0 report nothing; a failure on one of them raises, so
     Ray Train ends the whole group instead of leaving rank 0 waiting."""
 
-    def _emit(self, record: dict[str, Any]) -> None:
-        if record["type"] == "failed":
-            raise RuntimeError(f"training rank failed: {record.get('message')}")
+    def emit(self, record: Record) -> None:
+        if isinstance(record, FailedRecord):
+            raise RuntimeError(f"training rank failed: {record.message}")
 
 
 def where() -> dict[str, Any]:
@@ -105,7 +106,7 @@ class OneWorker:
 
         reporter = ChannelReporter(channel)
         reporter.event(f"Training on Ray {_describe(where())}", data={"ray": [where()]})
-        run(RunConfig(**config), reporter, SOLO)
+        run(RunConfig.from_dict(config), reporter, SOLO)
 
 
 def train_rank(loop_config: dict[str, Any]) -> None:
@@ -121,4 +122,4 @@ def train_rank(loop_config: dict[str, Any]) -> None:
         reporter.event(
             f"Training on {team.size} data-parallel Ray workers: {ranks}", data={"ray": places}
         )
-    run(RunConfig(**loop_config["config"]), reporter, team)
+    run(RunConfig.from_dict(loop_config["config"]), reporter, team)

@@ -1,6 +1,7 @@
 """The one channel from a training process to the world.
 
-A recipe calls the :class:`Reporter` (events, metrics, checkpoints, outcome)
+A recipe hands the :class:`Reporter` its records (``openft.training.records``:
+events, metrics, checkpoints, outcome)
 and asks :meth:`Reporter.stop_requested` between steps. :class:`PipeReporter`
 writes one JSON object per line to a file descriptor the executor reads
 (locally, the process's original stdout; library output goes to stderr and
@@ -14,8 +15,9 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import IO, Any, Literal
+
+from openft.training.records import EventRecord, Record
 
 StopKind = Literal["pause", "cancel"]
 
@@ -32,11 +34,11 @@ class Reporter:
     def _emit(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def emit(self, kind: str, **fields: Any) -> None:
-        self._emit({"type": kind, "time": time.time(), **fields})
+    def emit(self, record: Record) -> None:
+        self._emit(record.to_dict())
 
     def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        self.emit("event", level=level, message=message, data=data)
+        self.emit(EventRecord(message, level, data))
 
     def request_stop(self, kind: StopKind) -> None:
         if self._stop != "cancel":

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from openft.training.config import RunConfig
+from openft.training.records import FailedRecord
 from openft.training.report import PipeReporter, Reporter
 from openft.training.team import SOLO, Team
 
@@ -30,23 +31,22 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
         recipe = _recipe(config.method_type)
         recipe(config, reporter, team)
     except DataError as exc:
-        reporter.emit("failed", code=exc.code, message=str(exc), param="training_file")
+        reporter.emit(FailedRecord(exc.code, str(exc), "training_file"))
     except GraderUnavailable as exc:
-        reporter.emit("failed", code="python_grader_unavailable", param="method.reinforcement.grader",
-                      message=f"Python graders cannot run on this worker: {exc}.")
+        reporter.emit(FailedRecord("python_grader_unavailable", f"Python graders cannot run on this worker: {exc}.",
+                                   "method.reinforcement.grader"))
     except ModelLoadError as exc:
-        reporter.emit("failed", code="model_load_failed", message=str(exc), param="model")
+        reporter.emit(FailedRecord("model_load_failed", str(exc), "model"))
     except MemoryError:
-        reporter.emit("failed", code="out_of_memory", message="Training ran out of memory; "
-                      "try a smaller batch_size or max_seq_length.", param=None)
+        reporter.emit(FailedRecord("out_of_memory", "Training ran out of memory; "
+                                   "try a smaller batch_size or max_seq_length."))
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-            reporter.emit("failed", code="out_of_memory", message=f"GPU out of memory: {exc}; "
-                          "try a smaller batch_size or max_seq_length.", param=None)
+            reporter.emit(FailedRecord("out_of_memory", f"GPU out of memory: {exc}; "
+                                       "try a smaller batch_size or max_seq_length."))
             return
         traceback.print_exc()
-        reporter.emit("failed", code="internal_error",
-                      message=f"Training failed: {type(exc).__name__}: {exc}", param=None)
+        reporter.emit(FailedRecord("internal_error", f"Training failed: {type(exc).__name__}: {exc}"))
 
 
 def _recipe(method: str):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from openft.api.context import AppContext
 from openft.api.deps import Caller, get_caller, get_ctx, wire
 from openft.api.routing import OpenFTRoute
-from openft.domain import METADATA_MAX_PAIRS, JobSpec, JobStatus
+from openft.domain import METADATA_MAX_PAIRS, JobStatus
 from openft.errors import InvalidRequest
 from openft.schemas.jobs import (
     FineTuningJob,
@@ -28,22 +28,12 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
-async def _checked_spec(body: FineTuningJobCreate, caller: Caller, ctx: AppContext) -> JobSpec:
-    spec = body.to_spec()
-    if spec.method["type"] == "reinforcement":  # the grader needs the server's settings and models
-        method = spec.method["reinforcement"]
-        method["grader"], _ = await ctx.graders.checked(ctx.reader, caller.org_id, method["grader"],
-                                                       "method.reinforcement.grader")
-    return spec
-
-
 @router.post("", response_model=FineTuningJob)
 async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
-    spec = await _checked_spec(body, caller, ctx)
     async with ctx.transaction() as session:
         job = await service.create_job(
-            session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
-            executor=ctx.settings.executor,
+            session, ctx.registry, caller.org_id, body.to_spec(), request_metadata=caller.tfy_metadata,
+            graders=ctx.graders, executor=ctx.settings.executor,
         )
     ctx.wake_worker()
     return wire(service.job_to_wire(job, gateway=caller.gateway))
@@ -53,10 +43,9 @@ async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) 
 async def estimate_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> dict[str, Any]:
     """openft extension: what the job would cost (the same body as create;
     nothing is created). See ``openft.training.estimate``."""
-    spec = await _checked_spec(body, caller, ctx)
     async with ctx.estimates.slot(caller.org_id):
-        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec,
-                                        ctx.zygote)
+        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, body.to_spec(),
+                                        graders=ctx.graders, zygote=ctx.zygote)
 
 
 @router.get("", response_model=ListFineTuningJobsResponse)

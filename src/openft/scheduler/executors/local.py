@@ -23,7 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from openft.training import records
 from openft.training.config import RunConfig
+from openft.training.records import Record
 from openft.training.report import CANCEL_SIGNAL, PAUSE_SIGNAL, StopKind
 
 log = logging.getLogger(__name__)
@@ -60,11 +62,11 @@ class LocalRun:
     def exit_reason(self, code: int) -> str:
         return f"signal {-code}" if code < 0 else f"exit code {code}"
 
-    async def records(self) -> AsyncIterator[dict[str, Any]]:
+    async def records(self) -> AsyncIterator[Record]:
         while line := await self._readline():
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                yield records.parse(json.loads(line))
+            except (json.JSONDecodeError, AttributeError, records.UnknownRecord):
                 log.warning("unreadable progress record from pid %s: %r", self.pid, line[:200])
 
     def _signal(self, sig: int) -> None:

@@ -28,11 +28,13 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from openft.config import Settings
+from openft.training import records
 from openft.training.config import RunConfig
+from openft.training.records import Record
 from openft.training.report import StopKind
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,7 @@ class RayExecutor:
         # The channel and Ray Train's driver live on the head node: it lasts as long as
         # the cluster does, so losing any other node never takes a run's bookkeeping with it.
         channel = ray.remote(Channel).options(num_cpus=0, resources=ON_HEAD, name=f"{name}-channel").remote()
-        payload = asdict(config)
+        payload = config.to_dict()
         if resources.workers == 1:
             actor = ray.remote(OneWorker).options(
                 num_cpus=resources.cpus, num_gpus=resources.gpus, name=name, max_restarts=0,
@@ -244,7 +246,7 @@ class RayRun:
             log.warning("%s ended with %s", self.label, exc)
             return 1
 
-    async def records(self) -> AsyncIterator[dict[str, Any]]:
+    async def records(self) -> AsyncIterator[Record]:
         while True:
             finished = self._done.done()
             try:
@@ -253,7 +255,10 @@ class RayRun:
                 log.warning("%s: progress channel lost: %s", self.label, exc)
                 return
             for record in batch:
-                yield record
+                try:
+                    yield records.parse(record)
+                except records.UnknownRecord as exc:
+                    log.warning("%s: %s", self.label, exc)
             if finished and not batch:
                 return
 

@@ -42,6 +42,7 @@ from openft.training.common import (
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Example, pack, tokenize_preferences
 from openft.training.hyperparameters import max_seq_length, resolve
+from openft.training.records import HyperparametersRecord
 from openft.training.report import Reporter
 from openft.training.team import SOLO, Team
 
@@ -92,7 +93,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Optimizer and schedule.
     trainable, optimizer, scheduler = optimizer_and_schedule(model, hp, "dpo", total_steps)
-    reporter.emit("hyperparameters", resolved=hp.to_dict(), total_steps=total_steps)
+    reporter.emit(HyperparametersRecord(hp.to_dict(), total_steps))
 
     # Resume.
     progress = RunProgress(

@@ -69,6 +69,7 @@ from openft.training.common import (
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Prompt, tokenize_prompts
 from openft.training.hyperparameters import completion_budget, max_seq_length, resolve
+from openft.training.records import HyperparametersRecord
 from openft.training.report import Reporter
 from openft.training.rollouts import Interrupted, Rollouts
 from openft.training.team import SOLO, Team
@@ -111,7 +112,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     total_steps = per_epoch * hp.n_epochs
 
     # Grader, and the sampler (it copies the base model before the adapter is added).
-    grader = Grader(config.method["reinforcement"]["grader"], grading_context(config, device))
+    grader = Grader(config.method.grader, grading_context(config, device))
     if problem := grader.unavailable():
         raise GraderUnavailable(problem)
     wanted = max(hp.batch_size * hp.group_size, len(valid) * hp.eval_samples)
@@ -129,7 +130,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Optimizer and schedule.
     trainable, optimizer, scheduler = optimizer_and_schedule(model, hp, "reinforcement", total_steps)
-    reporter.emit("hyperparameters", resolved=hp.to_dict(), total_steps=total_steps)
+    reporter.emit(HyperparametersRecord(hp.to_dict(), total_steps))
 
     # Resume.
     progress = RunProgress(
@@ -217,19 +218,17 @@ def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
         from openft.graders.judge import GeneratorJudge
         from openft.serving.generator import Generator
         from openft.serving.types import ModelRef
-        from openft.weights import BaseWeights
+        from openft.weights import BaseWeights, is_adapter
 
         blobs = BlobStore(config.storage_url, config.storage_options)
         refs = {}
         for model_id, where in config.judges.items():
             base = BaseWeights(**where["base"]).local_path(Path(config.models_dir))
-            adapter = blobs.local_path(where["adapter_key"]) if where.get("adapter_key") else None
-            if where.get("adapter_key") and adapter is None:
-                adapter = Path(config.models_dir) / "judges" / config.job_id / model_id.replace(":", "_")
-                blobs.get_dir(where["adapter_key"], str(adapter))
-            if adapter is not None and not (adapter / "adapter_config.json").exists():
-                base, adapter = adapter, None  # a full fine-tune judges with its own weights
-            refs[model_id] = ModelRef(model_id, base, adapter)
+            tuned = config.model_folder(blobs, where["adapter_key"]) if where.get("adapter_key") else None
+            if tuned is not None and not is_adapter(tuned):
+                refs[model_id] = ModelRef(model_id, tuned)  # a full fine-tune judges with its own weights
+            else:
+                refs[model_id] = ModelRef(model_id, base, tuned)
         judge = GeneratorJudge(Generator(16 * 2**30, device.type), refs, timeout_seconds=600)
     return GradingContext(limits, judge, Path(embedding) if embedding else None)
 

@@ -33,6 +33,7 @@ from openft.training.common import (
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import Example, pack, tokenize
 from openft.training.hyperparameters import max_seq_length, resolve
+from openft.training.records import HyperparametersRecord
 from openft.training.report import Reporter
 from openft.training.team import SOLO, Team
 
@@ -75,7 +76,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
     # Optimizer and schedule.
     trainable, optimizer, scheduler = optimizer_and_schedule(model, hp, "supervised", total_steps)
-    reporter.emit("hyperparameters", resolved=hp.to_dict(), total_steps=total_steps)
+    reporter.emit(HyperparametersRecord(hp.to_dict(), total_steps))
 
     # Resume.
     progress = RunProgress(

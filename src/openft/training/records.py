@@ -1,0 +1,124 @@
+"""The progress records a training process sends its worker: one type per
+kind, shared by both ends of the channel.
+
+The training side builds them and hands them to its
+:class:`~openft.training.report.Reporter`, which writes :meth:`Record.to_dict`
+(one JSON object per line locally, a Ray actor call on a cluster); the worker
+turns each line back into a record with :func:`parse` and
+:class:`~openft.scheduler.progress.Recorder` acts on it by type. The
+integration sink forwards some of them to the trackers' logger process,
+which parses them the same way.
+
+No import beyond the standard library: the API process and the logger
+process import this module too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: ClassVar[str]
+    time: float = field(default_factory=time.time, kw_only=True)
+    """When the training process sent it (seconds since the epoch)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class EventRecord(Record):
+    """A line of the job's event log."""
+
+    kind: ClassVar[str] = "event"
+    message: str
+    level: str = "info"
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class HyperparametersRecord(Record):
+    """The hyperparameters the run resolved ("auto" decided), once it starts."""
+
+    kind: ClassVar[str] = "hyperparameters"
+    resolved: dict[str, Any]
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class MetricsRecord(Record):
+    """One step: its event message, its metrics (``data["step"]`` included)
+    and when the run should end at the pace so far."""
+
+    kind: ClassVar[str] = "metrics"
+    message: str
+    data: dict[str, Any]
+    estimated_finish: float
+
+
+@dataclass(frozen=True)
+class CheckpointRecord(Record):
+    """A checkpoint: the training state to resume from and a usable model."""
+
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    state_key: str
+    model_key: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PausedRecord(Record):
+    """Paused on request: the state saved after ``step``."""
+
+    kind: ClassVar[str] = "paused"
+    step: int
+    state_key: str
+
+
+@dataclass(frozen=True)
+class DoneRecord(Record):
+    """The run finished: the final model and the per-step results file."""
+
+    kind: ClassVar[str] = "done"
+    model_key: str
+    results_key: str
+    trained_tokens: int
+
+
+@dataclass(frozen=True)
+class FailedRecord(Record):
+    """The run failed in a way it could name (the job's ``error``)."""
+
+    kind: ClassVar[str] = "failed"
+    code: str
+    message: str
+    param: str | None = None
+
+
+KINDS: dict[str, type[Record]] = {
+    cls.kind: cls
+    for cls in (EventRecord, HyperparametersRecord, MetricsRecord, CheckpointRecord, PausedRecord, DoneRecord,
+                FailedRecord)
+}
+
+
+class UnknownRecord(ValueError):
+    """Not a progress record this version knows."""
+
+
+def parse(data: dict[str, Any]) -> Record:
+    """The record a :meth:`Record.to_dict` wrote (fields this version does
+    not know are ignored; a missing one is an :class:`UnknownRecord`)."""
+    cls = KINDS.get(data.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise UnknownRecord(f"unknown progress record type {data.get('type')!r}")
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise UnknownRecord(f"malformed {cls.kind} record: {exc}") from None
