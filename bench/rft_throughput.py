@@ -75,6 +75,7 @@ def run_openft(args: argparse.Namespace) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from openft.domain import Method, MethodType
     from openft.store.blobs import BlobStore
     from openft.training.config import RunConfig
     from openft.training.report import ListReporter
@@ -90,9 +91,9 @@ def run_openft(args: argparse.Namespace) -> dict:
             job_id="bench-openft", base={"id": BUNDLED, "kind": "local", "path": str(model_path())},
             models_dir=f"{tmp}/models", storage_url=f"{tmp}/blobs", training_file_key="train.jsonl",
             validation_file_key=None, seed=SEED, device="cpu",
-            method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {
+            method=Method(MethodType.REINFORCEMENT, {
                 "n_epochs": 1, "batch_size": args.batch, "max_completion_tokens": args.tokens,
-                "compute_multiplier": args.group / 8}}},
+                "compute_multiplier": args.group / 8}, grader=grader),
         )
         reporter = ListReporter()
         run(config, reporter)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from openft.config import load_settings
-from openft.domain import JobStatus
+from openft.domain import JobStatus, Method, MethodType
 from openft.errors import Conflict
 from openft.store.db import create_engine, create_session_factory, migrate
 from openft.store.queries import files as file_queries
@@ -40,7 +40,7 @@ async def _exercise(url: str) -> dict:
             for i in range(3):
                 await job_queries.create_job(session, Job(
                     id=f"ftjob-{i}", org_id=org.id, model="m", training_file="file-1",
-                    status=JobStatus.VALIDATING_FILES.value, method={"type": "supervised"}, seed=i,
+                    status=JobStatus.VALIDATING_FILES.value, method=Method(MethodType.SUPERVISED), seed=i,
                     metadata_={"team": "a" if i != 1 else "b"}, result_files=[], created_at=now,
                     updated_at=now), event_data=None)
                 await job_queries.transition_job(session, f"ftjob-{i}", JobStatus.QUEUED, message="q", action="q")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from openft.domain import Method, MethodType
 from openft.store.blobs import BlobStore
 from openft.training.config import RunConfig
 from openft.training.report import ListReporter
@@ -34,7 +35,7 @@ def make_config(root: Path, model_dir: Path, **hyper) -> RunConfig:
         job_id="ftjob-unit", base={"id": "local/tiny", "kind": "local", "path": str(model_dir)},
         models_dir=str(root / "models"), storage_url=str(root / "blobs"),
         training_file_key="files/train.jsonl", validation_file_key=None,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 4, **hyper}}},
+        method=Method(MethodType.SUPERVISED, {"n_epochs": 4, "batch_size": 4, **hyper}),
         seed=7,
     )
 
