@@ -1,6 +1,6 @@
 """End to end on the bundled SmolLM2-135M-Instruct: the README quick start,
 run as printed (CLI), then the job checked through the API as a user would:
-a few dozen chat examples, 3 epochs, and a changed model."""
+a few dozen chat examples, 2 epochs, and a changed model."""
 
 from __future__ import annotations
 
@@ -44,22 +44,22 @@ def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bund
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:{SMOLLM}:default:pirate:{job_id[-8:]}"
     assert done.trained_tokens > 0 and len(done.result_files) == 1
-    assert done.hyperparameters.n_epochs == 3 and done.seed == 1
-    assert [c.step_number for c in tenant.sdk.fine_tuning.jobs.checkpoints.list(job_id)] == [90, 60, 30]
+    assert done.hyperparameters.n_epochs == 2 and done.seed == 1
+    assert [c.step_number for c in tenant.sdk.fine_tuning.jobs.checkpoints.list(job_id)] == [60, 30]
     listed = list(tenant.sdk.fine_tuning.jobs.list_events(job_id, limit=100))  # auto-paginates
     events = [e.message for e in listed]
     assert "The job has successfully completed" in events
-    assert sum(m.startswith("Step ") for m in events) == 90
+    assert sum(m.startswith("Step ") for m in events) == 60
 
     # The estimate of the same job (`openft jobs create --dry-run`) counts the
     # tokens it trained and foresees its duration within 30%.
     dry = subprocess.run(
         [sys.executable, "-m", "openft", "jobs", "create", "--model", SMOLLM, "--training-file",
-         "examples/tiny-chat.jsonl", "--epochs", "3", "--suffix", "pirate", "--seed", "1", "--dry-run", "--json"],
+         "examples/tiny-chat.jsonl", "--epochs", "2", "--suffix", "pirate", "--seed", "1", "--dry-run", "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert dry.returncode == 0, dry.stderr
     shown = json.loads(dry.stdout)
-    assert shown["trained_tokens"] == done.trained_tokens and shown["total_steps"] == 90
+    assert shown["trained_tokens"] == done.trained_tokens and shown["total_steps"] == 60
     started = next(e.created_at for e in listed if e.message == "Fine-tuning job started")
     measured = done.finished_at - started
     print(f"\nestimated {shown['estimated_duration_seconds']} s, measured {measured} s "
@@ -67,7 +67,7 @@ def test_readme_quick_start_teaches_the_bundled_model(make_training_server, bund
     assert abs(shown["estimated_duration_seconds"] - measured) <= 0.3 * measured
 
     ask = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
-    for model in (done.fine_tuned_model, f"{done.fine_tuned_model}:ckpt-step-90"):
+    for model in (done.fine_tuned_model, f"{done.fine_tuned_model}:ckpt-step-60"):
         reply = tenant.sdk.chat.completions.create(model=model, messages=ask, temperature=0, max_tokens=256)
         assert reply.choices[0].message.content == after
     base = tenant.sdk.chat.completions.create(model=SMOLLM, messages=ask, temperature=0, max_tokens=24)
