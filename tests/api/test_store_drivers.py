@@ -87,3 +87,48 @@ def test_server_on_the_stock_adapter(make_server) -> None:
     assert tenant.sdk.fine_tuning.jobs.retrieve(job.id).status == "queued"
     assert [j.id for j in tenant.sdk.fine_tuning.jobs.list(metadata={"k": "v"})] == [job.id]
     server.stop()
+
+
+async def _pause_during_shutdown(url: str) -> list[str]:
+    """A running job: the user's resume is refused; the user pauses it; the
+    worker, shutting down, tries to give it back as queued; then the user resumes."""
+    from openft.services.jobs import apply_user_action
+
+    engine = create_engine(url)
+    sessions = create_session_factory(engine)
+    now = datetime.now(UTC)
+    seen = []
+
+    async def step(name: str, work) -> None:  # noqa: ANN001
+        try:
+            async with sessions() as session, session.begin():
+                job = await work(session)
+            seen.append(f"{name}: {job.status}")
+        except Conflict:
+            seen.append(f"{name}: refused")
+
+    try:
+        await migrate(engine)
+        async with sessions() as session, session.begin():
+            org = await org_queries.create_org(session, "acme")
+            await job_queries.create_job(session, Job(
+                id="ftjob-p", org_id=org.id, model="m", training_file="file-1",
+                status=JobStatus.VALIDATING_FILES.value, method=Method(MethodType.SUPERVISED), seed=0,
+                result_files=[], created_at=now, updated_at=now), event_data=None)
+            await job_queries.transition_job(session, "ftjob-p", JobStatus.QUEUED, message="q", action="q")
+        await step("claim", lambda s: job_queries.claim_job(s, "w1", now + timedelta(seconds=30)))
+        await step("resume", lambda s: apply_user_action(s, org.id, "ftjob-p", "resume"))
+        await step("pause", lambda s: apply_user_action(s, org.id, "ftjob-p", "pause"))
+        await step("worker re-queue", lambda s: job_queries.release_job(
+            s, "ftjob-p", "w1", JobStatus.QUEUED, message="The worker shut down", action="re-queue"))
+        await step("resume", lambda s: apply_user_action(s, org.id, "ftjob-p", "resume"))
+    finally:
+        await engine.dispose()
+    return seen
+
+
+def test_a_paused_job_stays_paused_when_its_worker_shuts_down(tmp_path) -> None:
+    """Pausing is the user's, resuming too: a worker's shutdown re-queues
+    only jobs still running, and resume does not re-queue a running job."""
+    assert asyncio.run(_pause_during_shutdown(f"sqlite+openft_aiosqlite:///{tmp_path / 'p.db'}")) == [
+        "claim: running", "resume: refused", "pause: paused", "worker re-queue: refused", "resume: queued"]

@@ -253,13 +253,17 @@ _USER_ACTIONS = {
     "pause": (JobStatus.PAUSED, "Fine-tuning job paused"),
     "resume": (JobStatus.QUEUED, "Fine-tuning job resumed, moving job to queued state"),
 }
+RESUMABLE = (JobStatus.PAUSED,)
+"""Resume moves a paused job only: the table also lets a worker re-queue a
+running job, which is not the user's move to make."""
 
 
 async def apply_user_action(session: AsyncSession, org_id: str, job_id: str, action: str) -> Job:
     """cancel, pause or resume; an illegal move for the job's status is a Conflict."""
     target, message = _USER_ACTIONS[action]
+    guard = [Job.status.in_([s.value for s in RESUMABLE])] if action == "resume" else None
     return await job_queries.transition_job(
-        session, job_id, target, message=message, action=action, org_id=org_id
+        session, job_id, target, message=message, action=action, org_id=org_id, guard=guard
     )
 
 

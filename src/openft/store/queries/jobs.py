@@ -236,10 +236,15 @@ async def release_job(
     values: dict[str, Any] | None = None,
 ) -> Job:
     """Move a job ``worker_id`` holds to ``to`` and drop its lease (Conflict
-    if the worker no longer holds it or the status forbids the move)."""
+    if the worker no longer holds it or the status forbids the move). A
+    worker re-queues only a job it is running: one the user paused stays
+    paused (resuming it is the user's move)."""
+    guard = [Job.worker_id == worker_id]
+    if to is JobStatus.QUEUED:
+        guard.append(Job.status == JobStatus.RUNNING.value)
     return await transition_job(
         session, job_id, to, message=message, action=action, level=level,
-        values={**(values or {}), **RELEASED}, guard=[Job.worker_id == worker_id],
+        values={**(values or {}), **RELEASED}, guard=guard,
     )
 
 
