@@ -6,10 +6,13 @@ training (RFT's completion log-probs over a shared prompt). No torch import.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model
 
 
-def cache_keyword(model: Any) -> str:
+def cache_keyword(model: Model) -> str:
     """The forward argument that takes a KV cache: ``cache`` in transformers
     5.x, ``past_key_values`` before (a PEFT model is asked about its base)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -24,7 +24,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openft.ml_types import Tokenizer
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -123,7 +126,7 @@ def to_template_messages(
 
 
 def template_input(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    tokenizer: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """:func:`to_template_messages` in the style of ``tokenizer``'s own chat template."""
     return to_template_messages(messages, tools, tool_style(getattr(tokenizer, "chat_template", None)))

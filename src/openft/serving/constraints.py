@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openft.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from openft.ml_types import Tokenizer
 
 
 def _validated(grammar: str, param: str, what: str) -> str:
@@ -112,7 +115,7 @@ class Matchers:
     """Matchers for one tokenizer; the llguidance view of the tokenizer is
     built once (about a second) on first use."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
         self._ll: Any = None
         self._lock = threading.Lock()

@@ -48,7 +48,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -64,6 +64,9 @@ from openft.serving.types import (
     TokenLogprob,
     TopLogprob,
 )
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ class Engine:
     def __init__(
         self,
         model: Callable[[], Any],
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         device: torch.device,
         *,
         max_batch: int,
@@ -402,7 +405,7 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def _eos_ids(model: Model, tokenizer: Tokenizer) -> frozenset[int]:
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)

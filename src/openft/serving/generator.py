@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,13 +43,16 @@ from openft.serving.types import (
     TokenEvent,
 )
 
+if TYPE_CHECKING:
+    from openft.ml_types import Model, Tokenizer
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Loaded:
-    tokenizer: Any
-    model: Any  # a PeftModel once an adapter is loaded
+    tokenizer: Tokenizer
+    model: Model  # a PeftModel once an adapter is loaded
     adapters: set[str]
     lock: threading.Lock  # held by the engine for each step, and while the model changes
     bytes: int
@@ -227,7 +230,7 @@ def collect(get: Callable[[], Any], n: int) -> list[Completion]:
 class _TokenStrings:
     """A token's text and exact bytes, for logprobs (cached per token)."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
         self._cache: dict[int, tuple[str, list[int]]] = {}
         self._byte_of = _byte_decoder()

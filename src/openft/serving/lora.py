@@ -25,15 +25,18 @@ return False and the engine falls back to PEFT's ``adapter_names``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model
 
 BASE = "__base__"
 
 
 class BatchedLoRA:
-    def __init__(self, model: Any):
+    def __init__(self, model: Model):
         self.model = model  # a PeftModel
         self.index: dict[str, int] = {BASE: 0}
         self.rows: torch.Tensor | None = None  # adapter index of each row, for the next forward pass

@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +38,9 @@ from openft.store.blobs import BlobStore
 from openft.training.records import CheckpointRecord, DoneRecord, MetricsRecord, PausedRecord
 from openft.training.report import Reporter
 from openft.training.team import SOLO, Team
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model, Tokenizer
 
 META = "meta.json"
 
@@ -135,7 +138,7 @@ def results_csv(results: list[dict[str, Any]], columns: dict[str, str] = RESULT_
 
 
 def save_final(
-    blobs: BlobStore, job_id: str, *, model: Any, tokenizer: Any, results: list[dict[str, Any]],
+    blobs: BlobStore, job_id: str, *, model: Model, tokenizer: Tokenizer, results: list[dict[str, Any]],
     columns: dict[str, str] = RESULT_COLUMNS,
 ) -> tuple[str, str]:
     """The finished model and the result CSV; returns (model key, results key)."""
@@ -146,7 +149,7 @@ def save_final(
     return model_key, results_key
 
 
-def save_model(blobs: BlobStore, key: str, *, model: Any, tokenizer: Any) -> None:
+def save_model(blobs: BlobStore, key: str, *, model: Model, tokenizer: Tokenizer) -> None:
     """A usable model folder: adapter (LoRA) or full weights, plus the tokenizer."""
     with tempfile.TemporaryDirectory(prefix="openft-model-") as local:
         model.save_pretrained(local, safe_serialization=True)
@@ -163,8 +166,8 @@ class RunProgress:
         job_id: str,
         reporter: Reporter,
         *,
-        model: Any,
-        tokenizer: Any,
+        model: Model,
+        tokenizer: Tokenizer,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         total_steps: int,

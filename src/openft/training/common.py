@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import IGNORE
 from openft.training.hyperparameters import learning_rate
 from openft.weights import is_adapter
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model
 
 
 class ModelLoadError(Exception):
@@ -87,7 +90,7 @@ def load_base(config: RunConfig, device: torch.device, *, path: Path | None = No
     return tokenizer, model.to(device)
 
 
-def add_adapter(model: Any, hp: Hyperparameters, start: Path | None = None) -> Any:
+def add_adapter(model: Model, hp: Hyperparameters, start: Path | None = None) -> Any:
     """For LoRA, wrap the model with an adapter on every linear layer (or,
     continuing a LoRA model, with that model's adapter, trainable, with this
     run's dropout); a full fine-tune trains the model as it is."""
@@ -106,7 +109,7 @@ def add_adapter(model: Any, hp: Hyperparameters, start: Path | None = None) -> A
 
 
 def optimizer_and_schedule(
-    model: Any, hp: Hyperparameters, method: str, total_steps: int
+    model: Model, hp: Hyperparameters, method: str, total_steps: int
 ) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
     """(trainable parameters, AdamW at the method's rate, linear warm-up then decay)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -116,7 +119,7 @@ def optimizer_and_schedule(
     return trainable, optimizer, scheduler
 
 
-def model_max_length(model: Any) -> int:
+def model_max_length(model: Model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
 
 
@@ -132,7 +135,7 @@ def autocast(device: torch.device) -> Any:
 
 
 def label_logits(
-    model: Any, row: dict[str, torch.Tensor], device: torch.device
+    model: Model, row: dict[str, torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, labels, mask) at the labelled positions of one packed row.
     Runs the decoder once with ``use_cache=False`` (which keeps attention
@@ -150,7 +153,7 @@ def label_logits(
     return logits, targets[mask], mask
 
 
-def token_loss(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, int, int]:
+def token_loss(model: Model, row: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, int, int]:
     """(summed cross-entropy, label tokens, correctly predicted tokens) of one packed row."""
     logits, labels, _ = label_logits(model, row, device)
     loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
@@ -182,7 +185,7 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
 
 
 def label_logprobs(
-    model: Any, row: dict[str, torch.Tensor], device: torch.device
+    model: Model, row: dict[str, torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of every labelled token of a packed row, the index of
     the example each belongs to, in packing order)."""
@@ -193,7 +196,7 @@ def label_logprobs(
 
 
 def group_logprobs(
-    model: Any, prompt: list[int], completions: list[list[int]], device: torch.device
+    model: Model, prompt: list[int], completions: list[list[int]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of every token of every completion, the completion
     each belongs to): the same values as :func:`label_logprobs` on the packed
@@ -232,7 +235,7 @@ def group_logprobs(
     return token_logprobs, completion_of
 
 
-def sequence_logprobs(model: Any, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+def sequence_logprobs(model: Model, row: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Summed log-probability of the labelled tokens of each example in a packed
     row (one value per example, in packing order)."""
     token_logprobs, example_of = label_logprobs(model, row, device)

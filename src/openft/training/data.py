@@ -23,11 +23,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from openft import tool_format
+
+if TYPE_CHECKING:
+    from openft.ml_types import Tokenizer
 
 IGNORE = -100
 
@@ -77,7 +80,7 @@ def example_tools(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], *, generation_prompt: bool,
+def _render(tokenizer: Tokenizer, messages: list[dict[str, Any]], *, generation_prompt: bool,
             tools: list[dict[str, Any]] | None = None) -> str:
     extra = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(  # type: ignore[no-any-return]
@@ -85,7 +88,7 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], *, generation_prompt
     )
 
 
-def _label_spans(text: str, spans: list[tuple[int, int]], tokenizer: Any) -> tuple[list[int], list[int]]:
+def _label_spans(text: str, spans: list[tuple[int, int]], tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     labels = [IGNORE] * len(ids)
@@ -95,7 +98,7 @@ def _label_spans(text: str, spans: list[tuple[int, int]], tokenizer: Any) -> tup
     return ids, labels
 
 
-def chat_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
+def chat_example(tokenizer: Tokenizer, raw: dict[str, Any], line: int) -> Example:
     """Loss on assistant turns: their text, their tool calls (as the model
     writes them) and their end-of-turn marker."""
     try:
@@ -122,7 +125,7 @@ def chat_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
     return Example(ids, labels, line)
 
 
-def prompt_completion_example(tokenizer: Any, raw: dict[str, Any], line: int) -> Example:
+def prompt_completion_example(tokenizer: Tokenizer, raw: dict[str, Any], line: int) -> Example:
     prompt = tokenizer(raw["prompt"], add_special_tokens=False)["input_ids"]
     completion = tokenizer(raw["completion"], add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
@@ -130,7 +133,7 @@ def prompt_completion_example(tokenizer: Any, raw: dict[str, Any], line: int) ->
     return Example(prompt + completion, [IGNORE] * len(prompt) + completion, line)
 
 
-def preference_pair(tokenizer: Any, raw: dict[str, Any], line: int) -> tuple[Example, Example]:
+def preference_pair(tokenizer: Tokenizer, raw: dict[str, Any], line: int) -> tuple[Example, Example]:
     """(chosen, rejected): the prompt conversation followed by each answer, with
     loss labels on the answer only."""
     prompt, tools = raw["input"]["messages"], example_tools(raw["input"])
@@ -147,7 +150,7 @@ def preference_pair(tokenizer: Any, raw: dict[str, Any], line: int) -> tuple[Exa
 
 
 def tokenize_preferences(
-    tokenizer: Any, lines: Iterable[str], *, max_seq_length: int
+    tokenizer: Tokenizer, lines: Iterable[str], *, max_seq_length: int
 ) -> tuple[list[tuple[Example, Example]], list[int]]:
     """Preference pairs of a file, and the lines that were truncated."""
     pairs, truncated = [], []
@@ -168,7 +171,7 @@ def tokenize_preferences(
 
 
 def tokenize(
-    tokenizer: Any, lines: Iterable[str], *, max_seq_length: int
+    tokenizer: Tokenizer, lines: Iterable[str], *, max_seq_length: int
 ) -> tuple[list[Example], list[int]]:
     """Examples of a chat or prompt/completion file, and the lines that were truncated."""
     examples, truncated = [], []
@@ -226,7 +229,7 @@ class Prompt:
 PROMPT_KEYS = ("messages", "tools")
 
 
-def tokenize_prompts(tokenizer: Any, lines: Iterable[str], *, max_prompt_length: int) -> list[Prompt]:
+def tokenize_prompts(tokenizer: Tokenizer, lines: Iterable[str], *, max_prompt_length: int) -> list[Prompt]:
     """The prompts of a reinforcement file; a prompt longer than
     ``max_prompt_length`` (``max_seq_length`` less the completion budget) is
     an error naming its line, since cutting a prompt changes the task."""

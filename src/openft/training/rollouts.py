@@ -22,12 +22,15 @@ import copy
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from openft.serving.engine import Engine, Request
 from openft.serving.types import Completion, Completions, GenerationParams, StopSignal
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model, Tokenizer
 
 NO_DEADLINE = 10 * 365 * 24 * 3600.0
 POLL_SECONDS = 0.05
@@ -39,7 +42,7 @@ class Interrupted(Exception):
 
 
 class Rollouts:
-    def __init__(self, base: Any, tokenizer: Any, device: torch.device, *, max_batch: int, lora: bool):
+    def __init__(self, base: Model, tokenizer: Tokenizer, device: torch.device, *, max_batch: int, lora: bool):
         """``base``: the model as loaded, before the adapter is added (a LoRA
         run then decodes with a copy of it)."""
         self.device = device
@@ -52,7 +55,7 @@ class Rollouts:
             token_strings=lambda _token: ("", []), adapter_kwargs=lambda _names: {},
         )
 
-    def attach(self, policy: Any) -> None:
+    def attach(self, policy: Model) -> None:
         """The model being trained (a PeftModel for LoRA)."""
         if self._copy is None:
             self._policy = policy

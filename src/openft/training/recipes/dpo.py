@@ -21,7 +21,7 @@ fraction of pairs the policy ranks correctly relative to the reference.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ from openft.training.hyperparameters import max_seq_length, resolve
 from openft.training.records import HyperparametersRecord
 from openft.training.report import Reporter
 from openft.training.team import SOLO, Team
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model
 
 Pair = tuple[Example, Example]
 
@@ -141,14 +144,14 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     progress.finish()
 
 
-def pair_logprobs(model: Any, pairs: list[Pair], device: torch.device) -> torch.Tensor:
+def pair_logprobs(model: Model, pairs: list[Pair], device: torch.device) -> torch.Tensor:
     """[n, 2]: summed answer log-probabilities (chosen, rejected) of each pair."""
     row = pack([example for pair in pairs for example in pair])
     return sequence_logprobs(model, row, device).view(-1, 2)
 
 
 @torch.no_grad()
-def reference_logprobs(model: Any, pairs: list[Pair], batch_size: int, device: torch.device) -> torch.Tensor:
+def reference_logprobs(model: Model, pairs: list[Pair], batch_size: int, device: torch.device) -> torch.Tensor:
     model.eval()
     parts = [pair_logprobs(model, pairs[i : i + batch_size], device) for i in range(0, len(pairs), batch_size)]
     model.train()
@@ -156,7 +159,7 @@ def reference_logprobs(model: Any, pairs: list[Pair], batch_size: int, device: t
 
 
 def dpo_loss(
-    model: Any, pairs: list[Pair], reference: torch.Tensor, hp: Hyperparameters, device: torch.device,
+    model: Model, pairs: list[Pair], reference: torch.Tensor, hp: Hyperparameters, device: torch.device,
     *, whole: list[Pair] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(DPO loss + rpo_alpha x mean NLL per preferred-answer token, pairs whose
@@ -174,7 +177,7 @@ def dpo_loss(
 
 @torch.no_grad()
 def evaluate(
-    model: Any, pairs: list[Pair], reference: torch.Tensor, hp: Hyperparameters, device: torch.device,
+    model: Model, pairs: list[Pair], reference: torch.Tensor, hp: Hyperparameters, device: torch.device,
 ) -> tuple[float, float]:
     model.eval()
     losses, accuracies = [], []

@@ -44,7 +44,7 @@ import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -73,6 +73,9 @@ from openft.training.records import HyperparametersRecord
 from openft.training.report import Reporter
 from openft.training.rollouts import Interrupted, Rollouts
 from openft.training.team import SOLO, Team
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model
 
 CLIP_EPSILON = 0.2
 TEMPERATURE = 1.0
@@ -233,7 +236,7 @@ def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
     return GradingContext(limits, judge, Path(embedding) if embedding else None)
 
 
-def frozen_copy(model: Any) -> Any:
+def frozen_copy(model: Model) -> Any:
     import copy
 
     reference = copy.deepcopy(model).eval()
@@ -270,7 +273,7 @@ def advantages(rewards: list[float]) -> list[float]:
 
 
 def update(
-    model: Any, reference: Any, prompts: list[Prompt], groups: list[list[Any]], rewards: list[list[float]],
+    model: Model, reference: Model, prompts: list[Prompt], groups: list[list[Any]], rewards: list[list[float]],
     hp: Hyperparameters, device: torch.device, team: Team, interrupted: Callable[[], bool] | None = None,
 ) -> tuple[float, float]:
     """Accumulate the gradients of one step, one group per forward pass (its
@@ -308,7 +311,7 @@ def update(
     return team.sum(loss_sum), team.sum(kl_sum) / global_tokens
 
 
-def reference_logprobs(model: Any, reference: Any, prompt: list[int], completions: list[list[int]],
+def reference_logprobs(model: Model, reference: Model, prompt: list[int], completions: list[list[int]],
                        device: torch.device) -> torch.Tensor:
     """The starting model's log-probabilities of the completions' tokens."""
     if reference is not None:

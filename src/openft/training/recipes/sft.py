@@ -13,7 +13,7 @@ Persistence and reporting live in ``checkpoints.RunProgress``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,9 @@ from openft.training.hyperparameters import max_seq_length, resolve
 from openft.training.records import HyperparametersRecord
 from openft.training.report import Reporter
 from openft.training.team import SOLO, Team
+
+if TYPE_CHECKING:
+    from openft.ml_types import Model
 
 VALIDATION_SAMPLE = 16
 """Examples in the quick validation run during training (the full one runs per epoch)."""
@@ -125,7 +128,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: Any, examples: list[Example], hp: Hyperparameters, device: torch.device) -> tuple[float, float]:
+def evaluate(model: Model, examples: list[Example], hp: Hyperparameters, device: torch.device) -> tuple[float, float]:
     """Mean token loss and accuracy over ``examples`` (dropout off, RNG untouched)."""
     model.eval()
     loss_sum, n_labels, correct = 0.0, 0, 0
