@@ -124,7 +124,8 @@ def test_a_failing_tracker_warns_and_the_job_succeeds(make_training_server) -> N
                                   MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
     tenant = Tenant(server, "default", server.api_key)
     data = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
-    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=data, integrations=[MLFLOW])  # type: ignore[list-item]
+    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=data, integrations=[MLFLOW],  # type: ignore[list-item]
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
     assert wait_for(tenant, job.id, {"succeeded", "failed"}).status == "succeeded"
     warning = event_with(tenant, job.id, "MLflow logging could not start")
     assert warning.level == "warn" and "the job trains without it" in warning.message

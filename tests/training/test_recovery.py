@@ -121,7 +121,7 @@ def test_kill_9_of_the_training_process_recovers_to_the_same_weights(trainer: Te
 
 
 def test_kill_during_a_checkpoint_save_resumes_from_the_previous_one(make_training_server) -> None:
-    server = make_training_server(OPENFT_FAULT_STALL_SAVE="1.5")
+    server = make_training_server(OPENFT_FAULT_STALL_SAVE="0.3")
     tenant = Tenant(server, "default", server.api_key)
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}}
     job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), method=method)
