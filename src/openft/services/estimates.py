@@ -18,7 +18,7 @@ from openft.config import Settings
 from openft.domain import JobSpec
 from openft.errors import InvalidRequest, ServerFailure
 from openft.scheduler.executors.warm import Zygote, ZygoteUnavailable
-from openft.services.jobs import GraderCheck, check_job
+from openft.services.jobs import check_job
 from openft.services.models import ModelRegistry
 from openft.training.config import RunConfig
 
@@ -37,12 +37,11 @@ def calibration_file(settings: Settings) -> Path:
 
 
 async def estimate(transaction: Any, settings: Settings, registry: ModelRegistry, org_id: str,
-                   spec: JobSpec, *, graders: GraderCheck | None = None,
-                   zygote: Zygote | None = None) -> dict[str, Any]:
+                   spec: JobSpec, *, zygote: Zygote | None = None) -> dict[str, Any]:
     """``zygote``: the co-located worker's, when it has one; the estimate then
     forks from it instead of starting a new Python (seconds of imports)."""
     async with transaction() as session:
-        checked = await check_job(session, registry, org_id, spec, graders=graders, executor=settings.executor)
+        checked = await check_job(session, registry, org_id, spec, executor=settings.executor)
     config = RunConfig.create(
         settings, job_id=f"estimate-{secrets.token_hex(4)}", base=checked.base,
         training_file_key=checked.training.storage_key,

@@ -8,8 +8,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from openft.export import adapter_config, tar_stream
 from openft.services.capacity import Capacity
 from openft.services.chat import ChatService
 from openft.store.queries import models as model_queries
-from openft.store.queries.reads import Db
-
-Reader = Callable[[], AbstractAsyncContextManager[Db]]
+from openft.store.queries.reads import Reader
 
 
 @dataclass

@@ -17,8 +17,6 @@ downloads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from openft.config import Settings
@@ -29,9 +27,7 @@ from openft.schemas.graders import RunGraderRequest
 from openft.services.capacity import Capacity
 from openft.services.chat import ChatService
 from openft.serving.types import ModelRef
-from openft.store.queries.reads import Db
-
-Reader = Callable[[], AbstractAsyncContextManager[Db]]
+from openft.store.queries.reads import Db, Reader
 
 
 class GraderService:
@@ -59,13 +55,6 @@ class GraderService:
         checked = await self._validated(org_id, grader, param)
         async with reader() as db:
             return checked, await self.judges(db, org_id, checked, param)
-
-    async def check(self, db: Db, org_id: str, grader: Any, param: str) -> dict[str, Any]:
-        """:meth:`checked` within a job request's session
-        (``openft.services.jobs.GraderCheck``)."""
-        checked = await self._validated(org_id, grader, param)
-        await self.judges(db, org_id, checked, param)
-        return checked
 
     async def _validated(self, org_id: str, grader: Any, param: str) -> dict[str, Any]:
         checked = spec.validate(grader, param, cosine_available=self.settings.grader_embedding_model is not None)

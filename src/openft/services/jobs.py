@@ -30,7 +30,7 @@ from openft.services.models import ModelRegistry
 from openft.store.queries import files as file_queries
 from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
-from openft.store.queries.reads import Db
+from openft.store.queries.reads import Db, Reader
 from openft.store.tables import Job
 from openft.weights import BaseWeights
 
@@ -57,23 +57,29 @@ class GraderCheck(Protocol):
     grader checked for its organisation, with defaults filled in (a 400
     pointing into it otherwise). ``openft.services.graders.GraderService``."""
 
-    async def check(self, db: Db, org_id: str, grader: Any, param: str) -> dict[str, Any]: ...
+    async def checked(self, reader: Reader, org_id: str, grader: Any,
+                      param: str) -> tuple[dict[str, Any], Any]: ...
+
+
+async def with_checked_grader(spec: JobSpec, org_id: str, graders: GraderCheck, reader: Reader) -> JobSpec:
+    """A job request's first check (create and estimate), before its
+    transaction opens: a reinforcement job's grader checked for the
+    organisation and given its defaults. A python grader's source is parsed
+    in a sandbox and judge models are resolved (perhaps fetched) on the
+    reader, so no transaction or pool slot waits on either."""
+    if spec.method.grader is None:
+        return spec
+    grader, _ = await graders.checked(reader, org_id, spec.method.grader, "method.reinforcement.grader")
+    return replace(spec, method=spec.method.with_grader(grader))
 
 
 async def check_job(
-    session: AsyncSession, registry: ModelRegistry, org_id: str, spec: JobSpec, *,
-    graders: GraderCheck | None = None, executor: str = "local",
+    session: AsyncSession, registry: ModelRegistry, org_id: str, spec: JobSpec, *, executor: str = "local",
 ) -> CheckedJob:
-    """Every check of a job request (create and estimate share them).
-    ``graders``: needed for reinforcement jobs. ``executor``: the
-    deployment's (``OPENFT_EXECUTOR``); only Ray places jobs on the
-    ``resources`` they ask for, so elsewhere asking is an error."""
-    if spec.method.grader is not None:
-        # First, while the session holds nothing: a python grader's source is parsed in a sandbox.
-        if graders is None:
-            raise RuntimeError("checking a reinforcement job needs the graders service")
-        grader = await graders.check(session, org_id, spec.method.grader, "method.reinforcement.grader")
-        spec = replace(spec, method=spec.method.with_grader(grader))
+    """Every check of a job request that needs its transaction (create and
+    estimate share them; :func:`with_checked_grader` came first).
+    ``executor``: the deployment's (``OPENFT_EXECUTOR``); only Ray places
+    jobs on the ``resources`` they ask for, so elsewhere asking is an error."""
     if spec.resources and executor != "ray":
         raise InvalidRequest(
             "This server runs jobs with the local executor, which trains each job in one process "
@@ -116,11 +122,10 @@ async def create_job(
     spec: JobSpec,
     *,
     request_metadata: dict[str, str] | None = None,
-    graders: GraderCheck | None = None,
     executor: str = "local",
 ) -> Job:
     """Check the request against the database, then insert the job and queue it."""
-    checked = await check_job(session, registry, org_id, spec, graders=graders, executor=executor)
+    checked = await check_job(session, registry, org_id, spec, executor=executor)
     spec, base_model = checked.spec, checked.base_model
 
     now = datetime.now(UTC)

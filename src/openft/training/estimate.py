@@ -39,11 +39,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openft.training.config import Hyperparameters, RunConfig
-
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from openft.training.config import Hyperparameters, RunConfig
 
 STARTED = time.monotonic()
 """When the process started (imports are timed from here)."""

@@ -30,10 +30,11 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 @router.post("", response_model=FineTuningJob)
 async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
+    spec = await service.with_checked_grader(body.to_spec(), caller.org_id, ctx.graders, ctx.reader)
     async with ctx.transaction() as session:
         job = await service.create_job(
-            session, ctx.registry, caller.org_id, body.to_spec(), request_metadata=caller.tfy_metadata,
-            graders=ctx.graders, executor=ctx.settings.executor,
+            session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
+            executor=ctx.settings.executor,
         )
     ctx.wake_worker()
     return wire(service.job_to_wire(job, gateway=caller.gateway))
@@ -43,9 +44,10 @@ async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) 
 async def estimate_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> dict[str, Any]:
     """openft extension: what the job would cost (the same body as create;
     nothing is created). See ``openft.training.estimate``."""
+    spec = await service.with_checked_grader(body.to_spec(), caller.org_id, ctx.graders, ctx.reader)
     async with ctx.estimates.slot(caller.org_id):
-        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, body.to_spec(),
-                                        graders=ctx.graders, zygote=ctx.zygote)
+        return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec,
+                                        zygote=ctx.zygote)
 
 
 @router.get("", response_model=ListFineTuningJobsResponse)

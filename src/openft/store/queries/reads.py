@@ -9,7 +9,8 @@ itself on the hot read paths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -22,6 +23,8 @@ from openft.errors import InvalidRequest
 T = TypeVar("T")
 
 Db = AsyncConnection | AsyncSession
+Reader = Callable[[], AbstractAsyncContextManager[Db]]
+"""Opens a read-only connection (``AppContext.reader``), for work that must not hold a transaction."""
 """Reads run on either: a plain connection (cheapest) or a unit of work's session."""
 
 
