@@ -13,7 +13,11 @@ step it
    mask and position ids, and each row names its LoRA adapter
    (:mod:`openft.serving.lora`: stacked adapter weights and two batched
    matrix products per LoRA layer; PEFT's ``adapter_names`` where that does
-   not apply), so a base and any number of its adapters share the pass;
+   not apply), so a base and any number of its adapters share the pass.
+   Adapters that no shared pass can run (LoRA on the fused expert weights
+   of a mixture-of-experts model: PEFT's ``ParamWrapper`` has no mixed
+   batches) make ``adapter_kwargs`` answer None, and the step runs one pass
+   per adapter over its rows' slice of the cache (correct, slower);
 3. **retires** sequences that finished (end of turn, a stop string,
    ``max_tokens``, a grammar that is complete) or whose client left or whose
    time ran out: their rows leave the cache at once, and the cache's leading
@@ -21,6 +25,14 @@ step it
 
 A new request therefore starts at the next step, not when the batch drains,
 and a finished or abandoned one frees its slot immediately.
+
+The cache is transformers' ``DynamicCache`` with a full layer for every
+decoder layer, also for models with sliding-window layers (Gemma 2 and 3,
+gpt-oss, Mistral): a sliding layer's own cache keeps only its window, so
+rows of different lengths could not be padded into one tensor. Keeping
+every column costs memory beyond the window but changes no answer: the
+model's sliding mask is computed from column distances, which left padding
+leaves equal to token distances, so each row still sees only its window.
 
 Per-row work happens in this thread too, so the API's event loop only
 forwards events: sampling (greedy, or temperature/top-p with the sequence's
@@ -51,6 +63,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers import DynamicCache
 
 from openft.errors import InvalidRequest, Overloaded
 from openft.kv_cache import cache_keyword, cache_of
@@ -135,12 +148,13 @@ class Engine:
         lock: threading.Lock,
         token_strings: Callable[[int], tuple[str, list[int]]],
         matcher_factory: Callable[[str], Any] | None = None,
-        adapter_kwargs: Callable[[list[str]], dict[str, Any]],
+        adapter_kwargs: Callable[[list[str]], dict[str, Any] | None],
     ):
         """``model()`` gives the current model (a PeftModel once an adapter is
         loaded); ``lock`` is held for each step, and by whoever changes the
         model (loading an adapter); ``adapter_kwargs(names)`` readies a
-        forward pass whose rows use those adapters and gives its arguments."""
+        forward pass whose rows use those adapters and gives its arguments,
+        or None when those adapters cannot share one pass."""
         self._model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch, self.max_queue = max_batch, max_queue
         self.lock = lock
@@ -259,9 +273,11 @@ class Engine:
         tokens, and merge their cache rows into the running batch."""
         if self._running:
             self.stats.joined_running += sum(r.params.n for r in requests)
-        by_length: dict[int, list[Request]] = {}
+        by_length: dict[tuple[int, str], list[Request]] = {}
+        shared = self._adapter_kwargs([r.adapter or BASE for r in requests]) is not None
         for request in requests:
-            by_length.setdefault(len(request.prompt), []).append(request)
+            adapter = BASE if shared else (request.adapter or BASE)
+            by_length.setdefault((len(request.prompt), adapter), []).append(request)
         for group in by_length.values():
             self.stats.prefills += 1
             # One row per distinct prompt; the n choices of a request share it.
@@ -271,7 +287,8 @@ class Engine:
                 attention_mask=torch.ones_like(ids),
                 use_cache=True,
                 logits_to_keep=1,
-                **self._adapter_kwargs([r.adapter or BASE for r in group]),
+                **{self._cache_kw: DynamicCache()},  # full layers only (see the module docstring)
+                **(self._adapter_kwargs([r.adapter or BASE for r in group]) or {}),
             )
             sequences, rows = [], []
             for row, request in enumerate(group):
@@ -313,16 +330,51 @@ class Engine:
         ids = torch.tensor([[s.tokens[-1]] for s in rows], device=self.device)
         positions = self._mask.sum(dim=1, keepdim=True)  # real tokens before the new one
         self._mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
-        out = self._model()(
-            input_ids=ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-            **self._adapter_kwargs(adapters),
-        )
-        self._cache = cache_of(out)
-        self._advance(rows, out.logits[:, -1, :])
+        kwargs = self._adapter_kwargs(adapters)
+        if kwargs is not None:
+            out = self._model()(
+                input_ids=ids,
+                attention_mask=self._mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kw: self._cache},
+                **kwargs,
+            )
+            self._cache = cache_of(out)
+            self._advance(rows, out.logits[:, -1, :])
+        else:
+            self._advance(rows, self._decode_per_adapter(ids, positions, adapters))
+
+    def _decode_per_adapter(self, ids: torch.Tensor, positions: torch.Tensor, adapters: list[str]) -> torch.Tensor:
+        """One decode step as one pass per adapter, each over its rows' slice
+        of the cache; the slices' grown caches are put back in row order."""
+        assert self._mask is not None
+        logits: torch.Tensor | None = None
+        grown: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for adapter in dict.fromkeys(adapters):
+            rows = torch.tensor([i for i, a in enumerate(adapters) if a == adapter], device=self.device)
+            part = DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in self._cache.layers])
+            kwargs = self._adapter_kwargs([adapter] * len(rows))
+            assert kwargs is not None, "a single adapter always runs in one pass"
+            out = self._model()(
+                input_ids=ids[rows], attention_mask=self._mask[rows], position_ids=positions[rows],
+                use_cache=True, **{self._cache_kw: part}, **kwargs,
+            )
+            step = out.logits[:, -1, :]
+            if logits is None:
+                logits = step.new_empty(len(adapters), step.shape[-1])
+                grown = [(layer.keys.new_empty(len(adapters), *layer.keys.shape[1:-2], layer.keys.shape[-2] + 1,
+                                               layer.keys.shape[-1]),
+                          layer.values.new_empty(len(adapters), *layer.values.shape[1:-2],
+                                                 layer.values.shape[-2] + 1, layer.values.shape[-1]))
+                         for layer in self._cache.layers]
+            logits[rows] = step
+            for (keys, values), layer in zip(grown, cache_of(out).layers, strict=True):
+                keys[rows], values[rows] = layer.keys, layer.values
+        assert logits is not None
+        for layer, (keys, values) in zip(self._cache.layers, grown, strict=True):
+            layer.keys, layer.values = keys, values
+        return logits
 
     # -------------------------------------------------------------- sampling
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ import torch
 from openft import tool_format
 from openft.serving.constraints import Matchers
 from openft.serving.engine import Engine, Request
-from openft.serving.lora import BatchedLoRA
+from openft.serving.lora import BASE, BatchedLoRA
 from openft.serving.types import (
     Completion,
     Completions,
@@ -60,6 +60,8 @@ class _Loaded:
     token_strings: _TokenStrings | None = None
     lora: BatchedLoRA | None = None  # None: no adapters yet, or PEFT's mixed batches instead
     peft_path: bool = False  # an adapter the batched LoRA cannot run was loaded
+    per_adapter: bool = False  # PEFT cannot mix these adapters in one pass either: one pass per adapter
+    active: str | None = None  # the adapter PEFT has active (per-adapter passes)
 
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
@@ -142,6 +144,7 @@ class Generator:
                     else:
                         loaded.model.load_adapter(ref.adapter_path, adapter_name=name)
                     loaded.adapters.add(ref.id)
+                    loaded.active = None
                     self._stack_adapters(loaded)
         return loaded
 
@@ -151,17 +154,33 @@ class Generator:
             return
         loaded.lora = loaded.lora or BatchedLoRA(loaded.model)
         if not loaded.lora.rebuild():
-            log.info("serving: an adapter is not plain LoRA on linear layers; using PEFT's mixed batches")
+            from peft.tuners.lora import ParamWrapper
+
+            loaded.per_adapter = any(isinstance(m, ParamWrapper) for m in loaded.model.modules())
+            log.info("serving: an adapter is not plain LoRA on linear layers; using %s",
+                     "one pass per adapter" if loaded.per_adapter else "PEFT's mixed batches")
             loaded.model.base_model.enable_adapter_layers()
             loaded.lora, loaded.peft_path = None, True
 
-    def _adapter_kwargs(self, loaded: _Loaded, names: list[str]) -> dict[str, Any]:
+    def _adapter_kwargs(self, loaded: _Loaded, names: list[str]) -> dict[str, Any] | None:
+        """Ready a pass whose rows use ``names``; None when they cannot share one."""
         if not loaded.adapters:
             return {}
         if loaded.lora is not None:
             loaded.lora.select(names, self._device)
             return {}
-        return {"adapter_names": names}
+        if not loaded.per_adapter:
+            return {"adapter_names": names}
+        if len(set(names)) > 1:
+            return None
+        if loaded.active != names[0]:  # LoRA on expert weights (ParamWrapper): one adapter per pass
+            if names[0] == BASE:
+                loaded.model.base_model.disable_adapter_layers()
+            else:
+                loaded.model.base_model.enable_adapter_layers()
+                loaded.model.base_model.set_adapter(names[0])
+            loaded.active = names[0]
+        return {}
 
     # --------------------------------------------------------------- requests
     def prompt_ids(self, ref: ModelRef, messages: list[dict[str, Any]],
