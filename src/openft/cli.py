@@ -222,12 +222,22 @@ def models_pull() -> None:
 def models_add(model_id: str, path: Path) -> None:
     """Register the local Hugging Face folder PATH as base model MODEL_ID."""
     from openft.errors import OpenFTError
+    from openft.families import describe
 
     try:
         asyncio.run(_register_model(load_settings(), model_id, path))
     except OpenFTError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(f"Registered {model_id} -> {path.resolve()}")
+    found = describe(model_id, path)
+    click.echo(f"  architecture: {found.architecture} ({found.family or 'not in the registry of shown families'})"
+               f"; context {found.context_length} tokens; {found.parameters or '?'} parameters")
+    click.echo(f"  trains: {', '.join(found.methods)} ({' and '.join(found.training_types)}); "
+               f"serves: {'yes' if found.serving else 'no'}; tools: {found.tool_format}; reasoning: {found.reasoning}")
+    for kind, size in found.memory_bytes.items():
+        click.echo(f"  {kind} fine-tuning needs about {size / 2**30:.2f} GiB for weights and optimizer state")
+    for what, why in found.refusals.items():
+        click.echo(f"  {what}: {why}")
 
 
 async def _register_model(settings: Settings, model_id: str, path: Path) -> None:

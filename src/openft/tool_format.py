@@ -2,21 +2,29 @@
 assistant ``tool_calls`` is shown to a model, and how its answer is read back.
 
 Used by training (so the loss covers the tool-call tokens exactly as the
-model will emit them) and by serving (the same rendering for the prompt, and
-the parser for the answer). No torch here.
+model will emit them), by serving (the same rendering for the prompt, the
+parser for the answer, the grammar of a forced call) and by RFT's grading.
+No torch here.
 
-Format: the **Hermes** convention of ChatML models (Qwen2.5, Hermes 2/3, and
-SmolLM2's ChatML): function signatures listed in the system turn inside
-``<tools></tools>``, each call emitted as
-``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, tool
-results returned in a user turn inside ``<tool_response></tool_response>``.
+Each model family publishes its own convention in its chat template; a
+:class:`Convention` is detected from the template (:func:`convention_of`):
 
-* A template that renders ``tools`` itself and uses ``<tool_call>`` tags is
-  used natively (``apply_chat_template(..., tools=...)``).
-* A ChatML template without a tools section (the bundled SmolLM2 GGUF's) gets
-  the Hermes convention written into the messages by :func:`to_template_messages`.
-* Any other template (Llama 3.1 JSON calls, Mistral ``[TOOL_CALLS]``, ...)
-  is refused: openft could not parse its calls reliably.
+* **hermes** (Qwen2.5/Qwen3, Hermes, SmolLM3, any ChatML model): calls as
+  ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``. A
+  template that renders ``tools`` itself is used natively; a ChatML template
+  without a tools section (the bundled SmolLM2's) gets the convention written
+  into the messages (signatures in the system turn inside ``<tools>``,
+  results in a user turn inside ``<tool_response>``).
+* **llama3_json** (Llama 3.1+): one call as a bare JSON object
+  ``{"name": ..., "parameters": {...}}`` ending the turn; results in the
+  ``ipython`` role. Llama 3.x templates take one call per turn, so a request
+  with parallel calls gets one.
+* **mistral** (Mistral, Mixtral): ``[TOOL_CALLS]`` then a JSON list of
+  ``{"name", "arguments"}`` objects (the marker may be a control token that
+  decoding drops, so the list alone also reads as calls).
+
+Any other template is refused (``ToolFormatError``, a 400 naming the model):
+gpt-oss's harmony channels among them, for now.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
     from openft.ml_types import Tokenizer
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_OPEN = "[TOOL_CALLS]"
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 _SYSTEM = (
@@ -44,14 +53,38 @@ class ToolFormatError(ValueError):
 
 
 def tool_style(template: str | None) -> str:
-    """``"native"`` (template renders tools with <tool_call> tags), ``"hermes"``
-    (ChatML without tools: openft writes the convention in), or ``"none"``."""
+    """How messages with tools reach the template: ``"native"`` (it renders
+    tools and calls itself, in a convention openft reads), ``"hermes"`` (ChatML
+    without tools: openft writes the Hermes convention in), or ``"none"``."""
     template = template or ""
-    if "tools" in template and OPEN in template:
+    if "tools" in template and (OPEN in template or _llama3_template(template) or MISTRAL_OPEN in template):
         return "native"
     if "<|im_start|>" in template:
         return "hermes"
     return "none"
+
+
+def _llama3_template(template: str) -> bool:
+    return "<|start_header_id|>" in template and "ipython" in template and '"parameters"' in template
+
+
+def convention_name(template: str | None) -> str:
+    """The tool-call convention of a chat template: ``hermes``,
+    ``llama3_json``, ``mistral``, or ``none``."""
+    template = template or ""
+    if tool_style(template) == "none":
+        return "none"
+    if MISTRAL_OPEN in template:
+        return "mistral"
+    if _llama3_template(template) and OPEN not in template:
+        return "llama3_json"
+    return "hermes"
+
+
+def convention_of(tokenizer: Tokenizer) -> Convention:
+    """The convention of ``tokenizer``'s chat template (Hermes when it has none:
+    callers refuse tools first through :func:`template_input`)."""
+    return CONVENTIONS[convention_name(getattr(tokenizer, "chat_template", None))]
 
 
 def _arguments(raw: Any) -> Any:
@@ -162,7 +195,183 @@ def parse_tool_calls(text: str, names: set[str]) -> list[ParsedCall] | None:
     return calls
 
 
+def parse_cut_tool_calls(text: str, names: set[str]) -> list[ParsedCall] | None:
+    """The calls in an answer cut by ``max_tokens`` inside a tool call: the
+    complete ones, then the cut one with its unfinished arguments (as OpenAI
+    returns them with ``finish_reason: "length"``). None when the answer is
+    not tool calls. A cut name is completed when exactly one function starts
+    with it; otherwise the call keeps the part that was written."""
+    stripped = text.strip()
+    if not stripped or not (stripped.startswith(OPEN) or OPEN.startswith(stripped)):
+        return None
+    calls, end = [], 0
+    for match in _CALL.finditer(stripped):
+        complete = parse_tool_calls(stripped[end:match.end()], names)
+        if complete is None:
+            return None
+        calls.extend(complete)
+        end = match.end()
+    rest = stripped[end:].strip()
+    if not rest:
+        return calls or None
+    if not (rest.startswith(OPEN) or OPEN.startswith(rest)):
+        return None
+    cut = _cut_object(rest[len(OPEN):], "arguments", names)
+    if cut is None or cut.arguments.endswith(CLOSE):  # a complete call whose JSON did not parse is not cut
+        return None
+    return [*calls, cut]
+
+
 def may_become_call(text: str) -> bool:
     """Whether ``text`` so far could still be the start of a tool call."""
     stripped = text.lstrip()
     return stripped.startswith(OPEN) or OPEN.startswith(stripped)
+
+
+# ------------------------------------------------------------ conventions
+class Convention:
+    """One family's way of writing calls: parse an answer, parse a cut one,
+    say whether text may still become a call, and the grammar of calls."""
+
+    name = "hermes"
+    parallel = True  # whether one turn may hold several calls
+
+    def parse(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        return parse_tool_calls(text, names)
+
+    def parse_cut(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        return parse_cut_tool_calls(text, names)
+
+    def may_become_call(self, text: str) -> bool:
+        return may_become_call(text)
+
+    def grammar(self, call_json: str, *, parallel: bool, optional: bool) -> str:
+        """Lark rules around ``call_json`` (one call's JSON, as ``%json {...}``)."""
+        calls = 'call ("\\n" call)*' if parallel else "call"
+        lark = (f"start: {'TEXT | ' if optional else ''}calls\n"
+                f"calls: {calls}\n"
+                'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
+                f"body: {call_json}\n")
+        if optional:
+            lark += "TEXT: /(.|\\n)*/ & ~/\\s*<tool_call>(.|\\n)*/\n"
+        return lark
+
+    arguments_key = "arguments"
+
+
+def _call_objects(value: Any, key: str, names: set[str]) -> list[ParsedCall] | None:
+    objects = value if isinstance(value, list) else [value]
+    calls = []
+    for body in objects:
+        if not isinstance(body, dict) or body.get("name") not in names or set(body) - {"name", key}:
+            return None
+        arguments = body.get(key, {})
+        calls.append(ParsedCall(body["name"], arguments if isinstance(arguments, str) else json.dumps(arguments)))
+    return calls or None
+
+
+def _cut_object(text: str, key: str, names: set[str]) -> ParsedCall | None:
+    """The call a cut JSON object began (``{"name": ..., key: <partial>``)."""
+    match = re.match(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)("?)\s*(?:,\s*"' + key + r'"\s*:\s*(.*))?',
+                     text.strip(), re.DOTALL)
+    if match is None:
+        return ParsedCall(next(iter(names)) if len(names) == 1 else "", "")
+    name, closed, arguments = match.group(1), match.group(2), match.group(3) or ""
+    if not closed:
+        starting = [n for n in names if n.startswith(name)]
+        name = starting[0] if len(starting) == 1 else name
+    return ParsedCall(name, arguments.rstrip())
+
+
+class Llama3Json(Convention):
+    """Llama 3.1+: ``{"name": ..., "parameters": {...}}`` as the whole answer."""
+
+    name, parallel, arguments_key = "llama3_json", False, "parameters"
+    TAG = "<|python_tag|>"
+
+    def _body(self, text: str) -> str:
+        stripped = text.strip()
+        return stripped[len(self.TAG):].strip() if stripped.startswith(self.TAG) else stripped
+
+    def parse(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        body = self._body(text)
+        if not body.startswith("{"):
+            return None
+        try:
+            return _call_objects(json.loads(body), self.arguments_key, names)
+        except json.JSONDecodeError:
+            return None
+
+    def parse_cut(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        body = self._body(text)
+        if not body.startswith("{"):
+            return None
+        return [cut] if (cut := _cut_object(body, self.arguments_key, names)) else None
+
+    def may_become_call(self, text: str) -> bool:
+        body = text.lstrip()
+        return not body or body.startswith(("{", self.TAG)) or self.TAG.startswith(body)
+
+    def grammar(self, call_json: str, *, parallel: bool, optional: bool) -> str:
+        lark = f"start: {'TEXT | ' if optional else ''}call\ncall: {call_json}\n"
+        if optional:
+            lark += "TEXT: /(.|\\n)*/ & ~/\\s*\\{(.|\\n)*/\n"
+        return lark
+
+
+class Mistral(Convention):
+    """Mistral: ``[TOOL_CALLS]`` then a JSON list of calls."""
+
+    name = "mistral"
+
+    def _body(self, text: str) -> str:
+        stripped = text.strip()
+        return stripped[len(MISTRAL_OPEN):].strip() if stripped.startswith(MISTRAL_OPEN) else stripped
+
+    def parse(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        body = self._body(text)
+        if not body.startswith("["):
+            return None
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError:
+            return None
+        return _call_objects(value, self.arguments_key, names) if isinstance(value, list) else None
+
+    def parse_cut(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        body = self._body(text)
+        if not body.startswith("["):
+            return None
+        calls: list[ParsedCall] = []
+        decoder, at = json.JSONDecoder(), body.index("[") + 1
+        while True:  # the complete calls of the list, then the cut one
+            rest = body[at:].lstrip(" \n,")
+            if not rest.startswith("{"):
+                return calls or None
+            try:
+                value, end = decoder.raw_decode(rest)
+            except json.JSONDecodeError:
+                cut = _cut_object(rest, self.arguments_key, names)
+                return [*calls, cut] if cut else calls or None
+            complete = _call_objects(value, self.arguments_key, names)
+            if complete is None:
+                return None
+            calls.extend(complete)
+            at = len(body) - len(rest) + end
+
+    def may_become_call(self, text: str) -> bool:
+        body = text.lstrip()
+        return not body or body.startswith((MISTRAL_OPEN, "[")) or MISTRAL_OPEN.startswith(body)
+
+    def grammar(self, call_json: str, *, parallel: bool, optional: bool) -> str:
+        more = '("," call)*' if parallel else ""
+        lark = (f"start: {'TEXT | ' if optional else ''}calls\n"
+                f'calls: "{MISTRAL_OPEN}[" call {more} "]"\n'
+                f"call: {call_json}\n")
+        if optional:
+            lark += "TEXT: /(.|\\n)*/ & ~/\\s*\\[(.|\\n)*/\n"
+        return lark
+
+
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in (Convention(), Llama3Json(), Mistral())}
+CONVENTIONS["none"] = CONVENTIONS["hermes"]

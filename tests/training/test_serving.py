@@ -172,6 +172,29 @@ def test_tool_calls_round_trip_through_the_sdk(tenant, choice) -> None:
     assert after.choices[0].message.tool_calls is None
 
 
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_a_call_cut_by_max_tokens_comes_back_as_a_call(tenant, choice) -> None:
+    """As OpenAI answers: the unfinished arguments in ``tool_calls`` with
+    ``finish_reason: "length"``, and no call markup in ``content``."""
+    whole = tenant.sdk.chat.completions.create(model=TINY, messages=WEATHER_ASK, tools=[WEATHER, TIME],
+                                               tool_choice=choice, temperature=0, max_tokens=80)
+    [complete] = whole.choices[0].message.tool_calls
+    cut = tenant.sdk.chat.completions.create(model=TINY, messages=WEATHER_ASK, tools=[WEATHER, TIME],
+                                             tool_choice=choice, temperature=0, max_tokens=12)
+    [call] = cut.choices[0].message.tool_calls
+    assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content is None
+    assert call.function.name == complete.function.name
+    assert complete.function.arguments.replace(" ", "").startswith(call.function.arguments.replace(" ", ""))
+    assert len(call.function.arguments) < len(complete.function.arguments)
+
+    chunks = [c.choices[0] for c in tenant.sdk.chat.completions.create(
+        model=TINY, messages=WEATHER_ASK, tools=[WEATHER, TIME], tool_choice=choice, temperature=0, max_tokens=12,
+        stream=True) if c.choices]
+    assert chunks[-1].finish_reason == "length" and not "".join(c.delta.content or "" for c in chunks)
+    [streamed] = [d for c in chunks for d in c.delta.tool_calls or []]
+    assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
+
+
 def test_auto_tool_choice_answers_text_or_calls_that_parse(tenant) -> None:
     """With ``auto`` the model may answer in text; whatever starts a call is
     held to the call grammar, so sampled answers are text or valid calls."""

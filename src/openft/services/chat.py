@@ -118,6 +118,7 @@ class Plan:
     logprobs: int | None
     tool_names: set[str]  # functions the answer may call; empty: tool calls are not parsed
     context: int  # the model's context length, prompt and completion together
+    convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]  # how the model writes calls
 
 
 def fit_context(params: GenerationParams, prompt_tokens: int, context: int, *, explicit: bool) -> GenerationParams:
@@ -197,17 +198,19 @@ class ChatService:
         except tool_format.ToolFormatError as exc:
             raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
                                  param="tools" if body.tools else "messages", code="tools_not_supported") from exc
-        grammar = None
+        grammar, convention = None, self.generator.convention(ref)
         if tools:  # calls always parse and match their function's parameters schema
             functions = [t["function"] for t in tools]
             parallel = body.parallel_tool_calls is not False
             if isinstance(body.tool_choice, NamedToolChoice):
                 named = [f for f in functions if f["name"] == body.tool_choice.function.name]
-                grammar = constraints.tool_call_grammar(named, "tool_choice.function.name", parallel=False)
+                grammar = constraints.tool_call_grammar(named, "tool_choice.function.name", parallel=False,
+                                                       convention=convention)
             elif body.tool_choice == "required":  # exactly one call
-                grammar = constraints.tool_call_grammar(functions, "tools", parallel=False)
+                grammar = constraints.tool_call_grammar(functions, "tools", parallel=False, convention=convention)
             else:
-                grammar = constraints.tool_call_grammar(functions, "tools", parallel=parallel, optional=True)
+                grammar = constraints.tool_call_grammar(functions, "tools", parallel=parallel, optional=True,
+                                                       convention=convention)
         format_ = body.response_format
         if format_ is not None and format_.type == "json_object":
             grammar = constraints.json_object_grammar()
@@ -216,7 +219,7 @@ class ChatService:
             grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         names = {t["function"]["name"] for t in tools} if tools else set()
-        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref))
+        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention)
 
     async def events(
         self, submission: Submission, plan: Plan, model: str, include_usage: bool, stop: StopSignal,
@@ -249,7 +252,7 @@ class ChatService:
                         pending.append(event.logprob)
                     if deciding:
                         held += event.text
-                        if tool_format.may_become_call(held):
+                        if plan.convention.may_become_call(held):
                             continue
                         deciding, text = False, held
                     else:
@@ -259,14 +262,14 @@ class ChatService:
                         pending = []
                     continue
                 finish = event.finish_reason
-                calls = tool_format.parse_tool_calls(held, plan.tool_names) if deciding else None
+                calls, finish = answer_calls(held, finish, plan) if deciding else (None, finish)
                 if calls:
                     for index, call in enumerate(calls):
                         yield chunk(Delta(tool_calls=[ToolCallDelta(
                             index=index, id=new_call_id(), type="function",
                             function=FunctionCallDelta(name=call.name, arguments=call.arguments))]),
                             logprobs=pending if index == 0 else None)
-                    finish, pending = "tool_calls", []
+                    pending = []
                 elif deciding and held:
                     yield chunk(Delta(content=held), logprobs=pending)
                     pending = []
@@ -326,14 +329,16 @@ def completion_object(model: str, prompt_tokens: int, completions: list[Completi
     completion_tokens = sum(c.completion_tokens for c in completions)
     choices = []
     for i, c in enumerate(completions):
-        calls = tool_format.parse_tool_calls(c.text, plan.tool_names) if plan and plan.tool_names else None
+        calls, finish = answer_calls(c.text, c.finish_reason, plan) if plan and plan.tool_names \
+            else (None, c.finish_reason)
         logprobs = ChoiceLogprobs(content=[_wire_logprob(lp) for lp in c.logprobs or []]) if plan and \
             plan.logprobs is not None else None
         if calls:
             message = AssistantMessage(content=None, tool_calls=[
                 ToolCallOut(id=new_call_id(), function=FunctionCallOut(name=call.name, arguments=call.arguments))
                 for call in calls])
-            choices.append(Choice(index=i, message=message, finish_reason="tool_calls", logprobs=logprobs))
+            choices.append(Choice(index=i, message=message, finish_reason=finish,  # type: ignore[arg-type]
+                                  logprobs=logprobs))
         else:
             choices.append(Choice(index=i, message=AssistantMessage(content=c.text),
                                   finish_reason=c.finish_reason, logprobs=logprobs))  # type: ignore[arg-type]
@@ -348,6 +353,19 @@ def completion_object(model: str, prompt_tokens: int, completions: list[Completi
             total_tokens=prompt_tokens + completion_tokens,
         ),
     )
+
+
+def answer_calls(text: str, finish: str, plan: Plan) -> tuple[list[tool_format.ParsedCall] | None, str]:
+    """(the answer's tool calls or None, its finish reason): complete calls
+    finish with ``tool_calls``; calls cut by ``max_tokens`` still come back as
+    calls, with their unfinished arguments and ``length`` (as OpenAI answers),
+    so call markup never reaches ``content``."""
+    calls = plan.convention.parse(text, plan.tool_names)
+    if calls:
+        return calls, "tool_calls"
+    if finish == "length":
+        return plan.convention.parse_cut(text, plan.tool_names), finish
+    return None, finish
 
 
 def new_completion_id() -> str:

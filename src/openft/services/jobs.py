@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from openft import domain
+from openft import domain, families
 from openft.domain import FileFormat, JobSpec, JobStatus, MethodType
 from openft.errors import InvalidRequest, NotFound
 from openft.integrations import missing_package
@@ -94,6 +94,15 @@ async def check_job(
     if spec.model.startswith("ft:"):
         spec, base_model, start_key = await _continuing(session, org_id, spec)
     base = await registry.check_trainable(session, base_model or spec.model)
+    capabilities = await registry.capabilities(base)
+    problem = capabilities and families.refusal(capabilities, spec.method_type.value, spec.method.hyperparameters)
+    if problem:
+        field_name, reason = problem
+        raise InvalidRequest(
+            f"Model {base.id!r} ({capabilities.architecture}) cannot be fine-tuned this way: {reason}.",
+            param=f"{spec.method.where}.{field_name}" if field_name else "method.type",
+            code="unsupported_model_method",
+        )
     training = await _usable_file(session, org_id, spec.training_file, "training_file", spec)
     if (training.n_examples or 0) < domain.MIN_TRAINING_EXAMPLES:
         raise InvalidRequest(

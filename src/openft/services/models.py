@@ -13,6 +13,7 @@ and fails fast offline, so creating a job never hangs.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.config import Settings
 from openft.errors import Forbidden, InvalidRequest, NotFound
-from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model
+from openft.families import Capabilities, describe
+from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model, ModelCapabilities
 from openft.serving.types import ModelRef
 from openft.store.blobs import BlobStore
 from openft.store.queries import models as queries
 from openft.store.queries.reads import Db
-from openft.weights import BUNDLED_MODEL, BaseWeights, is_adapter, read_models_file, resolve_base
+from openft.weights import BUNDLED_MODEL, BaseWeights, cache_folder, is_adapter, read_models_file, resolve_base
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,16 @@ class ModelRegistry:
             code="model_not_found",
         )
 
+    async def capabilities(self, weights: BaseWeights) -> Capabilities | None:
+        """What the base model supports (``openft.families.describe``), from
+        its folder; None while its weights are not on this machine (a hub
+        model, or the bundled one before its first conversion)."""
+        folder = Path(weights.path or "") if weights.kind == "local" else (
+            cache_folder(self._settings.models_dir, weights.id) if weights.kind == "bundled" else None)
+        if folder is None or not (folder / "config.json").is_file():
+            return None
+        return await anyio.to_thread.run_sync(describe, weights.id, folder)
+
     def _on_hub(self, model_id: str) -> bool:
         try:
             from huggingface_hub import model_info
@@ -109,7 +121,13 @@ class ModelRegistry:
             ids[row.id] = int(row.created_at.timestamp())
         for model_id in self._file_models():
             ids.setdefault(model_id, self._started)
-        return [Model(id=i, created=c, owned_by=OWNER, root=i) for i, c in ids.items()]
+        models = []
+        for model_id, created in ids.items():
+            weights = await self.weights(db, model_id)
+            found = await self.capabilities(weights) if weights is not None else None
+            models.append(Model(id=model_id, created=created, owned_by=OWNER, root=model_id,
+                                capabilities=wire_capabilities(found) if found else None))
+        return models
 
     async def list_models(self, db: Db, org_id: str) -> ListModelsResponse:
         tuned = [_tuned_to_wire(row) for row in await queries.list_fine_tuned_models(db, org_id)]
@@ -138,6 +156,18 @@ class ModelRegistry:
             raise NotFound("model", model_id, param="model")
         await queries.delete_fine_tuned_model(session, org_id, model_id)
         return DeleteModelResponse(id=model_id, deleted=True), row.storage_key
+
+
+def wire_capabilities(found: Capabilities) -> ModelCapabilities:
+    return ModelCapabilities(**found.to_dict(), worker_memory_bytes=_memory_bytes())
+
+
+def _memory_bytes() -> int | None:
+    """This machine's memory (a worker's, where the API runs beside one)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _tuned_to_wire(row: Any) -> Model:

@@ -25,6 +25,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
+from openft import tool_format
 from openft.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -73,15 +74,15 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-def _call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
+def _call_schema(functions: list[dict[str, Any]], key: str = "arguments") -> dict[str, Any]:
     options = []
     for f in functions:
         parameters = f.get("parameters") or {"type": "object"}
         options.append({
             "type": "object",
             "properties": {"name": {"const": f["name"]},
-                           "arguments": _strict(parameters) if f.get("strict") else parameters},
-            "required": ["name", "arguments"],
+                           key: _strict(parameters) if f.get("strict") else parameters},
+            "required": ["name", key],
             "additionalProperties": False,
         })
     schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
@@ -90,24 +91,18 @@ def _call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tool_call_grammar(functions: list[dict[str, Any]], param: str = "tool_choice", *,
-                      optional: bool = False, parallel: bool = True) -> str:
-    """Calls in the Hermes format (``<tool_call>\\n{"name", "arguments"}\\n</tool_call>``)
-    of ``functions`` (each ``{"name", "parameters", "strict"}``), arguments
-    valid against the function's parameters schema (``strict``: no extra
-    properties). ``optional`` (``tool_choice: "auto"``): the answer may
+                      optional: bool = False, parallel: bool = True,
+                      convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]) -> str:
+    """Calls of ``functions`` (each ``{"name", "parameters", "strict"}``) in
+    the model's ``convention`` (Hermes ``<tool_call>`` blocks by default),
+    arguments valid against the function's parameters schema (``strict``: no
+    extra properties). ``optional`` (``tool_choice: "auto"``): the answer may
     instead be text that does not start a call. ``parallel``: one call or
-    several."""
+    several, where the convention has several."""
     from llguidance import LLMatcher
 
-    calls = 'call ("\\n" call)*' if parallel else "call"
-    lark = (
-        f"start: {'TEXT | ' if optional else ''}calls\n"
-        f"calls: {calls}\n"
-        'call: "<tool_call>\\n" arguments "\\n</tool_call>"\n'
-        f"arguments: %json {json.dumps(_call_schema(functions))}\n"
-    )
-    if optional:
-        lark += "TEXT: /(.|\\n)*/ & ~/\\s*<tool_call>(.|\\n)*/\n"
+    call_json = f"%json {json.dumps(_call_schema(functions, convention.arguments_key))}"
+    lark = convention.grammar(call_json, parallel=parallel and convention.parallel, optional=optional)
     return _validated(LLMatcher.grammar_from_lark(lark), param, "A function's parameters schema")
 
 

@@ -193,6 +193,10 @@ class Generator:
             ids = ids["input_ids"]
         return list(ids)
 
+    def convention(self, ref: ModelRef) -> tool_format.Convention:
+        """How the model writes tool calls (its chat template's convention)."""
+        return tool_format.convention_of(self._ready(ref).tokenizer)
+
     def context_length(self, ref: ModelRef) -> int:
         """Most tokens (prompt and completion together) the model takes."""
         loaded = self._ready(ref)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from openft.families import attention_implementation, lora_targets
 from openft.store.blobs import BlobStore
 from openft.training.config import Hyperparameters, RunConfig
 from openft.training.data import IGNORE
@@ -74,14 +75,17 @@ def start_folder(config: RunConfig, blobs: BlobStore) -> Path | None:
 
 def load_base(config: RunConfig, device: torch.device, *, path: Path | None = None) -> tuple[Any, Any]:
     """(tokenizer, model) in fp32 from the base model (or ``path``, a full
-    fine-tune's folder); on a GPU the recipes run it under bf16 autocast."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    fine-tune's folder), with the fastest attention its architecture
+    supports (``families.attention_implementation``); on a GPU the recipes
+    run it under bf16 autocast."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         path = path or config.base_weights.local_path(Path(config.models_dir))
         tokenizer = AutoTokenizer.from_pretrained(path)
+        model_class = AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(path))]
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, attn_implementation="sdpa"
+            path, dtype=torch.float32, attn_implementation=attention_implementation(model_class, device)
         )
     except Exception as exc:
         raise ModelLoadError(f"Could not load base model {config.model!r}: {exc}") from exc
@@ -91,9 +95,11 @@ def load_base(config: RunConfig, device: torch.device, *, path: Path | None = No
 
 
 def add_adapter(model: Model, hp: Hyperparameters, start: Path | None = None) -> Any:
-    """For LoRA, wrap the model with an adapter on every linear layer (or,
-    continuing a LoRA model, with that model's adapter, trainable, with this
-    run's dropout); a full fine-tune trains the model as it is."""
+    """For LoRA, wrap the model with an adapter on the architecture's targets
+    (``families.lora_targets``: every linear layer but the head and MoE
+    routers, plus fused expert weights), or, continuing a LoRA model, with
+    that model's adapter, trainable, with this run's dropout; a full
+    fine-tune trains the model as it is."""
     if hp.training_type != "lora":
         return model
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -102,9 +108,10 @@ def add_adapter(model: Model, hp: Hyperparameters, start: Path | None = None) ->
         config = LoraConfig.from_pretrained(str(start))
         config.lora_dropout = hp.lora_dropout
         return PeftModel.from_pretrained(model, start, config=config, is_trainable=True)
+    modules, parameters = lora_targets(model)
     return get_peft_model(model, LoraConfig(
         r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-        target_modules="all-linear", task_type="CAUSAL_LM",
+        target_modules=modules, target_parameters=parameters or None, task_type="CAUSAL_LM",
     ))
 
 

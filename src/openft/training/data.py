@@ -7,8 +7,11 @@ batches.
   assistant ``tool_calls`` are written in the model's tool format
   (:mod:`openft.tool_format`), exactly as serving shows them and parses them. Spans are found by rendering
   each conversation prefix: the text of ``messages[:i]`` plus the generation
-  prompt must be a prefix of the text through message ``i`` (true of ChatML-
-  style templates; anything else is refused with a clear error).
+  prompt is a prefix of the text through message ``i`` (ChatML, Llama 3).
+  Where a template places text by position instead (Mistral's tools before
+  the last user turn), the turn is what it adds to an empty assistant turn
+  at the same place, found in order in the whole rendering; a turn found
+  neither way is refused with a clear error.
 * Prompt/completion examples: loss on the completion (plus EOS) only.
 * Examples longer than ``max_seq_length`` are truncated; their line numbers
   are returned so the job can warn about them.
@@ -21,6 +24,7 @@ batches.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,19 +112,30 @@ def chat_example(tokenizer: Tokenizer, raw: dict[str, Any], line: int) -> Exampl
     weights = [m.get("weight", 1) for m in raw["messages"]]
     text = _render(tokenizer, messages, generation_prompt=False, tools=tools)
     offset = 1 if len(messages) > len(weights) else 0  # a system turn listing the tools was added
-    spans = []
+    spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or weights[index - offset] == 0:
             continue
         before = _render(tokenizer, messages[:index], generation_prompt=True, tools=tools) if index else ""
         through = _render(tokenizer, messages[: index + 1], generation_prompt=False, tools=tools)
-        if not (through.startswith(before) and text.startswith(through)):
+        if through.startswith(before) and text.startswith(through):
+            spans.append((len(before), len(through)))
+            continue
+        # Templates that place something by position (Mistral lists the tools
+        # before the *last* user turn) do not render prefix by prefix: the turn
+        # is what its rendering adds to an empty assistant turn in the same
+        # place, found in order in the whole conversation.
+        empty = _render(tokenizer, [*messages[:index], {"role": "assistant", "content": ""}],
+                        generation_prompt=False, tools=tools)
+        turn = through[len(os.path.commonprefix([empty, through])):]
+        at = text.find(turn, spans[-1][1] if spans else 0)
+        if not turn.strip() or at < 0:
             raise DataError(
-                "the model's chat template does not render conversations prefix by prefix, "
-                "so assistant turns cannot be located for the loss",
+                "the model's chat template does not render this conversation's assistant turns in a way "
+                "that can be located for the loss",
                 line,
             )
-        spans.append((len(before), len(through)))
+        spans.append((at, at + len(turn)))
     ids, labels = _label_spans(text, spans, tokenizer)
     return Example(ids, labels, line)
 

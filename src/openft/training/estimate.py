@@ -61,6 +61,7 @@ FEW_EXAMPLES = 50
 def estimate(config: RunConfig, calibration_file: Path, *, warm: bool = False) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
+    from openft.families import describe
     from openft.store.blobs import BlobStore
     from openft.training.common import is_adapter, pick_device, read_lines, setup_torch, start_folder, steps_per_epoch
     from openft.training.data import tokenize, tokenize_preferences, tokenize_prompts
@@ -102,7 +103,7 @@ def estimate(config: RunConfig, calibration_file: Path, *, warm: bool = False) -
 
     budget = completion_budget(requested) if method == "reinforcement" else 0
     hp = resolve(requested, method=method, n_examples=len(train), mean_tokens=sum(sizes) / len(sizes) + budget,
-                 max_length=max_length, device=device.type)
+                 max_length=max_length, device=device.type, experts=describe(config.model, path).experts)
     per_epoch = steps_per_epoch(len(train), hp.batch_size)
     total_steps = per_epoch * hp.n_epochs
     tokenized_at = time.monotonic()

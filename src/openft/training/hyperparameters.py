@@ -76,8 +76,11 @@ def resolve(
     mean_tokens: float,
     max_length: int,
     device: str,
+    experts: bool = False,
 ) -> Hyperparameters:
-    """Every hyperparameter with a concrete value."""
+    """Every hyperparameter with a concrete value. ``experts``: LoRA reaches
+    the model's fused expert weights, which PEFT trains without dropout, so
+    ``lora_dropout`` defaults to 0 (the API refuses another value)."""
 
     def given(name: str, default: Any) -> Any:
         value = requested.get(name)
@@ -101,7 +104,7 @@ def resolve(
         warmup_ratio=float(given("warmup_ratio", 0.05)),
         lora_rank=rank if lora else None,
         lora_alpha=float(given("lora_alpha", 2 * rank)) if lora else None,
-        lora_dropout=float(given("lora_dropout", 0.05)) if lora else None,
+        lora_dropout=float(given("lora_dropout", 0.0 if experts else 0.05)) if lora else None,
         beta=float(given("beta", 0.1 if dpo else RFT_BETA)) if dpo or rft else None,
         rpo_alpha=float(given("rpo_alpha", DPO_RPO_ALPHA)) if dpo else None,
         reasoning_effort=given("reasoning_effort", "default") if rft else None,

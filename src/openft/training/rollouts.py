@@ -48,7 +48,7 @@ class Rollouts:
         self.device = device
         self._copy = copy.deepcopy(base).eval() if lora else None
         self._policy: Any = None if lora else base
-        self._pairs: list[tuple[torch.nn.Linear, torch.nn.Module]] = []
+        self._pairs: list[tuple[torch.nn.Parameter, torch.nn.Module]] = []  # (copy's weight, LoRA layer)
         self.engine = Engine(
             lambda: self._copy if self._copy is not None else self._policy, tokenizer, device,
             max_batch=max_batch, max_queue=0, name="rollouts", lock=threading.Lock(),
@@ -61,20 +61,24 @@ class Rollouts:
             self._policy = policy
             return
         from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import ParamWrapper
 
         for name, module in policy.named_modules():
+            path = name.removeprefix("base_model.model.").replace(".base_layer", "")
             if isinstance(module, LoraLinear):
-                target = self._copy.get_submodule(name.removeprefix("base_model.model."))
-                self._pairs.append((target, module))
+                self._pairs.append((self._copy.get_submodule(path).weight, module))
+            elif isinstance(module, ParamWrapper):  # LoRA on fused expert weights (one wrapper per parameter)
+                self._pairs.append((getattr(self._copy.get_submodule(path), module.parameter_name), module))
         if not self._pairs:
-            raise RuntimeError("the LoRA policy has no linear LoRA layers to merge for sampling")
+            raise RuntimeError("the LoRA policy has no LoRA layers to merge for sampling")
 
     @torch.no_grad()
     def sync(self) -> None:
         """Bring the decoding copy up to the policy's current weights."""
         for target, lora in self._pairs:
             delta = sum(lora.get_delta_weight(name) for name in lora.active_adapters)
-            target.weight.copy_(lora.base_layer.weight + delta)
+            base = lora.get_param() if hasattr(lora, "get_param") else lora.base_layer.weight
+            target.copy_(base + delta)
 
     def sample(self, prompts: list[list[int]], n: int, seeds: list[int], *, max_tokens: int,
                temperature: float = 1.0, interrupted: Callable[[], bool] | None = None) -> list[list[Completion]]:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from openft import tool_format
+from openft.families import has_fused_experts
 from openft.graders.grader import Grader, GraderUnavailable, GradingContext
 from openft.graders.sandbox import SandboxLimits
 from openft.graders.templates import sample_namespace
@@ -108,7 +109,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     hp = resolve(
         requested, method="reinforcement", n_examples=len(train),
         mean_tokens=sum(len(p.input_ids) for p in train) / len(train) + budget,
-        max_length=max_length, device=device.type,
+        max_length=max_length, device=device.type, experts=has_fused_experts(model),
     )
     assert hp.group_size and hp.max_completion_tokens and hp.eval_interval and hp.eval_samples
     per_epoch = steps_per_epoch(len(train), hp.batch_size)
@@ -165,7 +166,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
                 groups = rollouts.sample([p.input_ids for p in prompts], hp.group_size, seeds,
                                          max_tokens=hp.max_completion_tokens, temperature=TEMPERATURE,
                                          interrupted=interrupted)
-                rewards, errors = grade(grader, prompts, groups)
+                rewards, errors = grade(grader, prompts, groups, tool_format.convention_of(tokenizer))
                 loss, kl = update(model, reference, prompts, groups, rewards, hp, device, team, interrupted)
             except Interrupted:
                 optimizer.zero_grad(set_to_none=True)
@@ -251,13 +252,15 @@ def sample_seed(seed: int, step: int, prompt: int) -> int:
     return ((seed * 1_000_003 + step) * 1_000_033 + prompt) % (2**63 - 1)
 
 
-def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]]) -> tuple[list[list[float]], int]:
-    """(rewards per group, completions whose grading had an error)."""
+def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]],
+          convention: tool_format.Convention) -> tuple[list[list[float]], int]:
+    """(rewards per group, completions whose grading had an error); tool
+    calls are read in the model's ``convention``."""
     rewards, errors = [], 0
     for prompt, group in zip(prompts, groups, strict=True):
         scores = []
         for completion in group:
-            calls = tool_format.parse_tool_calls(completion.text, set(prompt.tool_names)) if prompt.tool_names else None
+            calls = convention.parse(completion.text, set(prompt.tool_names)) if prompt.tool_names else None
             tools = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                      for c in calls or []]
             result = grader.grade(sample_namespace(completion.text, tools), prompt.item)
@@ -329,7 +332,7 @@ def validate(rollouts: Rollouts, grader: Grader, valid: list[Prompt], hp: Hyperp
     seeds = [sample_seed(seed, 0, 1_000_000 + i) for i in range(len(valid))]
     groups = rollouts.sample([p.input_ids for p in valid], hp.eval_samples, seeds,
                              max_tokens=hp.max_completion_tokens, temperature=TEMPERATURE)
-    rewards, errors = grade(grader, valid, groups)
+    rewards, errors = grade(grader, valid, groups, tool_format.convention_of(rollouts.engine.tokenizer))
     flat = [r for group in rewards for r in group]
     return statistics.fmean(flat), statistics.pstdev(flat), errors
 

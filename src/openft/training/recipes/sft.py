@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from openft.families import has_fused_experts
 from openft.training.checkpoints import RunProgress
 from openft.training.common import (
     add_adapter,
@@ -68,7 +69,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
     hp = resolve(
         requested, method="supervised", n_examples=len(train),
         mean_tokens=sum(len(e.input_ids) for e in train) / len(train),
-        max_length=max_length, device=device.type,
+        max_length=max_length, device=device.type, experts=has_fused_experts(model),
     )
     per_epoch = steps_per_epoch(len(train), hp.batch_size)
     total_steps = per_epoch * hp.n_epochs

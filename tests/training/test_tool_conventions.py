@@ -1,0 +1,140 @@
+"""Tool calls in each family's own convention (Hermes, Llama 3.x JSON,
+Mistral), detected from the chat template: a training file puts the loss on
+exactly the call as the template writes it, and a served model's calls come
+back as ``tool_calls``, streamed and not, with ``tool_choice`` auto, required
+and named, also when ``max_tokens`` cuts them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from openft import tool_format
+from openft.training.data import IGNORE, chat_example
+
+from support import LLAMA3_TEMPLATE, MISTRAL_TEMPLATE, Server, Tenant, bundled_tokenizer, with_chat_template
+
+pytestmark = pytest.mark.training
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                   "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}}, "required": ["zone"],
+    "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+
+MARKERS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "[INST]", "[/INST]", "[TOOL_CALLS]",
+           "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]"]
+"""Control tokens of the Llama 3 and Mistral tokenizers (the bundled one reads them as text)."""
+
+CONVENTIONS = {
+    # convention: (template or None for the bundled ChatML one, the call as the model writes it, end of turn)
+    "hermes": (None, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+               "<|im_end|>"),
+    "llama3_json": (LLAMA3_TEMPLATE, '{"name": "get_weather", "parameters": {"city": "Oslo"}}', "<|eot_id|>"),
+    "mistral": (MISTRAL_TEMPLATE, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+                "<|im_end|>"),
+}
+
+
+def tokenizer_with(template: str | None, *, markers: bool = False):  # type: ignore[no-untyped-def]
+    import copy
+
+    tokenizer = copy.deepcopy(bundled_tokenizer())
+    if template is not None:
+        tokenizer.chat_template = template
+    if markers:  # as the families' own tokenizers have them: a turn's tokens start where its text does
+        tokenizer.add_special_tokens({"additional_special_tokens": MARKERS})
+    return tokenizer
+
+
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_training_puts_the_loss_on_exactly_the_call_as_the_template_writes_it(convention: str) -> None:
+    template, call, end = CONVENTIONS[convention]
+    tokenizer = tokenizer_with(template, markers=True)
+    assert tool_format.convention_of(tokenizer).name == convention
+    example = chat_example(tokenizer, {"messages": [*ASK, {"role": "assistant", "content": None,
+                                                           "tool_calls": [CALL]}], "tools": [WEATHER]}, 1)
+    labelled = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True)
+                                 if label != IGNORE])
+    assert labelled.strip() == call + end
+    parsed = tool_format.convention_of(tokenizer).parse(call, {"get_weather"})
+    assert parsed is not None and [(c.name, json.loads(c.arguments)) for c in parsed] == [
+        ("get_weather", {"city": "Oslo"})]
+
+
+def test_a_template_without_a_tool_convention_names_its_refusal() -> None:
+    tokenizer = tokenizer_with("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    assert tool_format.convention_name(tokenizer.chat_template) == "none"
+    with pytest.raises(tool_format.ToolFormatError):
+        tool_format.template_input(tokenizer, ASK, [WEATHER])
+    harmony = "<|start|>{{ m }}<|channel|>commentary to=functions.{{ name }}<|call|>{% if tools %}{% endif %}"
+    assert tool_format.convention_name(harmony) == "none"  # gpt-oss's harmony format is not read yet
+
+
+@pytest.fixture(scope="module")
+def served(training_server: Server, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tenant:
+    """The tiny model registered once per convention (``openft models add``)."""
+    root = tmp_path_factory.mktemp("conventions")
+    for convention, (template, _, _) in CONVENTIONS.items():
+        if template is not None:
+            folder = with_chat_template(tiny_model_dir, root / convention, template)
+            added = subprocess.run([sys.executable, "-m", "openft", "models", "add", f"local/{convention}",
+                                    str(folder)], env=training_server.env, capture_output=True, text=True,
+                                   timeout=120)
+            assert added.returncode == 0 and f"tools: {convention}" in added.stdout, added.stdout + added.stderr
+    return Tenant(training_server, "conventions", training_server.new_key("conventions"))
+
+
+def model_of(convention: str) -> str:
+    from test_jobs_train import TINY
+
+    return TINY if CONVENTIONS[convention][0] is None else f"local/{convention}"
+
+
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_served_calls_come_back_as_tool_calls_in_each_convention(served: Tenant, convention: str) -> None:
+    model, schemas = model_of(convention), {"get_weather": WEATHER, "get_time": TIME}
+    assert served.sdk.models.retrieve(model).model_extra["capabilities"]["tool_format"] == convention
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in ("required", named):
+        reply = served.sdk.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME],
+                                                   tool_choice=choice, temperature=0, max_tokens=200)
+        [call] = reply.choices[0].message.tool_calls
+        assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+        jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name]["function"]["parameters"])
+
+        chunks = [c.choices[0] for c in served.sdk.chat.completions.create(
+            model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice=choice, temperature=0, max_tokens=200,
+            stream=True) if c.choices]
+        [streamed] = [d for c in chunks for d in c.delta.tool_calls or []]
+        assert chunks[-1].finish_reason == "tool_calls"
+        assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
+
+        cut = served.sdk.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME],
+                                                 tool_choice=choice, temperature=0, max_tokens=9)
+        [partial] = cut.choices[0].message.tool_calls
+        assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content is None
+        assert partial.function.name in ("", call.function.name) or call.function.name.startswith(
+            partial.function.name)
+
+    # auto: text that does not start a call, or calls that parse (sampled, eight answers)
+    reply = served.sdk.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], n=8,
+                                               temperature=1.0, seed=2, max_tokens=40)
+    for choice in reply.choices:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                jsonschema.validate(json.loads(call.function.arguments),
+                                    schemas[call.function.name]["function"]["parameters"])
+        else:
+            calls = tool_format.CONVENTIONS[convention].parse(choice.message.content, set(schemas))
+            assert calls is None
