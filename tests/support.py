@@ -375,3 +375,15 @@ def with_chat_template(source: Path, target: Path, template: str) -> Path:
     shutil.copytree(source, target)
     (target / "chat_template.jinja").write_text(template)
     return target
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}<|im_start|>assistant\n"
+    "{%- if message.reasoning_content %}<think>\n{{ message.reasoning_content }}\n</think>\n\n{% endif %}"
+    "{{- message.content }}<|im_end|>\n"
+    "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{%- endif %}"
+)
+"""Qwen3's way with reasoning: ``reasoning_content`` in a ``<think>`` block, ``enable_thinking`` to skip it."""

@@ -161,8 +161,123 @@ def to_template_messages(
 def template_input(
     tokenizer: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """:func:`to_template_messages` in the style of ``tokenizer``'s own chat template."""
-    return to_template_messages(messages, tools, tool_style(getattr(tokenizer, "chat_template", None)))
+    """:func:`to_template_messages` in the style of ``tokenizer``'s own chat
+    template, with assistant reasoning (``reasoning_content``) shown its way
+    (:func:`with_reasoning`)."""
+    template = getattr(tokenizer, "chat_template", None)
+    rendered, native_tools = to_template_messages(messages, tools, tool_style(template))
+    return with_reasoning(messages, rendered, template), native_tools
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+class ReasoningFormatError(ToolFormatError):
+    """Training data carries reasoning, but the model's template has no place for it."""
+
+
+def reasoning_style(template: str | None) -> str:
+    """How a chat template shows reasoning: ``native`` (it renders an
+    assistant message's ``reasoning_content`` itself, as Qwen3's does),
+    ``think`` (it knows ``<think>`` blocks: openft writes them into the
+    content), or ``none``."""
+    template = template or ""
+    if "reasoning_content" in template and THINK_OPEN in template:
+        return "native"
+    return "think" if THINK_OPEN in template else "none"
+
+
+def with_reasoning(original: list[dict[str, Any]], rendered: list[dict[str, Any]],
+                   template: str | None) -> list[dict[str, Any]]:
+    """``rendered`` (template messages, in the order of ``original`` after any
+    added system turn) with each assistant's ``reasoning_content`` in place."""
+    reasoning = [m.get("reasoning_content") for m in original if m.get("role") == "assistant"]
+    if not any(reasoning):
+        return rendered
+    style = reasoning_style(template)
+    if style == "none":
+        raise ReasoningFormatError("the model's chat template has no place for reasoning (no <think> blocks)")
+    out, turns = [], iter(reasoning)
+    for message in rendered:
+        if message["role"] == "assistant":
+            thought = next(turns, None)
+            if thought:
+                message = dict(message)
+                if style == "native":
+                    message["reasoning_content"] = thought
+                else:
+                    message["content"] = f"{THINK_OPEN}\n{thought}\n{THINK_CLOSE}\n\n{message.get('content') or ''}"
+        out.append(message)
+    return out
+
+
+def split_reasoning(text: str, *, opened: bool) -> tuple[str | None, str]:
+    """(reasoning, answer) of a reasoning model's whole output: what is inside
+    its ``<think>`` block (``opened``: the prompt already opened it) and the
+    rest. An answer cut inside the block is all reasoning."""
+    stream = ReasoningStream(opened=opened)
+    thought, answer = stream.feed(text)
+    more_thought, more_answer = stream.finish()
+    return (thought + more_thought) if stream.thought else None, answer + more_answer
+
+
+class ReasoningStream:
+    """Splits a reasoning model's output, piece by piece as it streams, into
+    reasoning (inside ``<think>``) and answer; text that may still be part of
+    a tag, and whitespace around the reasoning, is held back."""
+
+    def __init__(self, *, opened: bool):
+        self.state = "inside" if opened else "start"  # start -> inside -> after -> answer
+        self.buffer = ""
+        self.thought = opened  # whether there was a reasoning block
+        self.leading = True
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """(reasoning, answer) that may be shown now."""
+        self.buffer += piece
+        thought = answer = ""
+        while True:
+            if self.state == "start":
+                stripped = self.buffer.lstrip()
+                if stripped.startswith(THINK_OPEN):
+                    self.buffer, self.state, self.thought = stripped[len(THINK_OPEN):], "inside", True
+                    continue
+                if THINK_OPEN.startswith(stripped):
+                    return thought, answer
+                self.state = "answer"
+            if self.state == "inside":
+                if self.leading:  # whitespace that opens the reasoning is not part of it
+                    self.buffer = self.buffer.lstrip()
+                    if not self.buffer:
+                        return thought, answer
+                    self.leading = False
+                end = self.buffer.find(THINK_CLOSE)
+                if end >= 0:
+                    thought += self.buffer[:end].rstrip()
+                    self.buffer, self.state = self.buffer[end + len(THINK_CLOSE):], "after"
+                    continue
+                partial = next((n for n in range(min(len(THINK_CLOSE) - 1, len(self.buffer)), 0, -1)
+                                if THINK_CLOSE.startswith(self.buffer[-n:])), 0)
+                head = self.buffer[: len(self.buffer) - partial]
+                shown = len(head.rstrip())  # whitespace may be the one before the close: held
+                thought += self.buffer[:shown]
+                self.buffer = self.buffer[shown:]
+                return thought, answer
+            if self.state == "after":
+                self.buffer = self.buffer.lstrip()
+                if not self.buffer:
+                    return thought, answer
+                self.state = "answer"
+            answer += self.buffer
+            self.buffer = ""
+            return thought, answer
+
+    def finish(self) -> tuple[str, str]:
+        """What was held back, at the end of the output."""
+        rest, self.buffer = self.buffer, ""
+        if self.state == "inside":
+            return rest.rstrip(), ""
+        return "", "" if self.state == "after" else rest
 
 
 @dataclass

@@ -2,7 +2,8 @@
 Mistral), detected from the chat template: a training file puts the loss on
 exactly the call as the template writes it, and a served model's calls come
 back as ``tool_calls``, streamed and not, with ``tool_choice`` auto, required
-and named, also when ``max_tokens`` cuts them."""
+and named, also when ``max_tokens`` cuts them. And reasoning (Qwen3's
+``<think>``): ``reasoning_content`` round-trips through training and serving."""
 
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import openai
 import pytest
+from test_rft import in_process
 
 from openft import tool_format
-from openft.training.data import IGNORE, chat_example
+from openft.training.data import IGNORE, DataError, chat_example
 
-from support import LLAMA3_TEMPLATE, MISTRAL_TEMPLATE, Server, Tenant, bundled_tokenizer, with_chat_template
+from support import (
+    LLAMA3_TEMPLATE,
+    MISTRAL_TEMPLATE,
+    QWEN3_TEMPLATE,
+    Server,
+    Tenant,
+    bundled_tokenizer,
+    with_chat_template,
+)
 
 pytestmark = pytest.mark.training
 
@@ -138,3 +149,54 @@ def test_served_calls_come_back_as_tool_calls_in_each_convention(served: Tenant,
         else:
             calls = tool_format.CONVENTIONS[convention].parse(choice.message.content, set(schemas))
             assert calls is None
+
+
+# ------------------------------------------------------------------ reasoning
+THOUGHT, ANSWER = "I add two and two.", "Four."
+REASONED = {"messages": [{"role": "user", "content": "What is 2+2?"},
+                         {"role": "assistant", "content": ANSWER, "reasoning_content": THOUGHT}]}
+
+
+def test_reasoning_is_trained_the_templates_way_or_refused() -> None:
+    tokenizer = tokenizer_with(QWEN3_TEMPLATE)
+    example = chat_example(tokenizer, REASONED, 1)
+    labelled = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True)
+                                 if label != IGNORE])
+    assert labelled == f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}<|im_end|>"
+    with pytest.raises(DataError) as refused:  # the bundled ChatML template has no place for reasoning
+        chat_example(tokenizer_with(None), REASONED, 3)
+    assert refused.value.code == "invalid_reasoning" and "Line 3" in str(refused.value)
+
+
+def test_reasoning_content_round_trips_through_training_and_serving(
+    served: Tenant, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A model taught to think before answering: its thinking comes back in
+    ``reasoning_content`` and only the answer in ``content``, streamed and
+    not; ``reasoning_effort: "none"`` turns the thinking off."""
+    base = with_chat_template(tiny_model_dir, tmp_path / "qwen3-style", QWEN3_TEMPLATE)
+    in_process(tmp_path, "ftjob-think", {"id": "local/qwen3-style", "kind": "local", "path": str(base)},
+               [REASONED] * 200, None, {"type": "supervised", "supervised": {"hyperparameters": {  # 50 steps
+                   "n_epochs": 1, "batch_size": 4, "training_type": "full", "learning_rate_multiplier": 300.0}}})
+    tuned = tmp_path / "blobs" / "models" / "ftjob-think"
+    added = subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/thinker", str(tuned)],
+                           env=served.server.env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and "reasoning: think" in added.stdout, added.stdout + added.stderr
+
+    ask = REASONED["messages"][:1]
+    reply = served.sdk.chat.completions.create(model="local/thinker", messages=ask, temperature=0, max_tokens=40)
+    message = reply.choices[0].message
+    assert (message.model_extra["reasoning_content"], message.content) == (THOUGHT, ANSWER)
+
+    chunks = [c.choices[0].delta for c in served.sdk.chat.completions.create(
+        model="local/thinker", messages=ask, temperature=0, max_tokens=40, stream=True) if c.choices]
+    streamed = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in chunks)
+    assert (streamed, "".join(d.content or "" for d in chunks)) == (THOUGHT, ANSWER)
+
+    off = served.sdk.chat.completions.create(model="local/thinker", messages=ask, temperature=0, max_tokens=8,
+                                             reasoning_effort="none")
+    assert off.choices[0].message.model_extra["reasoning_content"] is None
+    assert "<think>" not in (off.choices[0].message.content or "")
+    with pytest.raises(openai.BadRequestError) as refused:
+        served.sdk.chat.completions.create(model="local/thinker", messages=ask, reasoning_effort="high")
+    assert refused.value.body["param"] == "reasoning_effort"

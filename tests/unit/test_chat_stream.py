@@ -105,6 +105,14 @@ class RecordingGenerator:
     def context_length(self, ref) -> int:
         return 512
 
+    def chat_template(self, ref) -> str:
+        return "<|im_start|>{{ m }}"  # ChatML: Hermes tool calls, no reasoning
+
+    def convention(self, ref):
+        from openft import tool_format
+
+        return tool_format.CONVENTIONS["hermes"]
+
 
 def test_tool_choice_decides_what_the_model_sees_and_may_emit(tmp_path) -> None:
     from openft.schemas.chat import ChatCompletionRequest

@@ -29,6 +29,7 @@ class ChatMessage(RequestModel):
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier assistant turn's reasoning (as DeepSeek and vLLM send it)
 
     def text(self) -> str:
         if self.content is None:
@@ -108,6 +109,10 @@ class ChatCompletionRequest(RequestModel):
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Reasoning models: "none" turns thinking off where the model's template
+    # can (Qwen3's enable_thinking); the effort levels are not implemented by
+    # any template openft reads, so they are refused rather than ignored.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -175,6 +180,8 @@ class ChatCompletionRequest(RequestModel):
             message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             if m.tool_calls:
                 message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.reasoning_content and m.role == "assistant":
+                message["reasoning_content"] = m.reasoning_content
             out.append(message)
         return out
 
@@ -232,6 +239,7 @@ class AssistantMessage(WireModel):
     content: str | None
     refusal: None = None
     tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None  # extension: a reasoning model's thinking, apart from its answer
 
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -269,12 +277,14 @@ class Delta(WireModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    reasoning_content: str | None = None
 
     @model_serializer(mode="wrap")
     def _omit_absent_tool_calls(self, handler: Any) -> Any:
         data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for key in ("tool_calls", "reasoning_content"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 

@@ -119,6 +119,8 @@ class Plan:
     tool_names: set[str]  # functions the answer may call; empty: tool calls are not parsed
     context: int  # the model's context length, prompt and completion together
     convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]  # how the model writes calls
+    reasoning: bool = False  # a reasoning model thinking: its <think> block goes to reasoning_content
+    thinking_opened: bool = False  # the prompt itself opened the <think> block
 
 
 def fit_context(params: GenerationParams, prompt_tokens: int, context: int, *, explicit: bool) -> GenerationParams:
@@ -193,8 +195,23 @@ class ChatService:
         from openft.serving import constraints
 
         tools = body.tool_dicts() if body.tools and body.tool_choice != "none" else None
+        template = self.generator.chat_template(ref)
+        thinking = tool_format.reasoning_style(template) != "none"
+        if body.reasoning_effort not in (None, "none"):
+            raise InvalidRequest(
+                f"reasoning_effort {body.reasoning_effort!r} is not supported: openft's models have no effort levels. "
+                "Leave it out, or use 'none' to turn a reasoning model's thinking off.", param="reasoning_effort")
+        switches: dict[str, bool] = {}
+        if body.reasoning_effort == "none" and thinking:
+            if "enable_thinking" not in (template or ""):
+                raise InvalidRequest(f"The model {ref.id!r} cannot turn its thinking off: its chat template has no "
+                                     "enable_thinking switch.", param="reasoning_effort", code="unsupported_value")
+            switches, thinking = {"enable_thinking": False}, False
         try:
-            prompt = self.generator.prompt_ids(ref, body.plain_messages(), tools)
+            prompt = self.generator.prompt_ids(ref, body.plain_messages(), tools, **switches)
+        except tool_format.ReasoningFormatError as exc:
+            raise InvalidRequest(f"The model {ref.id!r} does not take reasoning_content: {exc}.", param="messages",
+                                 code="reasoning_not_supported") from exc
         except tool_format.ToolFormatError as exc:
             raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
                                  param="tools" if body.tools else "messages", code="tools_not_supported") from exc
@@ -219,7 +236,8 @@ class ChatService:
             grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         names = {t["function"]["name"] for t in tools} if tools else set()
-        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention)
+        opened = thinking and self.generator.opens_thinking(ref, prompt)
+        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention, thinking, opened)
 
     async def events(
         self, submission: Submission, plan: Plan, model: str, include_usage: bool, stop: StopSignal,
@@ -241,26 +259,38 @@ class ChatService:
 
         held, pending = "", []  # text that may become a tool call; logprobs not yet sent
         deciding = bool(plan.tool_names)
+        thoughts = tool_format.ReasoningStream(opened=plan.thinking_opened) if plan.reasoning else None
         try:
             yield chunk(Delta(role="assistant", content=""))
             while True:
                 event = await submission.get()
                 if isinstance(event, Failed):
                     raise event.error
+                piece = event.text if isinstance(event, TokenEvent) else ""
+                if isinstance(event, TokenEvent) and event.logprob is not None:
+                    pending.append(event.logprob)
+                if thoughts is not None:
+                    thought, piece = thoughts.feed(piece) if isinstance(event, TokenEvent) else thoughts.finish()
+                    if thought:
+                        yield chunk(Delta(reasoning_content=thought), logprobs=pending)
+                        pending = []
                 if isinstance(event, TokenEvent):
-                    if event.logprob is not None:
-                        pending.append(event.logprob)
                     if deciding:
-                        held += event.text
+                        held += piece
                         if plan.convention.may_become_call(held):
                             continue
                         deciding, text = False, held
                     else:
-                        text = event.text
+                        text = piece
                     if text:
                         yield chunk(Delta(content=text), logprobs=pending)
                         pending = []
                     continue
+                if deciding:  # the answer held back at its end (reasoning models)
+                    held += piece
+                elif piece:
+                    yield chunk(Delta(content=piece), logprobs=pending)
+                    pending = []
                 finish = event.finish_reason
                 calls, finish = answer_calls(held, finish, plan) if deciding else (None, finish)
                 if calls:
@@ -329,18 +359,20 @@ def completion_object(model: str, prompt_tokens: int, completions: list[Completi
     completion_tokens = sum(c.completion_tokens for c in completions)
     choices = []
     for i, c in enumerate(completions):
-        calls, finish = answer_calls(c.text, c.finish_reason, plan) if plan and plan.tool_names \
+        thought, text = tool_format.split_reasoning(c.text, opened=plan.thinking_opened) if plan and \
+            plan.reasoning else (None, c.text)
+        calls, finish = answer_calls(text, c.finish_reason, plan) if plan and plan.tool_names \
             else (None, c.finish_reason)
         logprobs = ChoiceLogprobs(content=[_wire_logprob(lp) for lp in c.logprobs or []]) if plan and \
             plan.logprobs is not None else None
         if calls:
-            message = AssistantMessage(content=None, tool_calls=[
+            message = AssistantMessage(content=None, reasoning_content=thought, tool_calls=[
                 ToolCallOut(id=new_call_id(), function=FunctionCallOut(name=call.name, arguments=call.arguments))
                 for call in calls])
             choices.append(Choice(index=i, message=message, finish_reason=finish,  # type: ignore[arg-type]
                                   logprobs=logprobs))
         else:
-            choices.append(Choice(index=i, message=AssistantMessage(content=c.text),
+            choices.append(Choice(index=i, message=AssistantMessage(content=text, reasoning_content=thought),
                                   finish_reason=c.finish_reason, logprobs=logprobs))  # type: ignore[arg-type]
     return ChatCompletion(
         id=new_completion_id(),

@@ -231,6 +231,10 @@ def _messages(value: Any, where: str) -> list[dict[str, Any]]:
                 f"{', '.join(sorted(CHAT_ROLES))}.",
             )
         _check_content(message, f"{where}[{index}]")
+        if "reasoning_content" in message and (role != "assistant" or not isinstance(
+                message["reasoning_content"], str | None)):
+            raise _LineError("invalid_reasoning", f"{where}[{index}].reasoning_content must be a string on an "
+                             "assistant message (the model's reasoning before its answer).")
     return value
 
 

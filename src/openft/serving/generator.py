@@ -184,14 +184,24 @@ class Generator:
 
     # --------------------------------------------------------------- requests
     def prompt_ids(self, ref: ModelRef, messages: list[dict[str, Any]],
-                   tools: list[dict[str, Any]] | None = None) -> list[int]:
+                   tools: list[dict[str, Any]] | None = None, **switches: bool) -> list[int]:
+        """The prompt's tokens; ``switches`` go to the template (``enable_thinking``)."""
         loaded = self._ready(ref)
         rendered, native_tools = tool_format.template_input(loaded.tokenizer, messages, tools)
-        extra = {"tools": native_tools} if native_tools else {}
-        ids = loaded.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, **extra)
+        extra: dict[str, Any] = {"tools": native_tools} if native_tools else {}
+        ids = loaded.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, **extra,
+                                                   **switches)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
+
+    def chat_template(self, ref: ModelRef) -> str | None:
+        return getattr(self._ready(ref).tokenizer, "chat_template", None)  # type: ignore[no-any-return]
+
+    def opens_thinking(self, ref: ModelRef, prompt: list[int]) -> bool:
+        """Whether the prompt ends inside a ``<think>`` block its template opened."""
+        tail = self._ready(ref).tokenizer.decode(prompt[-16:])
+        return tail.rfind(tool_format.THINK_OPEN) > tail.rfind(tool_format.THINK_CLOSE)
 
     def convention(self, ref: ModelRef) -> tool_format.Convention:
         """How the model writes tool calls (its chat template's convention)."""

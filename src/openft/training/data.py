@@ -107,6 +107,8 @@ def chat_example(tokenizer: Tokenizer, raw: dict[str, Any], line: int) -> Exampl
     writes them) and their end-of-turn marker."""
     try:
         messages, tools = tool_format.template_input(tokenizer, raw["messages"], example_tools(raw))
+    except tool_format.ReasoningFormatError as exc:
+        raise DataError(f"has reasoning_content, but {exc}", line, code="invalid_reasoning") from exc
     except tool_format.ToolFormatError as exc:
         raise DataError(f"has tools or tool calls, but {exc}", line, code="invalid_tools") from exc
     weights = [m.get("weight", 1) for m in raw["messages"]]
