@@ -62,7 +62,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("Phi-3 / Phi-4", "phi3", ("fused-projections",)),
     Family("OLMo 2", "olmo2", ("qk-norm",)),
     Family("SmolLM3", "smollm3", ("nope-layers",), tools="hermes", reasoning="think"),
-    Family("GLM-4", "glm4", ("fused-projections",)),
+    Family("GLM-4", "glm4", ("fused-projections",), tools="glm4"),
     Family("Gemma 2", "gemma2", ("sliding-window", "soft-capping")),
     Family("Gemma 3", "gemma3_text", ("sliding-window", "hybrid-cache")),
     Family("gpt-oss", "gpt_oss", ("moe", "sliding-window", "attention-sinks"), tools="harmony",

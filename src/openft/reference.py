@@ -4,7 +4,8 @@ hyperparameter (:class:`openft.training.config.Hyperparameters`), with
 their help texts, as Markdown tables.
 
 ``python -m openft.reference`` (``make docs``) rewrites the generated part
-of ``docs/reference/configuration.md`` and ``docs/reference/hyperparameters.md``
+of ``docs/reference/configuration.md``, ``docs/reference/hyperparameters.md``
+and ``docs/reference/model-families.md`` (from ``openft.families``)
 (between ``<!-- generated -->`` and ``<!-- end generated -->``);
 ``tests/unit/test_docs.py`` fails when a page differs from what this
 module renders.
@@ -53,7 +54,28 @@ def hyperparameters_table() -> str:
     return "\n".join(rows)
 
 
-PAGES = {"configuration.md": settings_table, "hyperparameters.md": hyperparameters_table}
+def families_table() -> str:
+    from openft import tool_format
+    from openft.families import FAMILIES
+
+    def tools(name: str) -> str:
+        return f"`{name}`" if name in tool_format.CONVENTIONS and name != "none" else \
+            ("no convention in its template" if name == "none" else f"`{name}`: not read yet (400)")
+
+    def reasoning(name: str) -> str:
+        return {"none": "none", "think": "`<think>` → `reasoning_content`"}.get(name, f"{name}: not read yet")
+
+    rows = ["| Family | `model_type` | Layout | LoRA SFT | Full | DPO | RFT | Serving | Tool calls | Reasoning |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for family in FAMILIES:
+        layout = ", ".join(family.traits) or "dense"
+        rows.append(f"| {family.name} | `{family.model_type}` | {layout} | ✓ | ✓ | ✓ | ✓ | ✓ | "
+                    f"{tools(family.tools)} | {reasoning(family.reasoning)} |")
+    return "\n".join(rows)
+
+
+PAGES = {"configuration.md": settings_table, "hyperparameters.md": hyperparameters_table,
+         "model-families.md": families_table}
 
 
 def rendered(page: str, text: str) -> str:

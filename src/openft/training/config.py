@@ -134,12 +134,14 @@ class Hyperparameters:
     n_epochs: int = _help("Passes over the training file.")
     batch_size: int = _help("Examples (or preference pairs) per optimizer step.")
     learning_rate_multiplier: float = _help("Times the method's base learning rate.")
-    training_type: str = _help("'lora' (adapter on every linear layer) or 'full'.")
+    training_type: str = _help("'lora' (adapter on every linear layer but the head and MoE routers, and on fused "
+                               "expert weights) or 'full'.")
     max_seq_length: int = _help("Longer examples are truncated (with a warning event).")
     warmup_ratio: float = _help("Share of the steps spent warming the rate up linearly.")
     lora_rank: int | None = _help("LoRA rank (LoRA only).")
     lora_alpha: float | None = _help("LoRA scaling (LoRA only).")
-    lora_dropout: float | None = _help("Dropout on the LoRA input (LoRA only).")
+    lora_dropout: float | None = _help("Dropout on the LoRA input (LoRA only; 0 on models with fused MoE expert "
+                                       "weights, which PEFT trains without dropout).")
     beta: float | None = _help(
         "DPO: strength of the pull towards the reference model. Reinforcement: weight of the KL "
         "penalty that keeps the policy near the starting model."
