@@ -19,6 +19,7 @@ import torch
 from test_rft import in_process
 
 from openft.families import FAMILIES, Family
+from openft.serving import constraints
 from openft.serving.generator import Generator, collect
 from openft.serving.types import GenerationParams, ModelRef, StopSignal
 from openft.training.report import ListReporter
@@ -77,6 +78,17 @@ def hf_generate(base: Path, adapter: Path | None, prompts: list[list[int]]) -> l
     return answers
 
 
+def hf_logprobs(base: Path, adapter: Path, prompt: list[int], tokens: list[int]) -> list[float]:
+    """The log-probability of each of ``tokens`` after ``prompt``, from one plain forward pass."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+    with torch.inference_mode():
+        logits = model.eval()(input_ids=torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1]
+    return torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+
+
 def together(generator: Generator, asks: list[tuple[ModelRef, list[int]]]) -> list[list[int]]:
     """Greedy answers of requests queued at one engine step (so they share batches)."""
     engine = [generator.engine(ref) for ref, _ in asks][0]  # every adapter loaded before the engine waits
@@ -115,6 +127,15 @@ def test_a_family_trains_with_lora_and_serves_the_answers_of_hf_generate(family:
         answers = together(generator, [(ref, prompts[i]) for ref, i in mixed])
         assert answers == [expected[(ref.id, i)] for ref, i in mixed]
         assert engine.stats.mixed_steps > steps  # base and both adapters really shared decode steps
+
+        # A grammar holds the adapter to a JSON schema; its logprobs are the model's own.
+        grammar = constraints.json_schema_grammar(
+            {"type": "object", "properties": {"w": {"enum": WORDS}}, "required": ["w"], "additionalProperties": False})
+        [shaped] = generator.generate(refs[0], prompts[0], GREEDY, StopSignal(60), grammar=grammar, logprobs=0)
+        assert json.loads(shaped.text)["w"] in WORDS
+        reference = hf_logprobs(base, first, prompts[0], shaped.tokens)
+        assert len(shaped.logprobs) == len(reference)
+        assert max(abs(ours.logprob - theirs) for ours, theirs in zip(shaped.logprobs, reference, strict=True)) < 1e-4
     finally:
         generator.close()
 
@@ -182,3 +203,32 @@ def test_a_model_says_what_it_supports_and_refuses_a_job_it_cannot_run(training_
     assert error["param"] == "method.supervised.hyperparameters.lora_dropout"
     assert model_id in error["message"] and "expert" in error["message"]
     assert error["code"] == "unsupported_model_method"
+
+
+def test_a_model_with_recurrent_layers_is_refused_serving_and_rft_with_the_reason(training_server: Server,
+                                                                                 tmp_path: Path) -> None:
+    """Qwen3-Next's linear-attention layers keep recurrent state, which the
+    serving engine does not batch: chat and RFT are 400s naming the reason."""
+    from transformers import AutoConfig
+
+    folder = tmp_path / "next"
+    AutoConfig.for_model("qwen3_next", num_hidden_layers=4).save_pretrained(folder)  # its config is all it takes
+    added = subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/tiny-next", str(folder)],
+                           env=training_server.env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    assert "serves: no" in added.stdout and "recurrent layers (linear_attention)" in added.stdout
+    tenant = Tenant(training_server, "recurrent", training_server.new_key("recurrent"))
+
+    chat = tenant.http().post("/chat/completions", json={
+        "model": "local/tiny-next", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 400, chat.text
+    assert (chat.json()["error"]["param"], chat.json()["error"]["code"]) == ("model", "model_not_servable")
+    assert "recurrent layers" in chat.json()["error"]["message"]
+
+    grader = {"type": "string_check", "name": "yes", "input": "{{sample.output_text}}", "reference": "yes",
+              "operation": "eq"}
+    job = tenant.http().post("/fine_tuning/jobs", json={
+        "model": "local/tiny-next", "training_file": "file-x", "validation_file": "file-y",
+        "method": {"type": "reinforcement", "reinforcement": {"grader": grader}}})
+    assert job.status_code == 400, job.text
+    assert job.json()["error"]["param"] == "method.type" and "serving engine" in job.json()["error"]["message"]

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from openft import tool_format
+from openft import families, tool_format
 from openft.config import Settings
 from openft.errors import InvalidRequest, OpenFTError, error_body
 from openft.schemas.chat import (
@@ -144,6 +144,7 @@ class ChatService:
         self.settings, self.registry = settings, registry
         self._generator: Generator | None = None
         self._generator_lock = threading.Lock()
+        self._refusals: dict[str, str | None] = {}  # base folder -> why it cannot be served
 
     @property
     def generator(self) -> Generator:
@@ -175,6 +176,10 @@ class ChatService:
             raise InvalidRequest("Streaming supports n=1 only.", param="n")
         async with reader() as db:
             ref = await self.registry.resolve(db, org_id, body.model)
+        refusal = await anyio.to_thread.run_sync(self.serving_refusal, ref)
+        if refusal:
+            raise InvalidRequest(f"The model {body.model!r} cannot be served: {refusal}.", param="model",
+                                 code="model_not_servable")
         plan = await anyio.to_thread.run_sync(self.plan, ref, body)
         params = fit_context(params, len(plan.prompt), plan.context,
                              explicit=(body.max_completion_tokens or body.max_tokens) is not None)
@@ -187,6 +192,14 @@ class ChatService:
             return ChatStream(self.events(submission, plan, body.model, include_usage, stop), stop)
         completions = await _until_disconnected(collect(submission, params.n), stop, is_disconnected)
         return completion_object(body.model, len(plan.prompt), completions, plan)
+
+    def serving_refusal(self, ref: ModelRef) -> str | None:
+        """Why the model's architecture cannot be served (``openft.families``), or None."""
+        key = str(ref.base_path)
+        if key not in self._refusals:
+            found = families.describe(ref.id, ref.base_path) if (ref.base_path / "config.json").is_file() else None
+            self._refusals[key] = found.refusals.get("serving") if found else None
+        return self._refusals[key]
 
     def plan(self, ref: ModelRef, body: ChatCompletionRequest) -> Plan:
         """Prompt tokens, grammar and tool set of a request; every problem
