@@ -387,3 +387,50 @@ QWEN3_TEMPLATE = (
     "{%- endif %}"
 )
 """Qwen3's way with reasoning: ``reasoning_content`` in a ``<think>`` block, ``enable_thinking`` to skip it."""
+HARMONY_TOKENS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
+HARMONY_TEMPLATE = (
+    "{%- if tools %}<|start|>developer<|message|># Tools\n\nnamespace functions { "
+    "{%- for t in tools %}\ntype {{ t.function.name }} = (_: {{ t.function.parameters | tojson }}) => any;"
+    "{%- endfor %}\n} // namespace functions<|end|>{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- if message.thinking %}<|start|>assistant<|channel|>analysis<|message|>{{ message.thinking }}<|end|>"
+    "{%- endif %}"
+    "{%- if message.tool_calls %}{%- set c = message.tool_calls[0].function %}"
+    "<|start|>assistant<|channel|>commentary to=functions.{{ c.name }} <|constrain|>json<|message|>"
+    "{{- c.arguments | tojson }}<|call|>"
+    "{%- else %}<|start|>assistant<|channel|>final<|message|>{{ message.content }}<|return|>{%- endif %}"
+    "{%- elif message.role == 'tool' %}<|start|>functions to=assistant<|channel|>commentary<|message|>"
+    "{{- message.content }}<|end|>"
+    "{%- else %}<|start|>{{ message.role }}<|message|>{{ message.content }}<|end|>{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|start|>assistant{%- endif %}"
+)
+"""gpt-oss's harmony format: channels (analysis, commentary, final) between control tokens."""
+
+
+def harmony_tokenizer() -> Any:
+    """The bundled tokenizer with harmony's control tokens and template, as gpt-oss's own has them."""
+    import copy
+
+    tokenizer = copy.deepcopy(bundled_tokenizer())
+    tokenizer.add_special_tokens({"additional_special_tokens": HARMONY_TOKENS})
+    tokenizer.chat_template = HARMONY_TEMPLATE
+    tokenizer.eos_token = "<|return|>"
+    return tokenizer
+
+
+def build_harmony_model(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny random gpt-oss that speaks harmony: its turn ends at <|return|> or <|call|>."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = harmony_tokenizer()
+    ends = tokenizer.convert_tokens_to_ids(["<|return|>", "<|call|>"])
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 4096, "bos_token_id": tokenizer.bos_token_id,
+             "eos_token_id": ends, "pad_token_id": tokenizer.pad_token_id, **FAMILY_SHAPES["gpt_oss"]}
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt_oss", **shape)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -49,7 +49,7 @@ class Family:
     model_type: str  # config.json's model_type
     traits: tuple[str, ...] = ()  # layout features the engine and trainer handle
     tools: str = "none"  # the tool-call convention of the family's published chat template
-    reasoning: str = "none"  # how its published template shows reasoning
+    reasoning: str = "none"  # how its published template shows reasoning (tool_format.reasoning_style)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -66,7 +66,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("Gemma 2", "gemma2", ("sliding-window", "soft-capping")),
     Family("Gemma 3", "gemma3_text", ("sliding-window", "hybrid-cache")),
     Family("gpt-oss", "gpt_oss", ("moe", "sliding-window", "attention-sinks"), tools="harmony",
-           reasoning="analysis-channel"),
+           reasoning="harmony"),
 )
 BY_TYPE = {f.model_type: f for f in FAMILIES}
 
@@ -93,7 +93,7 @@ class Capabilities:
     training_types: tuple[str, ...]  # "lora", "full"
     serving: bool
     tool_format: str  # "hermes", "none", ... (from the chat template)
-    reasoning: str  # "think" or "none" (from the chat template)
+    reasoning: str  # "think", "native", "harmony" or "none" (tool_format.reasoning_style of the template)
     refusals: dict[str, str] = field(default_factory=dict)  # what -> why not
     memory_bytes: dict[str, int] = field(default_factory=dict)  # training type -> weights + optimizer state
 
@@ -150,7 +150,7 @@ def describe(model_id: str, folder: Path) -> Capabilities:
         training_types=("lora", "full"),
         serving=serving,
         tool_format=tool_format.convention_name(template),
-        reasoning="think" if template and "<think>" in template else "none",
+        reasoning=tool_format.reasoning_style(template),
         refusals=refusals,
         memory_bytes={kind: parameters * size for kind, size in BYTES_PER_PARAMETER.items()} if parameters else {},
     )

@@ -63,7 +63,8 @@ def families_table() -> str:
             ("no convention in its template" if name == "none" else f"`{name}`: not read yet (400)")
 
     def reasoning(name: str) -> str:
-        return {"none": "none", "think": "`<think>` → `reasoning_content`"}.get(name, f"{name}: not read yet")
+        return {"none": "none", "think": "`<think>` → `reasoning_content`",
+                "harmony": "analysis channel → `reasoning_content`"}.get(name, f"{name}: not read yet")
 
     rows = ["| Family | `model_type` | Layout | LoRA SFT | Full | DPO | RFT | Serving | Tool calls | Reasoning |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

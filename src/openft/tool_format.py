@@ -23,8 +23,14 @@ Each model family publishes its own convention in its chat template; a
   ``{"name", "arguments"}`` objects (the marker may be a control token that
   decoding drops, so the list alone also reads as calls).
 
-Any other template is refused (``ToolFormatError``, a 400 naming the model):
-gpt-oss's harmony channels among them, for now.
+* **harmony** (gpt-oss): messages on channels between control tokens; a
+  call is a commentary message ``to=functions.NAME`` whose body is the JSON
+  arguments, the answer is on ``final``, reasoning on ``analysis``
+  (:class:`Harmony`, :class:`HarmonyStream`).
+
+Any other template is refused (``ToolFormatError``, a 400 naming the model).
+Reasoning (``reasoning_content``) is placed the template's way too
+(:func:`with_reasoning`) and read back out of answers (:func:`split_answer`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL_OPEN = "[TOOL_CALLS]"
+CHANNEL, MESSAGE, END, START = "<|channel|>", "<|message|>", "<|end|>", "<|start|>"
+"""gpt-oss's harmony markers (control tokens: the engine keeps them in the text of such models)."""
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 _SYSTEM = (
@@ -57,7 +65,8 @@ def tool_style(template: str | None) -> str:
     tools and calls itself, in a convention openft reads), ``"hermes"`` (ChatML
     without tools: openft writes the Hermes convention in), or ``"none"``."""
     template = template or ""
-    if "tools" in template and (OPEN in template or _llama3_template(template) or MISTRAL_OPEN in template):
+    if "tools" in template and (OPEN in template or _llama3_template(template) or MISTRAL_OPEN in template
+                                or CHANNEL in template):
         return "native"
     if "<|im_start|>" in template:
         return "hermes"
@@ -70,10 +79,12 @@ def _llama3_template(template: str) -> bool:
 
 def convention_name(template: str | None) -> str:
     """The tool-call convention of a chat template: ``hermes``,
-    ``llama3_json``, ``mistral``, or ``none``."""
+    ``llama3_json``, ``mistral``, ``harmony``, or ``none``."""
     template = template or ""
     if tool_style(template) == "none":
         return "none"
+    if CHANNEL in template:
+        return "harmony"
     if MISTRAL_OPEN in template:
         return "mistral"
     if _llama3_template(template) and OPEN not in template:
@@ -177,11 +188,14 @@ class ReasoningFormatError(ToolFormatError):
 
 
 def reasoning_style(template: str | None) -> str:
-    """How a chat template shows reasoning: ``native`` (it renders an
-    assistant message's ``reasoning_content`` itself, as Qwen3's does),
-    ``think`` (it knows ``<think>`` blocks: openft writes them into the
-    content), or ``none``."""
+    """How a chat template shows reasoning: ``harmony`` (gpt-oss: an
+    assistant message's ``thinking`` in the analysis channel), ``native`` (it
+    renders ``reasoning_content`` itself, as Qwen3's does), ``think`` (it
+    knows ``<think>`` blocks: openft writes them into the content), or
+    ``none``."""
     template = template or ""
+    if CHANNEL in template and "analysis" in template:
+        return "harmony"
     if "reasoning_content" in template and THINK_OPEN in template:
         return "native"
     return "think" if THINK_OPEN in template else "none"
@@ -203,7 +217,9 @@ def with_reasoning(original: list[dict[str, Any]], rendered: list[dict[str, Any]
             thought = next(turns, None)
             if thought:
                 message = dict(message)
-                if style == "native":
+                if style == "harmony":
+                    message["thinking"] = thought
+                elif style == "native":
                     message["reasoning_content"] = thought
                 else:
                     message["content"] = f"{THINK_OPEN}\n{thought}\n{THINK_CLOSE}\n\n{message.get('content') or ''}"
@@ -219,6 +235,20 @@ def split_reasoning(text: str, *, opened: bool) -> tuple[str | None, str]:
     thought, answer = stream.feed(text)
     more_thought, more_answer = stream.finish()
     return (thought + more_thought) if stream.thought else None, answer + more_answer
+
+
+def reasoning_stream(style: str, *, opened: bool) -> ReasoningStream | HarmonyStream | None:
+    """The splitter of a streamed answer in reasoning ``style``; None: no reasoning."""
+    if style == "harmony":
+        return HarmonyStream()
+    return ReasoningStream(opened=opened) if style != "none" else None
+
+
+def split_answer(text: str, style: str, *, opened: bool) -> tuple[str | None, str]:
+    """(reasoning, answer) of a whole output in reasoning ``style``."""
+    if style == "harmony":
+        return harmony_split(text)
+    return split_reasoning(text, opened=opened) if style != "none" else (None, text)
 
 
 class ReasoningStream:
@@ -360,13 +390,24 @@ class Convention:
     def may_become_call(self, text: str) -> bool:
         return may_become_call(text)
 
-    def grammar(self, call_json: str, *, parallel: bool, optional: bool) -> str:
-        """Lark rules around ``call_json`` (one call's JSON, as ``%json {...}``)."""
+    def call_json(self, functions: list[tuple[str, Any]]) -> str:
+        """One call of any of ``functions`` ((name, parameters schema)) as a
+        JSON object, in llguidance's ``%json`` (compact whitespace)."""
+        key = self.arguments_key
+        options = [{"type": "object", "properties": {"name": {"const": name}, key: parameters},
+                    "required": ["name", key], "additionalProperties": False} for name, parameters in functions]
+        schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
+        schema["x-guidance"] = {"whitespace_flexible": False}
+        return f"%json {json.dumps(schema)}"
+
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+        """Lark rules for calls of ``functions``; None: no grammar (the calls
+        are read after the fact)."""
         calls = 'call ("\\n" call)*' if parallel else "call"
         lark = (f"start: {'TEXT | ' if optional else ''}calls\n"
                 f"calls: {calls}\n"
                 'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
-                f"body: {call_json}\n")
+                f"body: {self.call_json(functions)}\n")
         if optional:
             lark += "TEXT: /(.|\\n)*/ & ~/\\s*<tool_call>(.|\\n)*/\n"
         return lark
@@ -427,8 +468,8 @@ class Llama3Json(Convention):
         body = text.lstrip()
         return not body or body.startswith(("{", self.TAG)) or self.TAG.startswith(body)
 
-    def grammar(self, call_json: str, *, parallel: bool, optional: bool) -> str:
-        lark = f"start: {'TEXT | ' if optional else ''}call\ncall: {call_json}\n"
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+        lark = f"start: {'TEXT | ' if optional else ''}call\ncall: {self.call_json(functions)}\n"
         if optional:
             lark += "TEXT: /(.|\\n)*/ & ~/\\s*\\{(.|\\n)*/\n"
         return lark
@@ -478,15 +519,126 @@ class Mistral(Convention):
         body = text.lstrip()
         return not body or body.startswith((MISTRAL_OPEN, "[")) or MISTRAL_OPEN.startswith(body)
 
-    def grammar(self, call_json: str, *, parallel: bool, optional: bool) -> str:
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
         more = '("," call)*' if parallel else ""
         lark = (f"start: {'TEXT | ' if optional else ''}calls\n"
                 f'calls: "{MISTRAL_OPEN}[" call {more} "]"\n'
-                f"call: {call_json}\n")
+                f"call: {self.call_json(functions)}\n")
         if optional:
             lark += "TEXT: /(.|\\n)*/ & ~/\\s*\\[(.|\\n)*/\n"
         return lark
 
 
-CONVENTIONS: dict[str, Convention] = {c.name: c for c in (Convention(), Llama3Json(), Mistral())}
+class Harmony(Convention):
+    """gpt-oss's harmony format: messages on channels, the answer on
+    ``final``, reasoning on ``analysis``, a call on ``commentary`` addressed
+    ``to=functions.NAME`` with its JSON arguments as the message body:
+    ``<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}``
+    (then ``<|call|>``, an end-of-turn token). The markers are control tokens,
+    which the engine keeps in such a model's text."""
+
+    name, parallel = "harmony", False
+
+    def parse(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        channel, recipient, body = _harmony_messages(text)[-1]
+        if channel != "commentary" or recipient not in names:
+            return None
+        try:
+            arguments = json.loads(body)
+        except json.JSONDecodeError:
+            return None
+        return [ParsedCall(recipient, json.dumps(arguments))] if isinstance(arguments, dict) else None
+
+    def parse_cut(self, text: str, names: set[str]) -> list[ParsedCall] | None:
+        if CHANNEL not in text:
+            return None
+        channel, recipient, body = _harmony_messages(text)[-1]
+        if channel != "commentary" or not recipient:
+            return None
+        starting = [n for n in names if n.startswith(recipient)]
+        return [ParsedCall(starting[0] if len(starting) == 1 else recipient, body.strip())]
+
+    def may_become_call(self, text: str) -> bool:
+        return False  # the channels decide (HarmonyStream), not a prefix
+
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+        if optional:
+            return None  # auto: the model may think, answer or call; a call is read when it is well formed
+        rules = [f'f{i}: "{name}" " " <|constrain|> "json" <|message|> %json '
+                 f'{json.dumps({**parameters, "x-guidance": {"whitespace_flexible": False}})}'
+                 for i, (name, parameters) in enumerate(functions)]
+        choice = " | ".join(f"f{i}" for i in range(len(functions)))
+        return f'start: <|channel|> "commentary to=functions." ({choice})\n' + "\n".join(rules) + "\n"
+
+
+def _harmony_messages(text: str) -> list[tuple[str, str, str]]:
+    """(channel, function recipient, body) of each message of a harmony output."""
+    out = []
+    for chunk in text.split(START):
+        if CHANNEL not in chunk:
+            continue
+        header, _, body = chunk[chunk.index(CHANNEL) + len(CHANNEL):].partition(MESSAGE)
+        channel = header.split(" ", 1)[0].split("<", 1)[0].strip()
+        recipient = re.search(r"to=functions\.([A-Za-z0-9_-]*)", chunk.partition(MESSAGE)[0])
+        out.append((channel, recipient.group(1) if recipient else "", body.split(END)[0]))
+    return out or [("", "", text)]
+
+
+def harmony_split(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a harmony output: its analysis and final channels."""
+    if CHANNEL not in text:
+        return None, text
+    messages = _harmony_messages(text)
+    thought = "".join(body for channel, _, body in messages if channel == "analysis")
+    answer = "".join(body for channel, _, body in messages if channel == "final")
+    return (thought or None), answer
+
+
+class HarmonyStream:
+    """:class:`ReasoningStream` for harmony output: the analysis channel is
+    reasoning, the final channel the answer, commentary (calls) is read at
+    the end."""
+
+    def __init__(self) -> None:
+        self.buffer, self.channel, self.thought = "", "", False
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        self.buffer += piece
+        thought = answer = ""
+        while True:
+            if not self.channel:  # between messages: wait for a header to end
+                if CHANNEL not in self.buffer or MESSAGE not in self.buffer.split(CHANNEL, 1)[1]:
+                    head = self.buffer.lstrip()
+                    if CHANNEL in head or head.startswith(START) or CHANNEL.startswith(head) or START.startswith(head):
+                        return thought, answer  # a header is still arriving
+                    self.channel = "plain"  # no harmony at all: all of it is the answer
+                    continue
+                header, _, self.buffer = self.buffer.split(CHANNEL, 1)[1].partition(MESSAGE)
+                self.channel = header.split(" ", 1)[0].split("<", 1)[0].strip() or "commentary"
+                continue
+            if self.channel == "plain":
+                answer, self.buffer = answer + self.buffer, ""
+                return thought, answer
+            end = min((i for i in (self.buffer.find(END), self.buffer.find(START)) if i >= 0), default=-1)
+            shown = end if end >= 0 else len(self.buffer) - next(
+                (n for n in range(min(len(START), len(self.buffer)), 0, -1)
+                 if START.startswith(self.buffer[-n:]) or END.startswith(self.buffer[-n:])), 0)
+            if self.channel == "analysis":
+                thought += self.buffer[:shown]
+                self.thought = self.thought or bool(self.buffer[:shown])
+            elif self.channel == "final":
+                answer += self.buffer[:shown]
+            if end < 0:
+                self.buffer = self.buffer[shown:]
+                return thought, answer
+            self.buffer, self.channel = self.buffer[end:].removeprefix(END), ""
+
+    def finish(self) -> tuple[str, str]:
+        rest, self.buffer = self.buffer, ""
+        if self.channel == "analysis":
+            return rest, ""
+        return "", rest if self.channel in ("final", "plain") else ""
+
+
+CONVENTIONS: dict[str, Convention] = {c.name: c for c in (Convention(), Llama3Json(), Mistral(), Harmony())}
 CONVENTIONS["none"] = CONVENTIONS["hermes"]

@@ -25,6 +25,7 @@ from openft.serving.types import GenerationParams, ModelRef, StopSignal
 from openft.training.report import ListReporter
 
 from support import Server, Tenant, build_family_model, jsonl
+from test_jobs_train import wait_for
 
 pytestmark = pytest.mark.training
 
@@ -203,6 +204,17 @@ def test_a_model_says_what_it_supports_and_refuses_a_job_it_cannot_run(training_
     assert error["param"] == "method.supervised.hyperparameters.lora_dropout"
     assert model_id in error["message"] and "expert" in error["message"]
     assert error["code"] == "unsupported_model_method"
+
+    # Left to its default the dropout is 0, and the job trains and serves through the API.
+    job = tenant.sdk.fine_tuning.jobs.create(model=model_id, training_file=file_id, seed=1,
+                                             hyperparameters={"n_epochs": 1, "batch_size": 8})
+    done = wait_for(tenant, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    resolved = tenant.http().get(f"/fine_tuning/jobs/{job.id}").json()["method"]["supervised"]["hyperparameters"]
+    assert resolved["lora_dropout"] == 0.0
+    reply = tenant.sdk.chat.completions.create(model=done.fine_tuned_model, messages=CHAT[0]["messages"][:1],
+                                               temperature=0, max_tokens=4)
+    assert reply.choices[0].message.content is not None
 
 
 def test_a_model_with_recurrent_layers_is_refused_serving_and_rft_with_the_reason(training_server: Server,

@@ -26,7 +26,9 @@ from support import (
     QWEN3_TEMPLATE,
     Server,
     Tenant,
+    build_harmony_model,
     bundled_tokenizer,
+    harmony_tokenizer,
     with_chat_template,
 )
 
@@ -87,8 +89,6 @@ def test_a_template_without_a_tool_convention_names_its_refusal() -> None:
     assert tool_format.convention_name(tokenizer.chat_template) == "none"
     with pytest.raises(tool_format.ToolFormatError):
         tool_format.template_input(tokenizer, ASK, [WEATHER])
-    harmony = "<|start|>{{ m }}<|channel|>commentary to=functions.{{ name }}<|call|>{% if tools %}{% endif %}"
-    assert tool_format.convention_name(harmony) == "none"  # gpt-oss's harmony format is not read yet
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +200,66 @@ def test_reasoning_content_round_trips_through_training_and_serving(
     with pytest.raises(openai.BadRequestError) as refused:
         served.sdk.chat.completions.create(model="local/thinker", messages=ask, reasoning_effort="high")
     assert refused.value.body["param"] == "reasoning_effort"
+
+
+# -------------------------------------------------------------------- harmony
+def test_harmony_training_labels_cover_the_channels_the_model_writes() -> None:
+    tokenizer = harmony_tokenizer()
+    assert tool_format.convention_of(tokenizer).name == "harmony"
+    assert tool_format.reasoning_style(tokenizer.chat_template) == "harmony"
+    expected = {
+        "answer": (REASONED, f"<|channel|>analysis<|message|>{THOUGHT}<|end|>"
+                             f"<|start|>assistant<|channel|>final<|message|>{ANSWER}<|return|>"),
+        "call": ({"messages": [*ASK, {"role": "assistant", "content": None, "tool_calls": [CALL]}],
+                  "tools": [WEATHER]},
+                 '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>'),
+    }
+    for example, labelled in expected.values():
+        tokens = chat_example(tokenizer, example, 1)
+        assert tokenizer.decode([t for t, label in zip(tokens.input_ids, tokens.labels, strict=True)
+                                 if label != IGNORE]) == labelled
+
+
+def test_a_harmony_model_answers_thinks_and_calls_through_its_channels(
+    served: Tenant, tmp_path: Path
+) -> None:
+    """A tiny gpt-oss taught to think on the analysis channel and answer on
+    the final one: the thinking comes back as ``reasoning_content``, the
+    answer as ``content``; forced calls go out on the commentary channel and
+    come back as ``tool_calls``, streamed and not, also when cut."""
+    base = build_harmony_model(tmp_path / "gpt-oss")
+    in_process(tmp_path, "ftjob-harmony", {"id": "local/gpt-oss", "kind": "local", "path": str(base)},
+               [REASONED] * 200, None, {"type": "supervised", "supervised": {"hyperparameters": {  # 50 steps
+                   "n_epochs": 1, "batch_size": 4, "training_type": "full", "learning_rate_multiplier": 300.0}}})
+    tuned = tmp_path / "blobs" / "models" / "ftjob-harmony"
+    added = subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/harmony", str(tuned)],
+                           env=served.server.env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and "tools: harmony" in added.stdout, added.stdout + added.stderr
+
+    ask = REASONED["messages"][:1]
+    message = served.sdk.chat.completions.create(model="local/harmony", messages=ask, temperature=0,
+                                                 max_tokens=40).choices[0].message
+    assert (message.model_extra["reasoning_content"], message.content) == (THOUGHT, ANSWER)
+    chunks = [c.choices[0].delta for c in served.sdk.chat.completions.create(
+        model="local/harmony", messages=ask, temperature=0, max_tokens=40, stream=True) if c.choices]
+    assert ("".join((d.model_extra or {}).get("reasoning_content") or "" for d in chunks),
+            "".join(d.content or "" for d in chunks)) == (THOUGHT, ANSWER)
+
+    for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+        reply = served.sdk.chat.completions.create(model="local/harmony", messages=ASK, tools=[WEATHER, TIME],
+                                                   tool_choice=choice, temperature=0, max_tokens=200)
+        [call] = reply.choices[0].message.tool_calls
+        assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+        schema = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+        chunks = [c.choices[0] for c in served.sdk.chat.completions.create(
+            model="local/harmony", messages=ASK, tools=[WEATHER, TIME], tool_choice=choice, temperature=0,
+            max_tokens=200, stream=True) if c.choices]
+        [streamed] = [d for c in chunks for d in c.delta.tool_calls or []]
+        assert chunks[-1].finish_reason == "tool_calls" and not "".join(c.delta.content or "" for c in chunks)
+        assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
+    cut = served.sdk.chat.completions.create(model="local/harmony", messages=ASK, tools=[WEATHER, TIME],
+                                             tool_choice="required", temperature=0, max_tokens=12)
+    [partial] = cut.choices[0].message.tool_calls
+    assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content is None
+    assert partial.function.name in ("get_weather", "get_time")

@@ -39,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -119,7 +119,7 @@ class Plan:
     tool_names: set[str]  # functions the answer may call; empty: tool calls are not parsed
     context: int  # the model's context length, prompt and completion together
     convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]  # how the model writes calls
-    reasoning: bool = False  # a reasoning model thinking: its <think> block goes to reasoning_content
+    reasoning: str = "none"  # how a thinking model shows reasoning (tool_format.reasoning_style): reasoning_content
     thinking_opened: bool = False  # the prompt itself opened the <think> block
 
 
@@ -208,15 +208,18 @@ class ChatService:
         from openft.serving import constraints
 
         tools = body.tool_dicts() if body.tools and body.tool_choice != "none" else None
-        template = self.generator.chat_template(ref)
+        template = self.generator.chat_template(ref) or ""
         thinking = tool_format.reasoning_style(template) != "none"
+        switches: dict[str, Any] = {}
         if body.reasoning_effort not in (None, "none"):
-            raise InvalidRequest(
-                f"reasoning_effort {body.reasoning_effort!r} is not supported: openft's models have no effort levels. "
-                "Leave it out, or use 'none' to turn a reasoning model's thinking off.", param="reasoning_effort")
-        switches: dict[str, bool] = {}
+            if "reasoning_effort" not in template:  # gpt-oss's template takes low, medium and high
+                raise InvalidRequest(
+                    f"reasoning_effort {body.reasoning_effort!r} is not supported by the model {ref.id!r}: its chat "
+                    "template has no effort levels. Leave it out, or use 'none' to turn thinking off where the "
+                    "model can.", param="reasoning_effort", code="unsupported_value")
+            switches["reasoning_effort"] = body.reasoning_effort
         if body.reasoning_effort == "none" and thinking:
-            if "enable_thinking" not in (template or ""):
+            if "enable_thinking" not in template:
                 raise InvalidRequest(f"The model {ref.id!r} cannot turn its thinking off: its chat template has no "
                                      "enable_thinking switch.", param="reasoning_effort", code="unsupported_value")
             switches, thinking = {"enable_thinking": False}, False
@@ -249,8 +252,9 @@ class ChatService:
             grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         names = {t["function"]["name"] for t in tools} if tools else set()
+        style = tool_format.reasoning_style(template) if thinking else "none"
         opened = thinking and self.generator.opens_thinking(ref, prompt)
-        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention, thinking, opened)
+        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention, style, opened)
 
     async def events(
         self, submission: Submission, plan: Plan, model: str, include_usage: bool, stop: StopSignal,
@@ -271,8 +275,9 @@ class ChatService:
             return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
 
         held, pending = "", []  # text that may become a tool call; logprobs not yet sent
-        deciding = bool(plan.tool_names)
-        thoughts = tool_format.ReasoningStream(opened=plan.thinking_opened) if plan.reasoning else None
+        harmony = plan.convention.name == "harmony"  # channels, not a prefix, tell a call from an answer
+        deciding = bool(plan.tool_names) and not harmony
+        thoughts = tool_format.reasoning_stream(plan.reasoning, opened=plan.thinking_opened)
         try:
             yield chunk(Delta(role="assistant", content=""))
             while True:
@@ -305,7 +310,8 @@ class ChatService:
                     yield chunk(Delta(content=piece), logprobs=pending)
                     pending = []
                 finish = event.finish_reason
-                calls, finish = answer_calls(held, finish, plan) if deciding else (None, finish)
+                calls, finish = answer_calls(event.text if harmony else held, finish, plan) \
+                    if deciding or (harmony and plan.tool_names) else (None, finish)
                 if calls:
                     for index, call in enumerate(calls):
                         yield chunk(Delta(tool_calls=[ToolCallDelta(
@@ -372,9 +378,10 @@ def completion_object(model: str, prompt_tokens: int, completions: list[Completi
     completion_tokens = sum(c.completion_tokens for c in completions)
     choices = []
     for i, c in enumerate(completions):
-        thought, text = tool_format.split_reasoning(c.text, opened=plan.thinking_opened) if plan and \
-            plan.reasoning else (None, c.text)
-        calls, finish = answer_calls(text, c.finish_reason, plan) if plan and plan.tool_names \
+        thought, text = tool_format.split_answer(c.text, plan.reasoning, opened=plan.thinking_opened) if plan \
+            else (None, c.text)
+        harmony = plan is not None and plan.convention.name == "harmony"
+        calls, finish = answer_calls(c.text if harmony else text, c.finish_reason, plan) if plan and plan.tool_names \
             else (None, c.finish_reason)
         logprobs = ChoiceLogprobs(content=[_wire_logprob(lp) for lp in c.logprobs or []]) if plan and \
             plan.logprobs is not None else None

@@ -21,7 +21,6 @@ grammar text (:class:`Matchers`).
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -74,35 +73,23 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-def _call_schema(functions: list[dict[str, Any]], key: str = "arguments") -> dict[str, Any]:
-    options = []
-    for f in functions:
-        parameters = f.get("parameters") or {"type": "object"}
-        options.append({
-            "type": "object",
-            "properties": {"name": {"const": f["name"]},
-                           key: _strict(parameters) if f.get("strict") else parameters},
-            "required": ["name", key],
-            "additionalProperties": False,
-        })
-    schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
-    schema["x-guidance"] = {"whitespace_flexible": False}  # compact JSON: no runs of spaces
-    return schema
-
-
 def tool_call_grammar(functions: list[dict[str, Any]], param: str = "tool_choice", *,
                       optional: bool = False, parallel: bool = True,
-                      convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]) -> str:
+                      convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]) -> str | None:
     """Calls of ``functions`` (each ``{"name", "parameters", "strict"}``) in
     the model's ``convention`` (Hermes ``<tool_call>`` blocks by default),
     arguments valid against the function's parameters schema (``strict``: no
     extra properties). ``optional`` (``tool_choice: "auto"``): the answer may
     instead be text that does not start a call. ``parallel``: one call or
-    several, where the convention has several."""
+    several, where the convention has several. None where the convention
+    holds no grammar (harmony's ``auto``)."""
     from llguidance import LLMatcher
 
-    call_json = f"%json {json.dumps(_call_schema(functions, convention.arguments_key))}"
-    lark = convention.grammar(call_json, parallel=parallel and convention.parallel, optional=optional)
+    schemas = [(f["name"], _strict(f.get("parameters") or {"type": "object"}) if f.get("strict")
+                else f.get("parameters") or {"type": "object"}) for f in functions]
+    lark = convention.grammar(schemas, parallel=parallel and convention.parallel, optional=optional)
+    if lark is None:
+        return None
     return _validated(LLMatcher.grammar_from_lark(lark), param, "A function's parameters schema")
 
 

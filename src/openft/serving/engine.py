@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
+from openft import tool_format
 from openft.errors import InvalidRequest, Overloaded
 from openft.kv_cache import cache_keyword, cache_of
 from openft.serving.lora import BASE
@@ -164,7 +165,10 @@ class Engine:
         self.stats = EngineStats()
         self._eos = _eos_ids(model(), tokenizer)
         self._cache_kw = cache_keyword(model())
-        self._decode_text = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)
+        # Control tokens are dropped from the text, except where they carry the answer's structure
+        # (gpt-oss's harmony channels: the chat layer reads them).
+        keep = tool_format.convention_of(tokenizer).name == "harmony"
+        self._decode_text = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=not keep)
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []
         self._cache: Any = None  # DynamicCache of the running rows, left-padded

@@ -76,7 +76,7 @@ from openft.training.rollouts import Interrupted, Rollouts
 from openft.training.team import SOLO, Team
 
 if TYPE_CHECKING:
-    from openft.ml_types import Model
+    from openft.ml_types import Model, Tokenizer
 
 CLIP_EPSILON = 0.2
 TEMPERATURE = 1.0
@@ -166,7 +166,7 @@ def run(config: RunConfig, reporter: Reporter, team: Team = SOLO) -> None:
                 groups = rollouts.sample([p.input_ids for p in prompts], hp.group_size, seeds,
                                          max_tokens=hp.max_completion_tokens, temperature=TEMPERATURE,
                                          interrupted=interrupted)
-                rewards, errors = grade(grader, prompts, groups, tool_format.convention_of(tokenizer))
+                rewards, errors = grade(grader, prompts, groups, tokenizer)
                 loss, kl = update(model, reference, prompts, groups, rewards, hp, device, team, interrupted)
             except Interrupted:
                 optimizer.zero_grad(set_to_none=True)
@@ -253,9 +253,12 @@ def sample_seed(seed: int, step: int, prompt: int) -> int:
 
 
 def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]],
-          convention: tool_format.Convention) -> tuple[list[list[float]], int]:
-    """(rewards per group, completions whose grading had an error); tool
-    calls are read in the model's ``convention``."""
+          tokenizer: Tokenizer) -> tuple[list[list[float]], int]:
+    """(rewards per group, completions whose grading had an error). Graders
+    see the answer as chat completions return it: a reasoning model's
+    thinking apart, tool calls read in the model's convention."""
+    convention = tool_format.convention_of(tokenizer)
+    style = tool_format.reasoning_style(getattr(tokenizer, "chat_template", None))
     rewards, errors = [], 0
     for prompt, group in zip(prompts, groups, strict=True):
         scores = []
@@ -263,7 +266,8 @@ def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]],
             calls = convention.parse(completion.text, set(prompt.tool_names)) if prompt.tool_names else None
             tools = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                      for c in calls or []]
-            result = grader.grade(sample_namespace(completion.text, tools), prompt.item)
+            _, answer = tool_format.split_answer(completion.text, style, opened=False)
+            result = grader.grade(sample_namespace(answer, tools), prompt.item)
             errors += result.failed
             scores.append(result.reward)
         rewards.append(scores)
@@ -332,7 +336,7 @@ def validate(rollouts: Rollouts, grader: Grader, valid: list[Prompt], hp: Hyperp
     seeds = [sample_seed(seed, 0, 1_000_000 + i) for i in range(len(valid))]
     groups = rollouts.sample([p.input_ids for p in valid], hp.eval_samples, seeds,
                              max_tokens=hp.max_completion_tokens, temperature=TEMPERATURE)
-    rewards, errors = grade(grader, valid, groups, tool_format.convention_of(rollouts.engine.tokenizer))
+    rewards, errors = grade(grader, valid, groups, rollouts.engine.tokenizer)
     flat = [r for group in rewards for r in group]
     return statistics.fmean(flat), statistics.pstdev(flat), errors
 
