@@ -222,14 +222,18 @@ def models_pull() -> None:
 def models_add(model_id: str, path: Path) -> None:
     """Register the local Hugging Face folder PATH as base model MODEL_ID."""
     from openft.errors import OpenFTError
-    from openft.families import describe
+    from openft.families import UnreadableModel, describe
 
     try:
         asyncio.run(_register_model(load_settings(), model_id, path))
     except OpenFTError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(f"Registered {model_id} -> {path.resolve()}")
-    found = describe(model_id, path)
+    try:
+        found = describe(model_id, path)
+    except UnreadableModel as exc:
+        click.echo(f"  !!! {exc}: jobs on it will fail with model_load_failed")
+        return
     click.echo(f"  architecture: {found.architecture} ({found.family or 'not in the registry of shown families'})"
                f"; context {found.context_length} tokens; {found.parameters or '?'} parameters")
     click.echo(f"  trains: {', '.join(found.methods)} ({' and '.join(found.training_types)}); "

@@ -93,7 +93,7 @@ class Capabilities:
     training_types: tuple[str, ...]  # "lora", "full"
     serving: bool
     tool_format: str  # "hermes", "none", ... (from the chat template)
-    reasoning: str  # "think", "native", "harmony" or "none" (tool_format.reasoning_style of the template)
+    reasoning: str  # "think" (<think> blocks), "harmony" (gpt-oss's analysis channel) or "none"
     refusals: dict[str, str] = field(default_factory=dict)  # what -> why not
     memory_bytes: dict[str, int] = field(default_factory=dict)  # training type -> weights + optimizer state
 
@@ -111,9 +111,24 @@ class Capabilities:
         }
 
 
+class UnreadableModel(Exception):
+    """The folder's config.json or weights' headers cannot be read."""
+
+
 def describe(model_id: str, folder: Path) -> Capabilities:
-    """The capabilities of the model in ``folder`` (a Hugging Face folder)."""
+    """The capabilities of the model in ``folder`` (a Hugging Face folder);
+    :class:`UnreadableModel` when its files cannot be read (the job that
+    loads it fails with ``model_load_failed``, as before)."""
+    try:
+        return _describe(model_id, folder)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise UnreadableModel(f"cannot read the model folder {folder}: {exc}") from exc
+
+
+def _describe(model_id: str, folder: Path) -> Capabilities:
     config = json.loads((folder / "config.json").read_text())
+    if not isinstance(config, dict):
+        raise ValueError("config.json is not an object")
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     model_type = str(text.get("model_type") or config.get("model_type") or "unknown")
     family = BY_TYPE.get(model_type)
@@ -150,7 +165,7 @@ def describe(model_id: str, folder: Path) -> Capabilities:
         training_types=("lora", "full"),
         serving=serving,
         tool_format=tool_format.convention_name(template),
-        reasoning=tool_format.reasoning_style(template),
+        reasoning={"native": "think"}.get(style := tool_format.reasoning_style(template), style),
         refusals=refusals,
         memory_bytes={kind: parameters * size for kind, size in BYTES_PER_PARAMETER.items()} if parameters else {},
     )

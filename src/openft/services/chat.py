@@ -197,7 +197,10 @@ class ChatService:
         """Why the model's architecture cannot be served (``openft.families``), or None."""
         key = str(ref.base_path)
         if key not in self._refusals:
-            found = families.describe(ref.id, ref.base_path) if (ref.base_path / "config.json").is_file() else None
+            try:
+                found = families.describe(ref.id, ref.base_path)
+            except families.UnreadableModel:
+                found = None  # loading it fails with its own error
             self._refusals[key] = found.refusals.get("serving") if found else None
         return self._refusals[key]
 

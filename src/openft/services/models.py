@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.config import Settings
 from openft.errors import Forbidden, InvalidRequest, NotFound
-from openft.families import Capabilities, describe
+from openft.families import Capabilities, UnreadableModel, describe
 from openft.schemas.models import DeleteModelResponse, ListModelsResponse, Model, ModelCapabilities
 from openft.serving.types import ModelRef
 from openft.store.blobs import BlobStore
@@ -103,7 +103,11 @@ class ModelRegistry:
             cache_folder(self._settings.models_dir, weights.id) if weights.kind == "bundled" else None)
         if folder is None or not (folder / "config.json").is_file():
             return None
-        return await anyio.to_thread.run_sync(describe, weights.id, folder)
+        try:
+            return await anyio.to_thread.run_sync(describe, weights.id, folder)
+        except UnreadableModel as exc:  # training then fails with model_load_failed, naming the file
+            log.warning("model %s: %s", weights.id, exc)
+            return None
 
     def _on_hub(self, model_id: str) -> bool:
         try:
