@@ -121,7 +121,8 @@ def describe(model_id: str, folder: Path) -> Capabilities:
     loads it fails with ``model_load_failed``, as before)."""
     try:
         return _describe(model_id, folder)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, MemoryError, OverflowError,
+            RecursionError) as exc:
         raise UnreadableModel(f"cannot read the model folder {folder}: {exc}") from exc
 
 
@@ -158,7 +159,7 @@ def _describe(model_id: str, folder: Path) -> Capabilities:
         architecture=str((config.get("architectures") or [model_type])[0]),
         model_type=model_type,
         family=family.name if family else None,
-        context_length=text.get("max_position_embeddings"),
+        context_length=_count(text.get("max_position_embeddings")),
         parameters=parameters,
         traits=tuple(traits),
         methods=tuple(methods),
@@ -169,6 +170,11 @@ def _describe(model_id: str, folder: Path) -> Capabilities:
         refusals=refusals,
         memory_bytes={kind: parameters * size for kind, size in BYTES_PER_PARAMETER.items()} if parameters else {},
     )
+
+
+def _count(value: Any) -> int | None:
+    """A config value that should be a count, or None when it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def refusal(capabilities: Capabilities, method: str, hyperparameters: dict[str, Any]) -> tuple[str | None, str] | None:
@@ -204,11 +210,15 @@ def parameter_count(folder: Path) -> int | None:
     for path in files:
         with path.open("rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
+            if size > min(path.stat().st_size - 8, 100 * 2**20):  # not a safetensors file (an LFS pointer, say)
+                raise ValueError(f"{path.name} is not a safetensors file")
             header = json.loads(handle.read(size))
         for name, entry in header.items():
             if name != "__metadata__":
                 count = 1
                 for dim in entry["shape"]:
+                    if _count(dim) is None:
+                        raise ValueError(f"{path.name}: tensor {name} has a shape that is not integers")
                     count *= dim
                 total += count
     return total or None

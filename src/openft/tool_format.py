@@ -35,6 +35,7 @@ Reasoning (``reasoning_content``) is placed the template's way too
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -117,6 +118,16 @@ def call_text(tool_calls: list[dict[str, Any]]) -> str:
     return "\n".join(blocks)
 
 
+def _call_id(value: Any) -> str:
+    """A call id as templates take it: kept when it is 9 letters or digits
+    (Mistral's templates refuse any other), else mapped to such an id, the
+    same for a call and its result."""
+    text = str(value)
+    if len(text) == 9 and text.isalnum():
+        return text
+    return hashlib.sha256(text.encode()).hexdigest()[:9]
+
+
 def _text(content: Any) -> str:
     if content is None:
         return ""
@@ -144,13 +155,16 @@ def to_template_messages(
             role = "system"
         if style == "native":
             if calls:
-                functions = [c.get("function") or c for c in calls]
                 out.append({"role": "assistant", "content": content, "tool_calls": [
-                    {"type": "function",
-                     "function": {"name": f.get("name"), "arguments": _arguments(f.get("arguments"))}}
-                    for f in functions]})
+                    {"type": "function", **({"id": _call_id(c["id"])} if c.get("id") else {}),
+                     "function": {"name": (c.get("function") or c).get("name"),
+                                  "arguments": _arguments((c.get("function") or c).get("arguments"))}}
+                    for c in calls]})
             elif role in ("tool", "function"):
-                out.append({"role": "tool", "content": content})
+                result = {"role": "tool", "content": content}
+                if message.get("tool_call_id"):
+                    result["tool_call_id"] = _call_id(message["tool_call_id"])
+                out.append(result)
             else:
                 out.append({"role": role, "content": content})
             continue
@@ -361,8 +375,15 @@ def parse_cut_tool_calls(text: str, names: set[str]) -> list[ParsedCall] | None:
         return calls or None
     if not (rest.startswith(OPEN) or OPEN.startswith(rest)):
         return None
-    cut = _cut_object(rest[len(OPEN):], "arguments", names)
-    if cut is None or cut.arguments.endswith(CLOSE):  # a complete call whose JSON did not parse is not cut
+    body = rest[len(OPEN):].strip()
+    try:  # the call is whole and only its closing tag was cut
+        value, end = json.JSONDecoder().raw_decode(body)
+        if CLOSE.startswith(body[end:].strip()) and (complete := _call_objects(value, "arguments", names)):
+            return [*calls, *complete]
+    except json.JSONDecodeError:
+        pass
+    cut = _cut_object(body, "arguments", names)
+    if cut is None or CLOSE in cut.arguments:  # a complete call whose JSON did not parse is not cut
         return None
     return [*calls, cut]
 
@@ -400,9 +421,11 @@ class Convention:
         schema["x-guidance"] = {"whitespace_flexible": False}
         return f"%json {json.dumps(schema)}"
 
-    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool,
+                specials: dict[str, int] | None = None) -> str | None:
         """Lark rules for calls of ``functions``; None: no grammar (the calls
-        are read after the fact)."""
+        are read after the fact). ``specials``: the tokenizer's control tokens
+        (text -> id), for markers that are one (llguidance's ``<[id]>``)."""
         calls = 'call ("\\n" call)*' if parallel else "call"
         lark = (f"start: {'TEXT | ' if optional else ''}calls\n"
                 f"calls: {calls}\n"
@@ -468,7 +491,8 @@ class Llama3Json(Convention):
         body = text.lstrip()
         return not body or body.startswith(("{", self.TAG)) or self.TAG.startswith(body)
 
-    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool,
+                specials: dict[str, int] | None = None) -> str | None:
         lark = f"start: {'TEXT | ' if optional else ''}call\ncall: {self.call_json(functions)}\n"
         if optional:
             lark += "TEXT: /(.|\\n)*/ & ~/\\s*\\{(.|\\n)*/\n"
@@ -519,10 +543,13 @@ class Mistral(Convention):
         body = text.lstrip()
         return not body or body.startswith((MISTRAL_OPEN, "[")) or MISTRAL_OPEN.startswith(body)
 
-    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool,
+                specials: dict[str, int] | None = None) -> str | None:
         more = '("," call)*' if parallel else ""
+        # Mistral's own tokenizers have [TOOL_CALLS] as a control token: the grammar asks for that token.
+        marker = f"<[{specials[MISTRAL_OPEN]}]>" if specials and MISTRAL_OPEN in specials else f'"{MISTRAL_OPEN}"'
         lark = (f"start: {'TEXT | ' if optional else ''}calls\n"
-                f'calls: "{MISTRAL_OPEN}[" call {more} "]"\n'
+                f'calls: {marker} "[" call {more} "]"\n'
                 f"call: {self.call_json(functions)}\n")
         if optional:
             lark += "TEXT: /(.|\\n)*/ & ~/\\s*\\[(.|\\n)*/\n"
@@ -561,7 +588,8 @@ class Harmony(Convention):
     def may_become_call(self, text: str) -> bool:
         return False  # the channels decide (HarmonyStream), not a prefix
 
-    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool) -> str | None:
+    def grammar(self, functions: list[tuple[str, Any]], *, parallel: bool, optional: bool,
+                specials: dict[str, int] | None = None) -> str | None:
         if optional:
             return None  # auto: the model may think, answer or call; a call is read when it is well formed
         rules = [f'f{i}: "{name}" " " <|constrain|> "json" <|message|> %json '
@@ -637,7 +665,9 @@ class HarmonyStream:
         rest, self.buffer = self.buffer, ""
         if self.channel == "analysis":
             return rest, ""
-        return "", rest if self.channel in ("final", "plain") else ""
+        if self.channel in ("final", "plain") or (not self.channel and CHANNEL not in rest):
+            return "", rest  # the answer, or text that only looked like the start of a header
+        return "", ""
 
 
 CONVENTIONS: dict[str, Convention] = {c.name: c for c in (Convention(), Llama3Json(), Mistral(), Harmony())}

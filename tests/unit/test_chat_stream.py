@@ -108,6 +108,9 @@ class RecordingGenerator:
     def chat_template(self, ref) -> str:
         return "<|im_start|>{{ m }}"  # ChatML: Hermes tool calls, no reasoning
 
+    def special_tokens(self, ref) -> dict[str, int]:
+        return {}
+
     def convention(self, ref):
         from openft import tool_format
 

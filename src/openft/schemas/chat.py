@@ -31,6 +31,13 @@ class ChatMessage(RequestModel):
     tool_call_id: str | None = None
     reasoning_content: str | None = None  # an earlier assistant turn's reasoning (as DeepSeek and vLLM send it)
 
+    @model_validator(mode="after")
+    def _reasoning_on_assistant_turns(self) -> ChatMessage:
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise PydanticCustomError("invalid", "reasoning_content belongs to assistant messages",
+                                      {"param": "messages.reasoning_content"})
+        return self
+
     def text(self) -> str:
         if self.content is None:
             if self.role == "assistant" and self.tool_calls:
@@ -182,6 +189,8 @@ class ChatCompletionRequest(RequestModel):
                 message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             if m.reasoning_content and m.role == "assistant":
                 message["reasoning_content"] = m.reasoning_content
+            if m.tool_call_id and m.role == "tool":
+                message["tool_call_id"] = m.tool_call_id
             out.append(message)
         return out
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from jinja2 import TemplateError
 
 from openft import families, tool_format
 from openft.config import Settings
@@ -215,7 +216,7 @@ class ChatService:
         thinking = tool_format.reasoning_style(template) != "none"
         switches: dict[str, Any] = {}
         if body.reasoning_effort not in (None, "none"):
-            if "reasoning_effort" not in template:  # gpt-oss's template takes low, medium and high
+            if "reasoning_effort" not in template or body.reasoning_effort == "minimal":  # gpt-oss: low, medium, high
                 raise InvalidRequest(
                     f"reasoning_effort {body.reasoning_effort!r} is not supported by the model {ref.id!r}: its chat "
                     "template has no effort levels. Leave it out, or use 'none' to turn thinking off where the "
@@ -234,19 +235,23 @@ class ChatService:
         except tool_format.ToolFormatError as exc:
             raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
                                  param="tools" if body.tools else "messages", code="tools_not_supported") from exc
-        grammar, convention = None, self.generator.convention(ref)
+        except TemplateError as exc:  # the model's own template refused the conversation (raise_exception)
+            raise InvalidRequest(f"The chat template of the model {ref.id!r} refused these messages: {exc}",
+                                 param="messages", code="invalid_messages") from exc
+        grammar, convention, specials = None, self.generator.convention(ref), self.generator.special_tokens(ref)
         if tools:  # calls always parse and match their function's parameters schema
             functions = [t["function"] for t in tools]
             parallel = body.parallel_tool_calls is not False
             if isinstance(body.tool_choice, NamedToolChoice):
                 named = [f for f in functions if f["name"] == body.tool_choice.function.name]
                 grammar = constraints.tool_call_grammar(named, "tool_choice.function.name", parallel=False,
-                                                       convention=convention)
+                                                       convention=convention, specials=specials)
             elif body.tool_choice == "required":  # exactly one call
-                grammar = constraints.tool_call_grammar(functions, "tools", parallel=False, convention=convention)
+                grammar = constraints.tool_call_grammar(functions, "tools", parallel=False, convention=convention,
+                                                       specials=specials)
             else:
                 grammar = constraints.tool_call_grammar(functions, "tools", parallel=parallel, optional=True,
-                                                       convention=convention)
+                                                       convention=convention, specials=specials)
         format_ = body.response_format
         if format_ is not None and format_.type == "json_object":
             grammar = constraints.json_object_grammar()
@@ -257,6 +262,8 @@ class ChatService:
         names = {t["function"]["name"] for t in tools} if tools else set()
         style = tool_format.reasoning_style(template) if thinking else "none"
         opened = thinking and self.generator.opens_thinking(ref, prompt)
+        if grammar is not None and opened:  # the grammar holds the answer from its first token: no thinking
+            style, opened = "none", False
         return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention, style, opened)
 
     async def events(
@@ -322,7 +329,7 @@ class ChatService:
                             function=FunctionCallDelta(name=call.name, arguments=call.arguments))]),
                             logprobs=pending if index == 0 else None)
                     pending = []
-                elif deciding and held:
+                elif deciding and held and calls is None:
                     yield chunk(Delta(content=held), logprobs=pending)
                     pending = []
                 yield chunk(Delta(), finish=finish, logprobs=pending or None)
@@ -394,8 +401,9 @@ def completion_object(model: str, prompt_tokens: int, completions: list[Completi
                 for call in calls])
             choices.append(Choice(index=i, message=message, finish_reason=finish,  # type: ignore[arg-type]
                                   logprobs=logprobs))
-        else:
-            choices.append(Choice(index=i, message=AssistantMessage(content=text, reasoning_content=thought),
+        else:  # calls == []: a call cut before its name; its markup is not content
+            choices.append(Choice(index=i, message=AssistantMessage(
+                content=None if calls == [] else text, reasoning_content=thought),
                                   finish_reason=c.finish_reason, logprobs=logprobs))  # type: ignore[arg-type]
     return ChatCompletion(
         id=new_completion_id(),
@@ -414,12 +422,14 @@ def answer_calls(text: str, finish: str, plan: Plan) -> tuple[list[tool_format.P
     """(the answer's tool calls or None, its finish reason): complete calls
     finish with ``tool_calls``; calls cut by ``max_tokens`` still come back as
     calls, with their unfinished arguments and ``length`` (as OpenAI answers),
-    so call markup never reaches ``content``."""
+    so call markup never reaches ``content``; an empty list is a call cut
+    before its name was written (no call to return, no content either)."""
     calls = plan.convention.parse(text, plan.tool_names)
     if calls:
         return calls, "tool_calls"
     if finish == "length":
-        return plan.convention.parse_cut(text, plan.tool_names), finish
+        cut = plan.convention.parse_cut(text, plan.tool_names)
+        return (None if cut is None else [c for c in cut if c.name in plan.tool_names]), finish
     return None, finish
 
 

@@ -75,19 +75,22 @@ def _strict(schema: Any) -> Any:
 
 def tool_call_grammar(functions: list[dict[str, Any]], param: str = "tool_choice", *,
                       optional: bool = False, parallel: bool = True,
-                      convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"]) -> str | None:
+                      convention: tool_format.Convention = tool_format.CONVENTIONS["hermes"],
+                      specials: dict[str, int] | None = None) -> str | None:
     """Calls of ``functions`` (each ``{"name", "parameters", "strict"}``) in
     the model's ``convention`` (Hermes ``<tool_call>`` blocks by default),
     arguments valid against the function's parameters schema (``strict``: no
     extra properties). ``optional`` (``tool_choice: "auto"``): the answer may
     instead be text that does not start a call. ``parallel``: one call or
-    several, where the convention has several. None where the convention
-    holds no grammar (harmony's ``auto``)."""
+    several, where the convention has several. ``specials``: the model's
+    control tokens (text -> id), for markers that are one. None where the
+    convention holds no grammar (harmony's ``auto``)."""
     from llguidance import LLMatcher
 
     schemas = [(f["name"], _strict(f.get("parameters") or {"type": "object"}) if f.get("strict")
                 else f.get("parameters") or {"type": "object"}) for f in functions]
-    lark = convention.grammar(schemas, parallel=parallel and convention.parallel, optional=optional)
+    lark = convention.grammar(schemas, parallel=parallel and convention.parallel, optional=optional,
+                              specials=specials)
     if lark is None:
         return None
     return _validated(LLMatcher.grammar_from_lark(lark), param, "A function's parameters schema")

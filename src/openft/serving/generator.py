@@ -201,7 +201,12 @@ class Generator:
     def opens_thinking(self, ref: ModelRef, prompt: list[int]) -> bool:
         """Whether the prompt ends inside a ``<think>`` block its template opened."""
         tail = self._ready(ref).tokenizer.decode(prompt[-16:])
-        return tail.rfind(tool_format.THINK_OPEN) > tail.rfind(tool_format.THINK_CLOSE)
+        return tail.rstrip().endswith(tool_format.THINK_OPEN)  # the generation prompt's own, not a user's text
+
+    def special_tokens(self, ref: ModelRef) -> dict[str, int]:
+        """The model's control tokens, text -> id."""
+        tokenizer = self._ready(ref).tokenizer
+        return dict(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids, strict=True))
 
     def convention(self, ref: ModelRef) -> tool_format.Convention:
         """How the model writes tool calls (its chat template's convention)."""

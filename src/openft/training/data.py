@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jinja2 import TemplateError
 
 from openft import tool_format
 
@@ -111,7 +112,14 @@ def chat_example(tokenizer: Tokenizer, raw: dict[str, Any], line: int) -> Exampl
         raise DataError(f"has reasoning_content, but {exc}", line, code="invalid_reasoning") from exc
     except tool_format.ToolFormatError as exc:
         raise DataError(f"has tools or tool calls, but {exc}", line, code="invalid_tools") from exc
-    weights = [m.get("weight", 1) for m in raw["messages"]]
+    try:
+        return _chat_example(tokenizer, messages, tools, [m.get("weight", 1) for m in raw["messages"]], line)
+    except TemplateError as exc:  # the template's own raise_exception
+        raise DataError(f"the model's chat template refused this conversation: {exc}", line) from exc
+
+
+def _chat_example(tokenizer: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  weights: list[int], line: int) -> Example:
     text = _render(tokenizer, messages, generation_prompt=False, tools=tools)
     offset = 1 if len(messages) > len(weights) else 0  # a system turn listing the tools was added
     spans: list[tuple[int, int]] = []

@@ -263,10 +263,12 @@ def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]],
     for prompt, group in zip(prompts, groups, strict=True):
         scores = []
         for completion in group:
-            calls = convention.parse(completion.text, set(prompt.tool_names)) if prompt.tool_names else None
+            opened = tokenizer.decode(prompt.input_ids[-16:]).rstrip().endswith(tool_format.THINK_OPEN)
+            _, answer = tool_format.split_answer(completion.text, style, opened=opened)
+            text = completion.text if convention.name == "harmony" else answer  # harmony's calls are on a channel
+            calls = convention.parse(text, set(prompt.tool_names)) if prompt.tool_names else None
             tools = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                      for c in calls or []]
-            _, answer = tool_format.split_answer(completion.text, style, opened=False)
             result = grader.grade(sample_namespace(answer, tools), prompt.item)
             errors += result.failed
             scores.append(result.reward)
