@@ -260,6 +260,8 @@ class ChatService:
             grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         names = {t["function"]["name"] for t in tools} if tools else set()
+        if tools and isinstance(body.tool_choice, NamedToolChoice):  # the grammar allows that one only
+            names = {body.tool_choice.function.name}
         style = tool_format.reasoning_style(template) if thinking else "none"
         opened = thinking and self.generator.opens_thinking(ref, prompt)
         if grammar is not None and opened:  # the grammar holds the answer from its first token: no thinking
