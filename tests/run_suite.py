@@ -1,17 +1,19 @@
 """``make test``: the whole suite, every tier, in three phases that fit this
 2-core budget.
 
-1. The cluster tier (a Ray cluster on loopback: mostly waiting on Ray's
+1. The README quick start alone: it checks the job's estimate against the
+   duration it measures, so nothing may run beside it, nor before it in
+   the same minute (a Ray cluster's teardown skewed its calibration).
+2. The cluster tier (a Ray cluster on loopback: mostly waiting on Ray's
    processes) in its own pytest session beside the API, unit, security and
    browser tiers (mostly waiting on servers and a browser).
-2. The README quick start alone: it checks the job's estimate against the
-   duration it measures, so nothing may run beside it.
 3. The rest of the training tier in two sessions side by side: the stories
    driven through a server (jobs, chat, serving, recovery, CLI, webhooks,
-   integrations, RFT) beside the recipes and models run mostly in-process
-   (families, tool conventions, SFT, DPO, generator, weights, export). None
-   of them compares a duration with an estimate; waits are bounded by
-   deadlines.
+   integrations) beside the recipes and models run mostly in-process
+   (families, tool conventions, SFT, DPO, RFT, generator, weights, export),
+   whose in-process training takes one thread (``support.IN_PROCESS_THREADS``)
+   so the two sessions do not oversubscribe the cores. None of them compares
+   a duration with an estimate; waits are bounded by deadlines.
 
 On 2 cores the suite took 845 s in one session, 718 s in two phases (the
 training tier whole and alone), and the third phase saves a further ~2
@@ -36,13 +38,13 @@ TESTS = Path(__file__).resolve().parent
 TRAINING = "tests/training/"
 QUICK_START = [TRAINING + "test_e2e_smollm.py"]
 SERVED = [TRAINING + f"test_{name}.py" for name in (
-    "jobs_train", "chat", "serving", "recovery", "cli", "integrations", "webhook_delivery", "rft")]
+    "jobs_train", "chat", "serving", "recovery", "cli", "integrations", "webhook_delivery")]
 IN_PROCESS = [TRAINING + f"test_{name}.py" for name in (
-    "families", "tool_conventions", "sft", "dpo", "generator", "weights", "export", "data", "continue",
+    "families", "tool_conventions", "sft", "dpo", "rft", "generator", "weights", "export", "data", "continue",
     "early_stopping", "estimate")]
 PHASES: list[list[list[str]]] = [
+    [QUICK_START],  # first: nothing else has run yet, not even the teardown of a Ray cluster
     [["tests/cluster"], ["tests/api", "tests/unit", "tests/security", "tests/browser"]],
-    [QUICK_START],
     [SERVED, IN_PROCESS],
 ]
 

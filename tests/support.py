@@ -265,6 +265,11 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 64, seed: i
     return folder
 
 
+IN_PROCESS_THREADS = 1
+"""torch threads of training run inside a test process: make test runs two training sessions side by side on
+2 cores (tests/run_suite.py), and two threads each would oversubscribe them."""
+
+
 @functools.cache
 def bundled_tokenizer() -> Any:
     """The bundled model's tokenizer, read from its GGUF file once per session (seconds each time)."""

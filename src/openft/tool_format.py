@@ -615,11 +615,19 @@ def _harmony_messages(text: str) -> list[tuple[str, str, str]]:
 def harmony_split(text: str) -> tuple[str | None, str]:
     """(reasoning, answer) of a harmony output: its analysis and final channels."""
     if CHANNEL not in text:
-        return None, text
+        return None, _unmarked(text)
     messages = _harmony_messages(text)
     thought = "".join(body for channel, _, body in messages if channel == "analysis")
     answer = "".join(body for channel, _, body in messages if channel == "final")
-    return (thought or None), answer
+    return (_unmarked(thought) or None), _unmarked(answer)
+
+
+_CONTROL = re.compile(r"<\|[a-z_]+\|>")
+
+
+def _unmarked(text: str) -> str:
+    """Text without harmony control tokens (a model may write one where it makes no sense)."""
+    return _CONTROL.sub("", text)
 
 
 class HarmonyStream:
@@ -631,6 +639,10 @@ class HarmonyStream:
         self.buffer, self.channel, self.thought = "", "", False
 
     def feed(self, piece: str) -> tuple[str, str]:
+        thought, answer = self._feed(piece)
+        return _unmarked(thought), _unmarked(answer)
+
+    def _feed(self, piece: str) -> tuple[str, str]:
         self.buffer += piece
         thought = answer = ""
         while True:
@@ -662,10 +674,11 @@ class HarmonyStream:
             self.buffer, self.channel = self.buffer[end:].removeprefix(END), ""
 
     def finish(self) -> tuple[str, str]:
-        rest, self.buffer = self.buffer, ""
+        raw, self.buffer = self.buffer, ""
+        rest = _unmarked(raw)
         if self.channel == "analysis":
             return rest, ""
-        if self.channel in ("final", "plain") or (not self.channel and CHANNEL not in rest):
+        if self.channel in ("final", "plain") or (not self.channel and CHANNEL not in raw):
             return "", rest  # the answer, or text that only looked like the start of a header
         return "", ""
 

@@ -18,6 +18,8 @@ from openft.training.recipes.dpo import pair_logprobs
 from openft.training.report import ListReporter
 from openft.training.run import run
 
+from support import IN_PROCESS_THREADS
+
 pytestmark = pytest.mark.training
 
 PAIRS = [
@@ -48,7 +50,7 @@ def test_dpo_raises_the_preference_margin(tmp_path: Path, tiny_model_dir: Path) 
         models_dir=str(tmp_path / "models"), storage_url=str(tmp_path / "blobs"),
         training_file_key="files/prefs.jsonl", validation_file_key="files/prefs.jsonl",
         method=Method(MethodType.DPO, {"n_epochs": 3, "batch_size": 4, "beta": 0.5, "learning_rate_multiplier": 50.0}),
-        seed=3,
+        seed=3, threads=IN_PROCESS_THREADS,
     )
     reporter = ListReporter()
     run(config, reporter)

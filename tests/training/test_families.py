@@ -33,9 +33,9 @@ WORDS = ["alpha", "bravo", "charlie", "delta"]
 CHAT = [{"messages": [{"role": "user", "content": f"Spell out the words from number {i}."},
                       {"role": "assistant", "content": " ".join(WORDS[i % 4:] * 4)}]} for i in range(8)]
 """Long answers: the adapters learn words, not to end the turn at once (which would leave no rows to batch)."""
-GREEDY = GenerationParams(max_new_tokens=16, temperature=0)
-ASKS = [[{"role": "user", "content": "Say the word number " + "very " * (4 * i) + f"{i}."}] for i in range(3)]
-"""Prompts of three lengths, all longer than the tiny models' sliding window (8)."""
+GREEDY = GenerationParams(max_new_tokens=10, temperature=0)
+ASKS = [[{"role": "user", "content": "Say the word number " + "very " * (5 * i) + f"{i}."}] for i in range(2)]
+"""Prompts of two lengths, both longer than the tiny models' sliding window (8)."""
 
 
 def sft(tmp_path: Path, base: Path, job: str, *, seed: int, **hyperparameters) -> tuple[Path, ListReporter]:
@@ -117,12 +117,12 @@ def test_a_family_trains_with_lora_and_serves_the_answers_of_hf_generate(family:
         prompts = [generator.prompt_ids(refs[0], ask) for ask in ASKS]
         expected = {(ref.id, i): tokens for ref in refs
                     for i, tokens in enumerate(hf_generate(base, ref.adapter_path, prompts))}
-        assert len({tuple(tokens) for tokens in expected.values()}) > 3, "the adapters changed nothing: a weak test"
+        assert len({tuple(tokens) for tokens in expected.values()}) > 2, "the adapters changed nothing: a weak test"
 
         alone = [generator.generate(refs[0], p, GREEDY, StopSignal(60))[0].tokens for p in prompts]
-        assert alone == [expected[("ft:first", i)] for i in range(3)]
+        assert alone == [expected[("ft:first", i)] for i in range(len(prompts))]
 
-        mixed = [(ref, i) for i in range(3) for ref in refs]
+        mixed = [(ref, i) for i in range(len(prompts)) for ref in refs]
         engine = generator.engine(refs[0])
         steps = engine.stats.mixed_steps
         answers = together(generator, [(ref, prompts[i]) for ref, i in mixed])

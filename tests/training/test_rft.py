@@ -18,7 +18,7 @@ from openft.training.config import RunConfig
 from openft.training.report import ListReporter
 from openft.training.run import run
 
-from support import Server, Tenant, jsonl
+from support import IN_PROCESS_THREADS, Server, Tenant, jsonl
 from test_jobs_train import TINY, wait_for
 from test_recovery import adapter, assert_same_weights, gone_within, training_process, wait_for_event
 
@@ -209,7 +209,7 @@ def in_process(tmp_path: Path, job_id: str, base: dict, training: list[dict], va
         job_id=job_id, base=base, models_dir=str(tmp_path / "models"), storage_url=str(tmp_path / "blobs"),
         training_file_key=f"files/{job_id}-train.jsonl",
         validation_file_key=f"files/{job_id}-valid.jsonl" if validation else None,
-        method=Method.from_wire(method), seed=seed, device="cpu",
+        method=Method.from_wire(method), seed=seed, device="cpu", threads=IN_PROCESS_THREADS,
     )
     reporter = ListReporter()
     run(config, reporter)

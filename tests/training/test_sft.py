@@ -16,7 +16,7 @@ from openft.training.config import RunConfig
 from openft.training.report import ListReporter
 from openft.training.run import run
 
-from support import chat_example
+from support import IN_PROCESS_THREADS, chat_example
 
 pytestmark = pytest.mark.training
 
@@ -36,7 +36,7 @@ def make_config(root: Path, model_dir: Path, **hyper) -> RunConfig:
         models_dir=str(root / "models"), storage_url=str(root / "blobs"),
         training_file_key="files/train.jsonl", validation_file_key=None,
         method=Method(MethodType.SUPERVISED, {"n_epochs": 4, "batch_size": 4, **hyper}),
-        seed=7,
+        seed=7, threads=IN_PROCESS_THREADS,
     )
 
 

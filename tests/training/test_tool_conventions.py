@@ -260,6 +260,13 @@ def test_a_harmony_model_answers_thinks_and_calls_through_its_channels(
         [streamed] = [d for c in chunks for d in c.delta.tool_calls or []]
         assert chunks[-1].finish_reason == "tool_calls" and not "".join(c.delta.content or "" for c in chunks)
         assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
+    # auto: no grammar (the model may think first); answers are text or calls that parse, never channel markup
+    for choice in served.sdk.chat.completions.create(model="local/harmony", messages=ASK, tools=[WEATHER, TIME], n=4,
+                                                     temperature=1.0, seed=3, max_tokens=30).choices:
+        assert "<|" not in (choice.message.content or "") and "<|" not in (
+            choice.message.model_extra.get("reasoning_content") or "")
+        for call in choice.message.tool_calls or []:
+            json.loads(call.function.arguments)
     cut = served.sdk.chat.completions.create(model="local/harmony", messages=ASK, tools=[WEATHER, TIME],
                                              tool_choice="required", temperature=0, max_tokens=12)
     [partial] = cut.choices[0].message.tool_calls
