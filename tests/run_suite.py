@@ -15,9 +15,10 @@
    so the two sessions do not oversubscribe the cores. None of them compares
    a duration with an estimate; waits are bounded by deadlines.
 
-On 2 cores the suite took 845 s in one session, 718 s in two phases (the
-training tier whole and alone), and the third phase saves a further ~2
-minutes on the training tier (docs/development.md).
+On 2 cores the suite took 845 s in one session and 718 s in two phases
+(the training tier whole and alone); in these three phases, with the model
+families and tool conventions added, 13 min 7 s from a fresh clone, set-up
+included (docs/development.md).
 
 Each session is an ordinary pytest session (``pyproject.toml``'s options
 apply), so every tier still reports itself ON or SKIPPED at the top of its
