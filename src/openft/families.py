@@ -13,8 +13,9 @@ model: :func:`attention_implementation` (what the architecture supports,
 fastest first) and :func:`lora_targets` (every linear layer but the output
 head and MoE routers, plus the fused expert weights of a mixture-of-experts
 model through PEFT's ``target_parameters``; PEFT applies those without
-dropout, so :func:`lora_dropout_rule` makes such a model's default dropout 0
-and refuses another value).
+dropout, so such a model's ``lora_dropout`` resolves to 0
+(``hyperparameters.resolve(experts=True)``) and :func:`refusal` refuses
+another value).
 
 What the serving engine does for each layout is in
 :mod:`openft.serving.engine`: sliding-window and hybrid attention run on a
