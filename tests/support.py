@@ -439,3 +439,21 @@ def build_harmony_model(folder: Path, *, seed: int = 0) -> Path:
     AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt_oss", **shape)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def texts_checking_calls(reply: Any, tools: list[dict[str, Any]]) -> list[str]:
+    """The text answers among a reply's choices; every choice that calls
+    instead must finish with ``tool_calls``, each call's arguments valid
+    against its tool's parameters schema."""
+    import jsonschema
+
+    schemas = {t["function"]["name"]: t["function"].get("parameters", {}) for t in tools}
+    texts = []
+    for choice in reply.choices:
+        if not choice.message.tool_calls:
+            texts.append(choice.message.content)
+            continue
+        assert choice.finish_reason == "tool_calls"
+        for call in choice.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+    return texts

@@ -241,6 +241,12 @@ def with_reasoning(original: list[dict[str, Any]], rendered: list[dict[str, Any]
     return out
 
 
+def opens_thinking(tokenizer: Tokenizer, prompt: list[int]) -> bool:
+    """Whether ``prompt`` ends inside a ``<think>`` block its template opened
+    (its generation prompt's own, not a ``<think>`` in the user's text)."""
+    return tokenizer.decode(prompt[-16:]).rstrip().endswith(THINK_OPEN)
+
+
 def split_reasoning(text: str, *, opened: bool) -> tuple[str | None, str]:
     """(reasoning, answer) of a reasoning model's whole output: what is inside
     its ``<think>`` block (``opened``: the prompt already opened it) and the

@@ -29,6 +29,7 @@ from support import (
     build_harmony_model,
     bundled_tokenizer,
     harmony_tokenizer,
+    texts_checking_calls,
     with_chat_template,
 )
 
@@ -142,15 +143,8 @@ def test_served_calls_come_back_as_tool_calls_in_each_convention(served: Tenant,
     # auto: text that does not start a call, or calls that parse (sampled, eight answers)
     reply = served.sdk.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME], n=8,
                                                temperature=1.0, seed=2, max_tokens=40)
-    for choice in reply.choices:
-        if choice.message.tool_calls:
-            assert choice.finish_reason == "tool_calls"
-            for call in choice.message.tool_calls:
-                jsonschema.validate(json.loads(call.function.arguments),
-                                    schemas[call.function.name]["function"]["parameters"])
-        else:
-            calls = tool_format.CONVENTIONS[convention].parse(choice.message.content, set(schemas))
-            assert calls is None
+    for text in texts_checking_calls(reply, [WEATHER, TIME]):
+        assert tool_format.CONVENTIONS[convention].parse(text, set(schemas)) is None
 
 
 # ------------------------------------------------------------------ reasoning
@@ -170,6 +164,20 @@ def test_reasoning_is_trained_the_templates_way_or_refused() -> None:
     assert refused.value.code == "invalid_reasoning" and "Line 3" in str(refused.value)
 
 
+def teach_to_think(served: Tenant, base: Path, tmp_path: Path, model_id: str) -> str:
+    """Fully fine-tune ``base`` until it answers REASONED word for word (50
+    steps), register it as ``model_id``; what ``openft models add`` printed."""
+    job = "ftjob-" + model_id.rpartition("/")[2]
+    in_process(tmp_path, job, {"id": model_id, "kind": "local", "path": str(base)},
+               [REASONED] * 200, None, {"type": "supervised", "supervised": {"hyperparameters": {
+                   "n_epochs": 1, "batch_size": 4, "training_type": "full", "learning_rate_multiplier": 300.0}}})
+    added = subprocess.run([sys.executable, "-m", "openft", "models", "add", model_id,
+                            str(tmp_path / "blobs" / "models" / job)],
+                           env=served.server.env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stdout + added.stderr
+    return added.stdout
+
+
 def test_reasoning_content_round_trips_through_training_and_serving(
     served: Tenant, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -177,13 +185,7 @@ def test_reasoning_content_round_trips_through_training_and_serving(
     ``reasoning_content`` and only the answer in ``content``, streamed and
     not; ``reasoning_effort: "none"`` turns the thinking off."""
     base = with_chat_template(tiny_model_dir, tmp_path / "qwen3-style", QWEN3_TEMPLATE)
-    in_process(tmp_path, "ftjob-think", {"id": "local/qwen3-style", "kind": "local", "path": str(base)},
-               [REASONED] * 200, None, {"type": "supervised", "supervised": {"hyperparameters": {  # 50 steps
-                   "n_epochs": 1, "batch_size": 4, "training_type": "full", "learning_rate_multiplier": 300.0}}})
-    tuned = tmp_path / "blobs" / "models" / "ftjob-think"
-    added = subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/thinker", str(tuned)],
-                           env=served.server.env, capture_output=True, text=True, timeout=120)
-    assert added.returncode == 0 and "reasoning: think" in added.stdout, added.stdout + added.stderr
+    assert "reasoning: think" in teach_to_think(served, base, tmp_path, "local/thinker")
 
     ask = REASONED["messages"][:1]
     reply = served.sdk.chat.completions.create(model="local/thinker", messages=ask, temperature=0, max_tokens=40)
@@ -229,14 +231,8 @@ def test_a_harmony_model_answers_thinks_and_calls_through_its_channels(
     the final one: the thinking comes back as ``reasoning_content``, the
     answer as ``content``; forced calls go out on the commentary channel and
     come back as ``tool_calls``, streamed and not, also when cut."""
-    base = build_harmony_model(tmp_path / "gpt-oss")
-    in_process(tmp_path, "ftjob-harmony", {"id": "local/gpt-oss", "kind": "local", "path": str(base)},
-               [REASONED] * 200, None, {"type": "supervised", "supervised": {"hyperparameters": {  # 50 steps
-                   "n_epochs": 1, "batch_size": 4, "training_type": "full", "learning_rate_multiplier": 300.0}}})
-    tuned = tmp_path / "blobs" / "models" / "ftjob-harmony"
-    added = subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/harmony", str(tuned)],
-                           env=served.server.env, capture_output=True, text=True, timeout=120)
-    assert added.returncode == 0 and "tools: harmony" in added.stdout, added.stdout + added.stderr
+    assert "tools: harmony" in teach_to_think(served, build_harmony_model(tmp_path / "gpt-oss"), tmp_path,
+                                              "local/harmony")
 
     ask = REASONED["messages"][:1]
     message = served.sdk.chat.completions.create(model="local/harmony", messages=ask, temperature=0,
@@ -272,3 +268,31 @@ def test_a_harmony_model_answers_thinks_and_calls_through_its_channels(
     [partial] = cut.choices[0].message.tool_calls
     assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content is None
     assert partial.function.name in ("get_weather", "get_time")
+
+
+def test_hostile_conversations_are_400s_or_plain_data(served: Tenant, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Call ids and results are data to a template, never template code; a
+    template's own refusal (``raise_exception``) is a 400 naming it; reasoning
+    on a user's turn is refused, not dropped."""
+    hostile = "{{ 7*7 }}{% raise %}" * 500
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [{**CALL, "id": hostile}]},
+               {"role": "tool", "tool_call_id": hostile, "content": "{{ 7*7 }} \u0000 " * 200}]
+    for model in ("local/mistral", "local/llama3_json"):
+        reply = served.http().post("/chat/completions", json={
+            "model": model, "messages": history, "tools": [WEATHER], "max_tokens": 2, "temperature": 0})
+        assert reply.status_code == 200, reply.text
+
+    strict = with_chat_template(tiny_model_dir, tmp_path / "strict", (
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System messages are not "
+        "supported.') }}{% endif %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"))
+    subprocess.run([sys.executable, "-m", "openft", "models", "add", "local/strict", str(strict)],
+                   env=served.server.env, capture_output=True, check=True, timeout=120)
+    refused = served.http().post("/chat/completions", json={
+        "model": "local/strict", "messages": [{"role": "system", "content": "x"}, *ASK]})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_messages"
+    assert "System messages are not supported" in refused.json()["error"]["message"]
+
+    reasoning_user = served.http().post("/chat/completions", json={
+        "model": "local/strict", "messages": [{**ASK[0], "reasoning_content": "no"}]})
+    assert reasoning_user.status_code == 400 and "reasoning_content" in reasoning_user.text

@@ -57,6 +57,10 @@ BAD_FILES = [
         ),
     ),
     ("invalid_tools", 1, line({**chat_example(0), "tools": {"a": 1}})),
+    ("invalid_reasoning", 2, GOOD + chat(USER, {"role": "assistant", "content": "x",
+                                               "reasoning_content": {"nested": ["not", "text"]}})),
+    ("invalid_reasoning", 1, chat({**USER, "reasoning_content": "users do not reason here"},
+                                  {"role": "assistant", "content": "x"})),
     ("invalid_preference", 2, line(preference_example(0)) + line({
         "input": {"messages": [USER]}, "preferred_output": [{"role": "assistant", "content": "x"}]})),
     (

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from jinja2 import TemplateError
 
-from openft import families, tool_format
+from openft import tool_format
 from openft.config import Settings
 from openft.errors import InvalidRequest, OpenFTError, error_body
 from openft.schemas.chat import (
@@ -195,13 +195,10 @@ class ChatService:
         return completion_object(body.model, len(plan.prompt), completions, plan)
 
     def serving_refusal(self, ref: ModelRef) -> str | None:
-        """Why the model's architecture cannot be served (``openft.families``), or None."""
+        """Why the model's architecture cannot be served (``ModelRegistry.describe``), or None."""
         key = str(ref.base_path)
         if key not in self._refusals:
-            try:
-                found = families.describe(ref.id, ref.base_path)
-            except families.UnreadableModel:
-                found = None  # loading it fails with its own error
+            found = self.registry.describe(ref.id, ref.base_path)
             self._refusals[key] = found.refusals.get("serving") if found else None
         return self._refusals[key]
 

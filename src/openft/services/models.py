@@ -103,10 +103,16 @@ class ModelRegistry:
             cache_folder(self._settings.models_dir, weights.id) if weights.kind == "bundled" else None)
         if folder is None or not (folder / "config.json").is_file():
             return None
+        return await anyio.to_thread.run_sync(self.describe, weights.id, folder)
+
+    @staticmethod
+    def describe(model_id: str, folder: Path) -> Capabilities | None:
+        """What the model in ``folder`` supports; None when its files cannot be
+        read (loading it then fails with its own error, naming the file)."""
         try:
-            return await anyio.to_thread.run_sync(describe, weights.id, folder)
-        except UnreadableModel as exc:  # training then fails with model_load_failed, naming the file
-            log.warning("model %s: %s", weights.id, exc)
+            return describe(model_id, folder)
+        except UnreadableModel as exc:
+            log.warning("model %s: %s", model_id, exc)
             return None
 
     def _on_hub(self, model_id: str) -> bool:

@@ -200,8 +200,7 @@ class Generator:
 
     def opens_thinking(self, ref: ModelRef, prompt: list[int]) -> bool:
         """Whether the prompt ends inside a ``<think>`` block its template opened."""
-        tail = self._ready(ref).tokenizer.decode(prompt[-16:])
-        return tail.rstrip().endswith(tool_format.THINK_OPEN)  # the generation prompt's own, not a user's text
+        return tool_format.opens_thinking(self._ready(ref).tokenizer, prompt)
 
     def special_tokens(self, ref: ModelRef) -> dict[str, int]:
         """The model's control tokens, text -> id."""

@@ -263,7 +263,7 @@ def grade(grader: Grader, prompts: list[Prompt], groups: list[list[Any]],
     for prompt, group in zip(prompts, groups, strict=True):
         scores = []
         for completion in group:
-            opened = tokenizer.decode(prompt.input_ids[-16:]).rstrip().endswith(tool_format.THINK_OPEN)
+            opened = tool_format.opens_thinking(tokenizer, prompt.input_ids)
             _, answer = tool_format.split_answer(completion.text, style, opened=opened)
             text = completion.text if convention.name == "harmony" else answer  # harmony's calls are on a channel
             calls = convention.parse(text, set(prompt.tool_names)) if prompt.tool_names else None
