@@ -17,7 +17,7 @@
 
 On 2 cores the suite took 845 s in one session and 718 s in two phases
 (the training tier whole and alone); in these three phases, with the model
-families and tool conventions added, 13 min 7 s from a fresh clone, set-up
+families and tool conventions added, 12 min 39 s from a fresh clone, set-up
 included (docs/development.md).
 
 Each session is an ordinary pytest session (``pyproject.toml``'s options
