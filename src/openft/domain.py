@@ -24,6 +24,22 @@ class JobStatus(str, enum.Enum):
         return self in TERMINAL_STATUSES
 
 
+class EvalRunStatus(str, enum.Enum):
+    """An eval run's status, as OpenAI spells it (``canceled``, one l).
+    queued -> in_progress -> completed | failed | canceled; in_progress ->
+    queued when its worker died (the lease expired) and it runs again."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (EvalRunStatus.COMPLETED, EvalRunStatus.FAILED, EvalRunStatus.CANCELED)
+
+
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset(set(JobStatus) - TERMINAL_STATUSES)
 
@@ -148,6 +164,9 @@ ID_PREFIX = {
     "webhook_endpoint": "we_",
     "webhook_event": "evt_",
     "webhook_delivery": "whmsg_",
+    "eval": "eval_",
+    "eval_run": "evalrun_",
+    "eval_output_item": "outputitem_",
 }
 
 _ALPHABET = string.ascii_letters + string.digits

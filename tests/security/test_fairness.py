@@ -6,6 +6,7 @@ measured in the same run."""
 
 from __future__ import annotations
 
+import ast
 import json
 import secrets
 import statistics
@@ -121,8 +122,14 @@ def test_big_grader_sources_are_not_parsed_on_the_event_loop(hostile_server: Ser
         unloaded = timings(health, 1)
         with flood(hostile_server, attacker, "/fine_tuning/alpha/graders/validate", body, threads=6) as seen:
             loaded = timings(health, 3)
+    started = time.perf_counter()
+    ast.parse(source)
+    one_parse = time.perf_counter() - started
     worst, typical = max(loaded), statistics.median(unloaded)
     print(f"\n/health unloaded {typical * 1000:.1f} ms, worst while 6 clients validate 240 KB sources "
-          f"{worst * 1000:.1f} ms; they saw {seen}")
-    assert worst < 100 * typical  # 4.1 s (x4000) when the source was parsed on the event loop
+          f"{worst * 1000:.1f} ms (one parse here {one_parse * 1000:.0f} ms); they saw {seen}")
+    # Parsed on the event loop, /health waited for several parses back to back: 4.1 s (x4000). A single
+    # slow answer on this busy 2-core machine must not fail it, so the bound is the larger of x100 and
+    # two parses measured in this run.
+    assert worst < max(100 * typical, 2 * one_parse)
     assert any(label.startswith("200") for label in seen), seen

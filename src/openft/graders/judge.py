@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from openft.graders.templates import render
+from openft.graders.templates import render_messages
 from openft.serving.types import GenerationParams, ModelRef, StopSignal
 
 DEFAULT_MAX_TOKENS = 256
@@ -39,16 +39,8 @@ class GeneratorJudge:
 
 
 def messages(grader: dict[str, Any], context: dict[str, Any]) -> list[dict[str, str]]:
-    """The grader's ``input`` rendered into chat messages (``developer`` as
-    ``system``; the text parts of a message joined by newlines)."""
-    rendered = []
-    for message in grader["input"]:
-        content = message["content"]
-        parts = content if isinstance(content, list) else [content]
-        text = "\n".join(render(p if isinstance(p, str) else p["text"], context) for p in parts)
-        role = "system" if message["role"] == "developer" else message["role"]
-        rendered.append({"role": role, "content": text})
-    return rendered
+    """The grader's ``input`` rendered into chat messages (:func:`render_messages`)."""
+    return render_messages(grader["input"], context)
 
 
 def params(grader: dict[str, Any]) -> GenerationParams:

@@ -134,11 +134,17 @@ def python_sources(grader: dict[str, Any], param: str = "grader") -> list[tuple[
 
 
 def _check_eval_input(grader: dict[str, Any], param: str) -> None:
-    messages = grader["input"]
+    check_messages(grader["input"], f"{param}.input")
+
+
+def check_messages(messages: Any, param: str, namespaces: tuple[str, ...] = templates.NAMESPACES) -> None:
+    """A list of OpenAI eval messages (``{"role", "content", "type"?}``, the
+    content a string, an ``input_text``/``output_text`` part or a list of
+    them) whose templates name only ``namespaces``."""
     if not isinstance(messages, list) or not messages:
-        raise invalid(f"{param}.input", "must be a non-empty list of messages")
+        raise invalid(param, "must be a non-empty list of messages")
     for index, message in enumerate(messages):
-        where = f"{param}.input.{index}"
+        where = f"{param}.{index}"
         if not isinstance(message, dict):
             raise invalid(where, "must be a message object with 'role' and 'content'")
         unknown = sorted(set(message) - {"role", "content", "type"})
@@ -160,7 +166,7 @@ def _check_eval_input(grader: dict[str, Any], param: str) -> None:
                               "judges are text models", code="unsupported_content")
             if not isinstance(text, str):
                 raise invalid(at, "must be text: a string, or {'type': 'input_text', 'text': ...}")
-            if problem := templates.check(text):
+            if problem := templates.check(text, namespaces):
                 raise invalid(at, problem)
 
 

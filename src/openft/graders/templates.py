@@ -30,15 +30,15 @@ def variables(template: str) -> list[str]:
     return [match.group(1) for match in _VARIABLE.finditer(template)]
 
 
-def check(template: str) -> str | None:
-    """None when every variable is a well-formed path in a known namespace,
-    otherwise what is wrong (for a 400 at validation time)."""
+def check(template: str, namespaces: tuple[str, ...] = NAMESPACES) -> str | None:
+    """None when every variable is a well-formed path in one of
+    ``namespaces``, otherwise what is wrong (for a 400 at validation time)."""
     for path in variables(template):
         if not _PATH.fullmatch(path):
             return f"'{{{{{path}}}}}' is not a variable path such as item.answer or sample.output_text"
-        if path.split(".")[0] not in NAMESPACES:
+        if path.split(".")[0] not in namespaces:
             return (f"'{{{{{path}}}}}' is outside the template namespaces "
-                    f"({', '.join(NAMESPACES)})")
+                    f"({', '.join(namespaces)})")
     return None
 
 
@@ -60,6 +60,20 @@ def render(template: str, context: dict[str, Any]) -> str:
         return found if isinstance(found, str) else json.dumps(found, separators=(",", ":"))
 
     return _VARIABLE.sub(value, template)
+
+
+def render_messages(messages: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, str]]:
+    """Eval messages (checked by ``spec.check_messages``) rendered into chat
+    messages: ``developer`` as ``system``, the text parts of a message joined
+    by newlines."""
+    rendered = []
+    for message in messages:
+        content = message["content"]
+        parts = content if isinstance(content, list) else [content]
+        text = "\n".join(render(p if isinstance(p, str) else p["text"], context) for p in parts)
+        role = "system" if message["role"] == "developer" else message["role"]
+        rendered.append({"role": role, "content": text})
+    return rendered
 
 
 def sample_namespace(output_text: str, output_tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -203,67 +203,8 @@ class ChatService:
         return self._refusals[key]
 
     def plan(self, ref: ModelRef, body: ChatCompletionRequest) -> Plan:
-        """Prompt tokens, grammar and tool set of a request; every problem
-        with them is a 400 here, before anything is queued (blocking: it may
-        load the model)."""
-        from openft.serving import constraints
-
-        tools = body.tool_dicts() if body.tools and body.tool_choice != "none" else None
-        template = self.generator.chat_template(ref) or ""
-        thinking = tool_format.reasoning_style(template) != "none"
-        switches: dict[str, Any] = {}
-        if body.reasoning_effort not in (None, "none"):
-            if "reasoning_effort" not in template or body.reasoning_effort == "minimal":  # gpt-oss: low, medium, high
-                raise InvalidRequest(
-                    f"reasoning_effort {body.reasoning_effort!r} is not supported by the model {ref.id!r}: its chat "
-                    "template has no effort levels. Leave it out, or use 'none' to turn thinking off where the "
-                    "model can.", param="reasoning_effort", code="unsupported_value")
-            switches["reasoning_effort"] = body.reasoning_effort
-        if body.reasoning_effort == "none" and thinking:
-            if "enable_thinking" not in template:
-                raise InvalidRequest(f"The model {ref.id!r} cannot turn its thinking off: its chat template has no "
-                                     "enable_thinking switch.", param="reasoning_effort", code="unsupported_value")
-            switches, thinking = {"enable_thinking": False}, False
-        try:
-            prompt = self.generator.prompt_ids(ref, body.plain_messages(), tools, **switches)
-        except tool_format.ReasoningFormatError as exc:
-            raise InvalidRequest(f"The model {ref.id!r} does not take reasoning_content: {exc}.", param="messages",
-                                 code="reasoning_not_supported") from exc
-        except tool_format.ToolFormatError as exc:
-            raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
-                                 param="tools" if body.tools else "messages", code="tools_not_supported") from exc
-        except TemplateError as exc:  # the model's own template refused the conversation (raise_exception)
-            raise InvalidRequest(f"The chat template of the model {ref.id!r} refused these messages: {exc}",
-                                 param="messages", code="invalid_messages") from exc
-        grammar, convention, specials = None, self.generator.convention(ref), self.generator.special_tokens(ref)
-        if tools:  # calls always parse and match their function's parameters schema
-            functions = [t["function"] for t in tools]
-            parallel = body.parallel_tool_calls is not False
-            if isinstance(body.tool_choice, NamedToolChoice):
-                named = [f for f in functions if f["name"] == body.tool_choice.function.name]
-                grammar = constraints.tool_call_grammar(named, "tool_choice.function.name", parallel=False,
-                                                       convention=convention, specials=specials)
-            elif body.tool_choice == "required":  # exactly one call
-                grammar = constraints.tool_call_grammar(functions, "tools", parallel=False, convention=convention,
-                                                       specials=specials)
-            else:
-                grammar = constraints.tool_call_grammar(functions, "tools", parallel=parallel, optional=True,
-                                                       convention=convention, specials=specials)
-        format_ = body.response_format
-        if format_ is not None and format_.type == "json_object":
-            grammar = constraints.json_object_grammar()
-        elif format_ is not None and format_.type == "json_schema":
-            assert format_.json_schema is not None
-            grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
-        logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        names = {t["function"]["name"] for t in tools} if tools else set()
-        if tools and isinstance(body.tool_choice, NamedToolChoice):  # the grammar allows that one only
-            names = {body.tool_choice.function.name}
-        style = tool_format.reasoning_style(template) if thinking else "none"
-        opened = thinking and self.generator.opens_thinking(ref, prompt)
-        if grammar is not None and opened:  # the grammar holds the answer from its first token: no thinking
-            style, opened = "none", False
-        return Plan(prompt, grammar, logprobs, names, self.generator.context_length(ref), convention, style, opened)
+        """The request's :class:`Plan` on this service's generator (:func:`plan_request`)."""
+        return plan_request(self.generator, ref, body)
 
     async def events(
         self, submission: Submission, plan: Plan, model: str, include_usage: bool, stop: StopSignal,
@@ -346,6 +287,70 @@ class ChatService:
         finally:
             stop.cancel()  # no-op after a finished generation; frees the slot of one nobody reads any more
         yield "data: [DONE]\n\n"
+
+
+def plan_request(generator: Generator, ref: ModelRef, body: ChatCompletionRequest) -> Plan:
+    """Prompt tokens, grammar and tool set of a request; every problem
+    with them is a 400 here, before anything is queued (blocking: it may
+    load the model)."""
+    from openft.serving import constraints
+
+    tools = body.tool_dicts() if body.tools and body.tool_choice != "none" else None
+    template = generator.chat_template(ref) or ""
+    thinking = tool_format.reasoning_style(template) != "none"
+    switches: dict[str, Any] = {}
+    if body.reasoning_effort not in (None, "none"):
+        if "reasoning_effort" not in template or body.reasoning_effort == "minimal":  # gpt-oss: low, medium, high
+            raise InvalidRequest(
+                f"reasoning_effort {body.reasoning_effort!r} is not supported by the model {ref.id!r}: its chat "
+                "template has no effort levels. Leave it out, or use 'none' to turn thinking off where the "
+                "model can.", param="reasoning_effort", code="unsupported_value")
+        switches["reasoning_effort"] = body.reasoning_effort
+    if body.reasoning_effort == "none" and thinking:
+        if "enable_thinking" not in template:
+            raise InvalidRequest(f"The model {ref.id!r} cannot turn its thinking off: its chat template has no "
+                                 "enable_thinking switch.", param="reasoning_effort", code="unsupported_value")
+        switches, thinking = {"enable_thinking": False}, False
+    try:
+        prompt = generator.prompt_ids(ref, body.plain_messages(), tools, **switches)
+    except tool_format.ReasoningFormatError as exc:
+        raise InvalidRequest(f"The model {ref.id!r} does not take reasoning_content: {exc}.", param="messages",
+                             code="reasoning_not_supported") from exc
+    except tool_format.ToolFormatError as exc:
+        raise InvalidRequest(f"The model {ref.id!r} does not support tool calls: {exc}.",
+                             param="tools" if body.tools else "messages", code="tools_not_supported") from exc
+    except TemplateError as exc:  # the model's own template refused the conversation (raise_exception)
+        raise InvalidRequest(f"The chat template of the model {ref.id!r} refused these messages: {exc}",
+                             param="messages", code="invalid_messages") from exc
+    grammar, convention, specials = None, generator.convention(ref), generator.special_tokens(ref)
+    if tools:  # calls always parse and match their function's parameters schema
+        functions = [t["function"] for t in tools]
+        parallel = body.parallel_tool_calls is not False
+        if isinstance(body.tool_choice, NamedToolChoice):
+            named = [f for f in functions if f["name"] == body.tool_choice.function.name]
+            grammar = constraints.tool_call_grammar(named, "tool_choice.function.name", parallel=False,
+                                                   convention=convention, specials=specials)
+        elif body.tool_choice == "required":  # exactly one call
+            grammar = constraints.tool_call_grammar(functions, "tools", parallel=False, convention=convention,
+                                                   specials=specials)
+        else:
+            grammar = constraints.tool_call_grammar(functions, "tools", parallel=parallel, optional=True,
+                                                   convention=convention, specials=specials)
+    format_ = body.response_format
+    if format_ is not None and format_.type == "json_object":
+        grammar = constraints.json_object_grammar()
+    elif format_ is not None and format_.type == "json_schema":
+        assert format_.json_schema is not None
+        grammar = constraints.json_schema_grammar(format_.json_schema.schema_)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    names = {t["function"]["name"] for t in tools} if tools else set()
+    if tools and isinstance(body.tool_choice, NamedToolChoice):  # the grammar allows that one only
+        names = {body.tool_choice.function.name}
+    style = tool_format.reasoning_style(template) if thinking else "none"
+    opened = thinking and generator.opens_thinking(ref, prompt)
+    if grammar is not None and opened:  # the grammar holds the answer from its first token: no thinking
+        style, opened = "none", False
+    return Plan(prompt, grammar, logprobs, names, generator.context_length(ref), convention, style, opened)
 
 
 async def collect(submission: Submission, n: int) -> list[Completion]:

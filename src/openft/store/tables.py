@@ -275,3 +275,80 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Eval(Base):
+    """An eval (``/evals``): what its data looks like and how it is graded."""
+
+    __tablename__ = "evals"
+    __table_args__ = (Index("ix_evals_org_id_seq", "org_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    """As served: ``{"type": "custom", "schema": {...}}``."""
+    testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    """Checked graders with their ``id`` (and ``pass_threshold`` where given)."""
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EvalRun(Base):
+    """One run of an eval over a data source; claimed and leased by a worker
+    like a job (``worker_id``, ``lease_expires_at``, ``attempts``)."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        Index("ix_eval_runs_eval_id_seq", "eval_id", "seq"),
+        Index("ix_eval_runs_status_seq", "status", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str | None] = mapped_column(String(600))
+    """The sampled model of a ``completions`` run; None for ``jsonl``."""
+    status: Mapped[str] = mapped_column(String(16))
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONType)
+    items_key: Mapped[str] = mapped_column(String(256))
+    """Blob of the run's items, validated and rendered at creation (JSON lines)."""
+    total_items: Mapped[int] = mapped_column(Integer())
+    result_counts: Mapped[dict[str, int]] = mapped_column(JSONType)
+    per_testing_criteria_results: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    per_model_usage: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer(), default=0)
+
+
+class EvalOutputItem(Base):
+    """One item of a run, sampled and graded: written once (the unique
+    ``(run_id, datasource_item_id)`` makes a second write a no-op)."""
+
+    __tablename__ = "eval_run_output_items"
+    __table_args__ = (
+        Index("ix_eval_run_output_items_run_id_seq", "run_id", "seq"),
+        Index("ix_eval_run_output_items_run_item", "run_id", "datasource_item_id", unique=True),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    eval_id: Mapped[str] = mapped_column(String(40))
+    datasource_item_id: Mapped[int] = mapped_column(Integer())
+    status: Mapped[str] = mapped_column(String(8))
+    """``pass``, ``fail`` or ``error``."""
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from openft.domain import Method
 from openft.weights import BaseWeights
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunConfig:
+    entry: ClassVar[str] = "openft.training.run"
+    """The module a local executor runs with this config (``python -m entry CONFIG``)."""
+
     job_id: str
     base: dict[str, Any]
     """The base model's weights (``openft.weights.BaseWeights`` as a dict)."""

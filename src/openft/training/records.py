@@ -100,10 +100,35 @@ class FailedRecord(Record):
     param: str | None = None
 
 
+@dataclass(frozen=True)
+class EvalItemRecord(Record):
+    """An eval run's process sampled and graded one item (``openft.evals.run``)."""
+
+    kind: ClassVar[str] = "eval_item"
+    index: int
+    """The item's ``datasource_item_id``."""
+    status: str
+    """``pass``, ``fail`` or ``error``."""
+    sample: dict[str, Any]
+    """OpenAI's output item ``sample`` (input, output, finish reason, usage, error, sampling parameters)."""
+    results: list[dict[str, Any]]
+    """One ``EvalRunOutputItemResult`` per testing criterion, in the eval's order."""
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Tokens per model this item cost (the sampled model and judges):
+    ``{model: {"prompt_tokens": n, "completion_tokens": n}}``."""
+
+
+@dataclass(frozen=True)
+class EvalDoneRecord(Record):
+    """An eval run's process went through every item."""
+
+    kind: ClassVar[str] = "eval_done"
+
+
 KINDS: dict[str, type[Record]] = {
     cls.kind: cls
     for cls in (EventRecord, HyperparametersRecord, MetricsRecord, CheckpointRecord, PausedRecord, DoneRecord,
-                FailedRecord)
+                FailedRecord, EvalItemRecord, EvalDoneRecord)
 }
 
 

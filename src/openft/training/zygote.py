@@ -37,7 +37,7 @@ import traceback
 
 import setproctitle  # finds the command line's memory when imported: here, before any fork
 
-ENTRY_POINTS = ("openft.training.run", "openft.training.estimate")
+ENTRY_POINTS = ("openft.training.run", "openft.training.estimate", "openft.evals.run")
 """The modules a zygote runs, as ``python -m MODULE ARGS`` would."""
 
 MAX_MESSAGE = 1 << 20
@@ -51,6 +51,7 @@ def warm_up() -> None:
     import trl  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
+    import openft.evals.run  # noqa: F401
     import openft.training.common  # noqa: F401
     import openft.training.estimate  # noqa: F401
     import openft.training.recipes.dpo  # noqa: F401

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from openft.evals.config import EvalRunConfig
 from openft.training import records
 from openft.training.config import RunConfig
 from openft.training.records import Record
@@ -144,7 +145,9 @@ class LocalExecutor:
             self.zygote.close()
             await self.zygote.wait_closed()
 
-    async def launch(self, config: RunConfig, attempt: int, requested: dict[str, Any] | None = None) -> LocalRun:
+    async def launch(self, config: RunConfig | EvalRunConfig, attempt: int,
+                     requested: dict[str, Any] | None = None) -> LocalRun:
+        """Start ``python -m config.entry`` (a training run, an eval run) for ``config``."""
         assert not requested, "the local executor does not place jobs on resources"
         folder = self.runs_dir / config.job_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,18 +160,19 @@ class LocalExecutor:
 
             await self.start()  # a zygote that died is started again for the next job
             try:
-                return await self._fork(config_path, folder, env, log_path)
+                return await self._fork(config.entry, config_path, folder, env, log_path)
             except ZygoteUnavailable as exc:
                 log.warning("starting %s cold: %s", config.job_id, exc)
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "openft.training.run", str(config_path),
+                sys.executable, "-m", config.entry, str(config_path),
                 stdout=asyncio.subprocess.PIPE, stderr=log_file, cwd=folder, start_new_session=True,
                 env=env, limit=RECORD_LIMIT,
             )
         return ColdRun(process, log_path)
 
-    async def _fork(self, config_path: Path, folder: Path, env: dict[str, str], log_path: Path) -> LocalRun:
+    async def _fork(self, entry: str, config_path: Path, folder: Path, env: dict[str, str],
+                    log_path: Path) -> LocalRun:
         from openft.scheduler.executors.warm import WarmRun
 
         assert self.zygote is not None
@@ -176,7 +180,7 @@ class LocalExecutor:
         read_end, write_end = os.pipe()
         try:
             with log_path.open("ab") as log_file:
-                pid = await self.zygote.spawn("openft.training.run", [str(config_path)], folder, env, write_end,
+                pid = await self.zygote.spawn(entry, [str(config_path)], folder, env, write_end,
                                               log_file.fileno())
         except BaseException:
             os.close(read_end)
