@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         True, description="Run the training worker inside `openft serve` (false: API only)."
     )
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs one worker trains at once.")
+    max_concurrent_eval_runs: int = Field(
+        1, ge=0, description="Eval runs one worker executes at once, beside (never instead of) its "
+        "max_concurrent_jobs training jobs: a big eval does not hold a job's place. 0: this worker runs no evals."
+    )
     warm_start: bool = Field(
         True, description="Local training processes fork from a zygote process that has imported the ML "
         "stack once (started with the worker), instead of importing it again for every job. false: "

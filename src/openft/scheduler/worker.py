@@ -100,6 +100,12 @@ class Worker:
         """Integration loggers finishing their runs after their job's process ended."""
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
+        from openft.scheduler.evals import EvalRunner
+
+        local = self.executor if isinstance(self.executor, LocalExecutor) else LocalExecutor(
+            settings.home / "runs", warm=False)
+        self.evals = EvalRunner(settings, sessions, blobs, local, self.id, colocated=colocated)
+        """Eval runs, in their own slots beside the jobs' (``scheduler/evals.py``)."""
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -122,6 +128,7 @@ class Worker:
                         task = asyncio.create_task(self.supervise(job), name=f"job {job.id}")
                         self.running[job.id] = task
                         task.add_done_callback(lambda _, job_id=job.id: self.running.pop(job_id, None))
+                    await self.evals.tick()
                 except Exception:
                     log.exception("worker loop error (retrying)")
                 with contextlib.suppress(TimeoutError):
@@ -140,7 +147,8 @@ class Worker:
         self._wakeup.set()
 
     async def _shutdown(self) -> None:
-        """Graceful stop: running jobs save their state and go back to the queue."""
+        """Graceful stop: running jobs save their state and go back to the queue, as do eval runs."""
+        await self.evals.shutdown()
         for task in list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)

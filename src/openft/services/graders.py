@@ -48,16 +48,18 @@ class GraderService:
                                      "available to your organisation.", param=where, code="model_not_found") from None
         return refs
 
-    async def checked(self, reader: Reader, org_id: str, grader: Any,
-                      param: str = "grader") -> tuple[dict[str, Any], dict[str, ModelRef]]:
-        """The grader with defaults filled in, and its judge models as the
-        organisation sees them; a 400 pointing into the grader otherwise."""
-        checked = await self._validated(org_id, grader, param)
+    async def checked(self, reader: Reader, org_id: str, grader: Any, param: str = "grader", *,
+                      allowed: tuple[str, ...] = spec.TOP_LEVEL_TYPES) -> tuple[dict[str, Any], dict[str, ModelRef]]:
+        """The grader (of one of the ``allowed`` types) with defaults filled
+        in, and its judge models as the organisation sees them; a 400
+        pointing into the grader otherwise."""
+        checked = await self._validated(org_id, grader, param, allowed)
         async with reader() as db:
             return checked, await self.judges(db, org_id, checked, param)
 
-    async def _validated(self, org_id: str, grader: Any, param: str) -> dict[str, Any]:
-        checked = spec.validate(grader, param, cosine_available=self.settings.grader_embedding_model is not None)
+    async def _validated(self, org_id: str, grader: Any, param: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        checked = spec.validate(grader, param, cosine_available=self.settings.grader_embedding_model is not None,
+                                allowed=allowed)
         sources = spec.python_sources(checked, param)
         if sources:
             async with self.capacity.slot(org_id):

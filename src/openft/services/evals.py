@@ -1,0 +1,325 @@
+"""The Evals API: evals (a data shape and testing criteria), their runs and
+the runs' output items, for one organisation at a time.
+
+Everything that can be wrong with a request is a 400 here, pointing into it:
+the ``data_source_config`` and each criterion (``openft.evals.criteria``;
+python sources are parsed in the sandbox and judge models resolved for the
+organisation by the graders service, as for RFT), a run's data source, its
+model and sampling parameters, and every item, checked against the eval's
+``item_schema`` with its line (``openft.evals.items``). A run's items are
+then stored with it and the run is queued: a worker executes it
+(``openft.scheduler.evals``), never this process.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import ValidationError
+
+from openft import domain
+from openft.domain import EvalRunStatus
+from openft.errors import Conflict, InvalidRequest, NotFound
+from openft.evals import criteria, items, tally
+from openft.graders import spec
+from openft.schemas.evals import (
+    CreateEvalRequest,
+    CreateEvalRunRequest,
+    DeletedEval,
+    DeletedEvalRun,
+    Eval,
+    EvalList,
+    EvalRun,
+    EvalRunList,
+    EvalRunOutputItem,
+    EvalRunOutputItemList,
+    UpdateEvalRequest,
+)
+from openft.store.queries import evals as queries
+from openft.store.queries import files as file_queries
+from openft.store.tables import Eval as EvalRow
+from openft.store.tables import EvalRun as EvalRunRow
+
+if TYPE_CHECKING:
+    from openft.api.context import AppContext
+
+SAMPLING_PARAMS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
+                   "reasoning_effort")
+
+
+def _epoch(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+# ------------------------------------------------------------------- evals
+async def create_eval(ctx: AppContext, org_id: str, body: CreateEvalRequest) -> Eval:
+    config = criteria.check_config(body.data_source_config)
+    stored = []
+    for index, (grader, threshold) in enumerate(criteria.split_threshold(body.testing_criteria)):
+        checked, _ = await ctx.graders.checked(ctx.reader, org_id, grader, f"testing_criteria.{index}",
+                                               allowed=criteria.CRITERION_TYPES)
+        stored.append(criteria.with_id(checked, threshold))
+    now = datetime.now(UTC)
+    eval_id = domain.new_id("eval")
+    row = EvalRow(id=eval_id, org_id=org_id, name=body.name or eval_id, data_source_config=config,
+                  testing_criteria=stored, metadata_=body.metadata, created_at=now, updated_at=now)
+    async with ctx.transaction() as session:
+        await queries.add(session, row)
+    return eval_to_wire(row)
+
+
+async def get_eval_row(ctx: AppContext, org_id: str, eval_id: str) -> Any:
+    async with ctx.reader() as db:
+        row = await queries.read_eval(db, org_id, eval_id)
+    if row is None:
+        raise NotFound("eval", eval_id)
+    return row
+
+
+async def update_eval(ctx: AppContext, org_id: str, eval_id: str, body: UpdateEvalRequest) -> Eval:
+    values: dict[str, Any] = {}
+    if body.name is not None:
+        values["name"] = body.name
+    if "metadata" in body.model_fields_set:
+        values["metadata_"] = body.metadata
+    async with ctx.transaction() as session:
+        if await queries.read_eval(session, org_id, eval_id) is None:
+            raise NotFound("eval", eval_id)
+        if values:
+            await queries.update_eval(session, org_id, eval_id, **values, updated_at=datetime.now(UTC))
+        return eval_to_wire(await queries.read_eval(session, org_id, eval_id))
+
+
+async def list_evals(ctx: AppContext, org_id: str, *, after: str | None, limit: int, order: str,
+                     order_by: str) -> EvalList:
+    async with ctx.reader() as db:
+        page = await queries.list_evals(db, org_id, after=after, limit=limit, order=order, order_by=order_by)
+    data = [eval_to_wire(r) for r in page.items]
+    return EvalList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                    has_more=page.has_more)
+
+
+async def delete_eval(ctx: AppContext, org_id: str, eval_id: str) -> DeletedEval:
+    async with ctx.transaction() as session:
+        if await queries.read_eval(session, org_id, eval_id) is None:
+            raise NotFound("eval", eval_id)
+        keys = await queries.delete_eval(session, org_id, eval_id)
+    await anyio.to_thread.run_sync(_delete_blobs, ctx, keys)
+    return DeletedEval(deleted=True, eval_id=eval_id)
+
+
+def eval_to_wire(row: Any) -> Eval:
+    return Eval(id=row.id, name=row.name, data_source_config=row.data_source_config,
+                testing_criteria=row.testing_criteria, created_at=_epoch(row.created_at), metadata=row.metadata_)
+
+
+# -------------------------------------------------------------------- runs
+async def create_run(ctx: AppContext, org_id: str, eval_id: str, body: CreateEvalRunRequest,
+                     base_url: str) -> EvalRun:
+    evaluation = await get_eval_row(ctx, org_id, eval_id)
+    source_rows, model, input_messages, sampling = await _checked_source(ctx, org_id, body.data_source)
+    item_schema = evaluation.data_source_config["schema"]["properties"]["item"]
+    checked = items.check_rows(source_rows, item_schema, needs_sample=criteria.uses_sample(evaluation.testing_criteria),
+                               input_messages=input_messages)
+    run_id = domain.new_id("eval_run")
+    key = f"eval-runs/{run_id}/items.jsonl"
+    await anyio.to_thread.run_sync(_write_items, ctx, key, checked)
+    now = datetime.now(UTC)
+    data_source = dict(body.data_source)
+    if sampling is not None:
+        data_source["sampling_params"] = sampling
+    row = EvalRunRow(
+        id=run_id, eval_id=eval_id, org_id=org_id, name=body.name or model or "jsonl", model=model,
+        status=EvalRunStatus.QUEUED.value, data_source=data_source, metadata_=body.metadata, items_key=key,
+        total_items=len(checked), error=None, created_at=now, updated_at=now, attempts=0,
+        **tally.empty(evaluation.testing_criteria))
+    try:
+        async with ctx.transaction() as session:
+            if await queries.read_eval(session, org_id, eval_id) is None:
+                raise NotFound("eval", eval_id)
+            await queries.add(session, row)
+    except BaseException:
+        await anyio.to_thread.run_sync(_delete_blobs, ctx, [key])
+        raise
+    ctx.wake_worker()
+    return run_to_wire(row, base_url)
+
+
+async def _checked_source(ctx: AppContext, org_id: str, data_source: Any
+                          ) -> tuple[list[items.SourceRow], str | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(the source's rows, the model, input_messages and sampling_params of a completions run)."""
+    param = "data_source"
+    if not isinstance(data_source, dict):
+        raise spec.invalid(param, "must be an object with a 'type' (jsonl or completions)", code="invalid_value")
+    kind = data_source.get("type")
+    if kind == "responses":
+        raise InvalidRequest("Invalid 'data_source.type': 'responses' runs sample through OpenAI's Responses API, "
+                             "which openft does not serve; use 'completions'.", param="data_source.type",
+                             code="unsupported_data_source")
+    if kind not in ("jsonl", "completions"):
+        raise spec.invalid(f"{param}.type", f"must be 'jsonl' or 'completions', got {kind!r}", code="invalid_value")
+    allowed = {"type", "source"} | ({"model", "input_messages", "sampling_params"} if kind == "completions" else set())
+    if unknown := sorted(set(data_source) - allowed):
+        raise spec.invalid(f"{param}.{unknown[0]}", f"is not a field of a {kind} data source", code="invalid_value")
+    rows = await _rows(ctx, org_id, data_source.get("source"), f"{param}.source")
+    if kind == "jsonl":
+        return rows, None, None, None
+    model = data_source.get("model")
+    if not isinstance(model, str) or not model:
+        raise spec.invalid(f"{param}.model", "is required: the model to sample, as chat completions names it",
+                           code="invalid_value")
+    async with ctx.reader() as db:
+        try:
+            await ctx.registry.resolve(db, org_id, model)
+        except NotFound:
+            raise InvalidRequest(f"Invalid 'data_source.model': the model {model!r} does not exist or is not "
+                                 "available to your organisation.", param="data_source.model",
+                                 code="model_not_found") from None
+    if "input_messages" not in data_source:
+        raise spec.invalid(f"{param}.input_messages", "is required for a completions run", code="invalid_value")
+    input_messages = items.check_input_messages(data_source["input_messages"], f"{param}.input_messages")
+    return rows, model, input_messages, _sampling(data_source.get("sampling_params"), model)
+
+
+def _sampling(given: Any, model: str) -> dict[str, Any]:
+    """The sampling parameters, checked as a chat completion request checks them."""
+    from openft.schemas.chat import ChatCompletionRequest
+
+    param = "data_source.sampling_params"
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise spec.invalid(param, "must be an object", code="invalid_value")
+    if unknown := sorted(set(given) - set(SAMPLING_PARAMS)):
+        raise spec.invalid(f"{param}.{unknown[0]}", "is not a sampling parameter of a completions run "
+                           f"({', '.join(SAMPLING_PARAMS)})", code="invalid_value")
+    if (t := given.get("temperature")) is not None and (
+            isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2):
+        raise spec.invalid(f"{param}.temperature", "must be a number between 0 and 2", code="invalid_value")
+    try:
+        ChatCompletionRequest.model_validate({"model": model, "messages": [{"role": "user", "content": "x"}],
+                                              **given})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise spec.invalid(f"{param}.{where}" if where else param, error["msg"], code="invalid_value") from None
+    return dict(given)
+
+
+async def _rows(ctx: AppContext, org_id: str, source: Any, param: str) -> list[items.SourceRow]:
+    if not isinstance(source, dict):
+        raise spec.invalid(param, "must be an object with a 'type' (file_content or file_id)", code="invalid_value")
+    kind = source.get("type")
+    if kind == "file_content":
+        return items.inline_rows(source.get("content"), f"{param}.content")
+    if kind == "file_id":
+        file_id = source.get("id")
+        if not isinstance(file_id, str):
+            raise spec.invalid(f"{param}.id", "must be a file id", code="invalid_value")
+        async with ctx.reader() as db:
+            row = await file_queries.read_file(db, org_id, file_id)
+        if row is None:
+            raise InvalidRequest(f"Invalid '{param}.id': the file {file_id!r} does not exist.",
+                                 param=f"{param}.id", code="file_not_found")
+        data = await anyio.to_thread.run_sync(_read_blob, ctx, row.storage_key)
+        return items.file_rows(data, file_id, f"{param}.id")
+    if kind == "stored_completions":
+        raise InvalidRequest(f"Invalid '{param}.type': openft stores no completions; upload them as a jsonl file "
+                             "and use a 'file_id' source.", param=f"{param}.type", code="unsupported_data_source")
+    raise spec.invalid(f"{param}.type", f"must be 'file_content' or 'file_id', got {kind!r}", code="invalid_value")
+
+
+def _read_blob(ctx: AppContext, key: str) -> bytes:
+    with ctx.blobs.open(key) as stream:
+        return stream.read()
+
+
+def _write_items(ctx: AppContext, key: str, checked: list[items.RunItem]) -> None:
+    with ctx.blobs.writer(key) as writer:
+        for item in checked:
+            writer.write((json.dumps(item.to_dict(), separators=(",", ":")) + "\n").encode())
+
+
+def _delete_blobs(ctx: AppContext, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            ctx.blobs.delete(key)
+        except FileNotFoundError:
+            pass
+
+
+async def get_run_row(ctx: AppContext, org_id: str, eval_id: str, run_id: str) -> Any:
+    async with ctx.reader() as db:
+        row = await queries.read_run(db, org_id, eval_id, run_id)
+    if row is None:
+        raise NotFound("eval_run", run_id)
+    return row
+
+
+async def list_runs(ctx: AppContext, org_id: str, eval_id: str, base_url: str, *, after: str | None, limit: int,
+                    order: str, status: str | None) -> EvalRunList:
+    await get_eval_row(ctx, org_id, eval_id)
+    async with ctx.reader() as db:
+        page = await queries.list_runs(db, org_id, eval_id, after=after, limit=limit, order=order, status=status)
+    data = [run_to_wire(r, base_url) for r in page.items]
+    return EvalRunList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                       has_more=page.has_more)
+
+
+async def cancel_run(ctx: AppContext, org_id: str, eval_id: str, run_id: str, base_url: str) -> EvalRun:
+    row = await get_run_row(ctx, org_id, eval_id, run_id)
+    async with ctx.transaction() as session:
+        if not await queries.cancel_run(session, org_id, run_id):
+            raise Conflict(f"The eval run {run_id} has already ended ({row.status}); only a queued or "
+                           "in-progress run can be canceled.", param="run_id", code="invalid_state")
+    return run_to_wire(await get_run_row(ctx, org_id, eval_id, run_id), base_url)
+
+
+async def delete_run(ctx: AppContext, org_id: str, eval_id: str, run_id: str) -> DeletedEvalRun:
+    await get_run_row(ctx, org_id, eval_id, run_id)
+    async with ctx.transaction() as session:
+        # A run in progress is canceled first: its worker stops it at the next heartbeat.
+        await queries.cancel_run(session, org_id, run_id)
+        key = await queries.delete_run(session, org_id, run_id)
+    if key is not None:
+        await anyio.to_thread.run_sync(_delete_blobs, ctx, [key])
+    return DeletedEvalRun(deleted=True, run_id=run_id)
+
+
+def run_to_wire(row: Any, base_url: str) -> EvalRun:
+    return EvalRun(
+        id=row.id, eval_id=row.eval_id, status=row.status, model=row.model, name=row.name,
+        created_at=_epoch(row.created_at), report_url=f"{base_url.rstrip('/')}/#/evals/{row.eval_id}?run={row.id}",
+        result_counts=row.result_counts, per_model_usage=row.per_model_usage,
+        per_testing_criteria_results=row.per_testing_criteria_results, data_source=row.data_source,
+        metadata=row.metadata_, error=row.error)
+
+
+# ------------------------------------------------------------ output items
+async def list_items(ctx: AppContext, org_id: str, eval_id: str, run_id: str, *, after: str | None, limit: int,
+                     order: str, status: str | None) -> EvalRunOutputItemList:
+    await get_run_row(ctx, org_id, eval_id, run_id)
+    async with ctx.reader() as db:
+        page = await queries.list_items(db, run_id, after=after, limit=limit, order=order, status=status)
+    data = [item_to_wire(r) for r in page.items]
+    return EvalRunOutputItemList(data=data, first_id=data[0].id if data else None,
+                                 last_id=data[-1].id if data else None, has_more=page.has_more)
+
+
+async def get_item(ctx: AppContext, org_id: str, eval_id: str, run_id: str, item_id: str) -> EvalRunOutputItem:
+    await get_run_row(ctx, org_id, eval_id, run_id)
+    async with ctx.reader() as db:
+        row = await queries.read_item(db, run_id, item_id)
+    if row is None:
+        raise NotFound("eval_run_output_item", item_id)
+    return item_to_wire(row)
+
+
+def item_to_wire(row: Any) -> EvalRunOutputItem:
+    return EvalRunOutputItem(
+        id=row.id, run_id=row.run_id, eval_id=row.eval_id, created_at=_epoch(row.created_at), status=row.status,
+        datasource_item_id=row.datasource_item_id, datasource_item=row.datasource_item, results=row.results,
+        sample=row.sample)
