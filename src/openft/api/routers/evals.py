@@ -86,7 +86,9 @@ async def retrieve_run(eval_id: str, run_id: str, caller: CallerDep, ctx: CtxDep
 
 
 @router.post("/{eval_id}/runs/{run_id}", response_model=EvalRun)
+@router.post("/{eval_id}/runs/{run_id}/cancel", response_model=EvalRun)
 async def cancel_run(eval_id: str, run_id: str, caller: CallerDep, ctx: CtxDep, request: Request) -> Response:
+    """Cancel: the spec's ``POST /evals/{id}/runs/{run_id}``, and ``.../cancel`` where the SDK posts it."""
     return wire(await service.cancel_run(ctx, caller.org_id, eval_id, run_id, _root(request)))
 
 
