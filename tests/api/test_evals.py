@@ -78,7 +78,8 @@ def test_an_eval_is_created_read_updated_listed_and_deleted(tenant: Tenant) -> N
     (CONFIG, [], "testing_criteria", "invalid_value"),
     (CONFIG, [{**CLOSE, "pass_threshold": None}], "testing_criteria.0.pass_threshold", "invalid_grader"),
     (CONFIG, [{**EXACT, "pass_threshold": 0.5}], "testing_criteria.0.pass_threshold", "invalid_grader"),
-    (CONFIG, [EXACT, {**EXACT, "name": "starts", "operation": "startswith"}], "testing_criteria.1.operation", "invalid_grader"),
+    (CONFIG, [EXACT, {**EXACT, "name": "starts", "operation": "startswith"}], "testing_criteria.1.operation",
+     "invalid_grader"),
     (CONFIG, [EXACT, EXACT], "testing_criteria.1.name", "invalid_grader"),
     (CONFIG, [{**EXACT, "input": "{{answer.text}}"}], "testing_criteria.0.input", "invalid_grader"),
     (CONFIG, [{"type": "multi", "name": "m", "graders": {"e": EXACT}, "calculate_output": "e"}],
@@ -189,8 +190,8 @@ def test_a_completions_run_is_checked_before_it_is_queued(training_server: Serve
     missing = {"type": "template", "template": [{"role": "user", "content": "{{item.nope}}"}]}
     body = refused(input_messages=missing)
     assert body["param"] == "data_source.source.content.0.item" and "item.nope" in body["message"], body
-    assert refused(input_messages={"type": "template", "template": [
-        {"role": "user", "content": "{{sample.output_text}}"}]})["param"] == "data_source.input_messages.template.0.content"
+    sampled = {"type": "template", "template": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    assert refused(input_messages=sampled)["param"] == "data_source.input_messages.template.0.content"
     assert refused(input_messages={"type": "item_reference", "item_reference": "item.turns"})["param"] == \
         "data_source.source.content.0.item"
     assert refused(sampling_params={"temperature": 5})["param"] == "data_source.sampling_params.temperature"
