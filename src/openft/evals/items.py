@@ -140,6 +140,21 @@ def check_input_messages(input_messages: Any, param: str) -> dict[str, Any]:
     return input_messages
 
 
+def echoed(input_messages: dict[str, Any]) -> dict[str, Any]:
+    """``input_messages`` as OpenAI echoes a run's template: each message an
+    ``EvalItem`` (``{"type": "message", "role", "content": {"type": "input_text", "text"}}``),
+    the one form that reads as a single schema of the spec's ``oneOf``."""
+    if input_messages["type"] != "template":
+        return input_messages
+    template = []
+    for message in input_messages["template"]:
+        content = message["content"]
+        if isinstance(content, str):
+            content = {"type": "output_text" if message["role"] == "assistant" else "input_text", "text": content}
+        template.append({"type": "message", "role": message["role"], "content": content})
+    return {"type": "template", "template": template}
+
+
 def _messages(input_messages: dict[str, Any], item: dict[str, Any], row: SourceRow) -> list[dict[str, str]]:
     context = {"item": item}
     if input_messages["type"] == "template":

@@ -129,8 +129,8 @@ async def create_run(ctx: AppContext, org_id: str, eval_id: str, body: CreateEva
     await anyio.to_thread.run_sync(_write_items, ctx, key, checked)
     now = datetime.now(UTC)
     data_source = dict(body.data_source)
-    if sampling is not None:
-        data_source["sampling_params"] = sampling
+    if input_messages is not None:
+        data_source["input_messages"] = items.echoed(input_messages)
     row = EvalRunRow(
         id=run_id, eval_id=eval_id, org_id=org_id, name=body.name or model or "jsonl", model=model,
         status=EvalRunStatus.QUEUED.value, data_source=data_source, metadata_=body.metadata, items_key=key,

@@ -1,0 +1,208 @@
+"""Eval runs executed by real workers: the same eval on a base model and on
+a fine-tune of it (the fine-tune scores higher on what it was trained for),
+a jsonl run, a run that survives kill -9 of the server and of a standalone
+worker with every item graded once, and a cancel that stops the run's
+process at once while a fine-tuning job keeps its own slot."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from support import Server, Tenant, assert_matches_schema, jsonl
+from test_chat import train_on
+from test_jobs_train import TINY, upload, wait_for
+
+pytestmark = [pytest.mark.training, pytest.mark.filterwarnings("ignore:The Evals API is deprecated")]
+
+CONFIG = {"type": "custom", "include_sample_schema": True, "item_schema": {
+    "type": "object", "properties": {"prompt": {"type": "string"}, "expected": {"type": "string"}},
+    "required": ["prompt", "expected"]}}
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+         "reference": "{{item.expected}}", "operation": "eq"}
+CLOSE = {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}",
+         "reference": "{{item.expected}}", "evaluation_metric": "fuzzy_match", "pass_threshold": 0.9}
+MENTIONS = {"type": "python", "name": "mentions", "pass_threshold": 1.0, "source": (
+    "def grade(sample, item):\n    return 1.0 if item['expected'].split()[0] in sample['output_text'] else 0.0\n")}
+SAY = {"type": "template", "template": [{"role": "user", "content": "{{item.prompt}}"}]}
+GREEDY = {"temperature": 0, "max_completion_tokens": 3}
+"""Three tokens: what the fine-tune learned to say ("apple apple apple"; it goes on repeating after)."""
+
+
+def slow(seconds: float) -> dict[str, Any]:
+    """A python criterion that takes ``seconds`` per item (to catch a run mid-way)."""
+    return {"type": "python", "name": "slow", "source": (
+        f"import time\ndef grade(sample, item):\n    time.sleep({seconds})\n    return 1.0\n")}
+
+
+def finished(tenant: Tenant, eval_id: str, run_id: str, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = tenant.sdk.evals.runs.retrieve(run_id, eval_id=eval_id)
+        if run.status in ("completed", "failed", "canceled"):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"eval run {run_id} did not finish:\n{tenant.server.log()}")
+
+
+def graded(tenant: Tenant, eval_id: str, run_id: str, at_least: int, timeout: float = 120) -> int:
+    """Wait until the run has recorded ``at_least`` items; how many it has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        total = tenant.sdk.evals.runs.retrieve(run_id, eval_id=eval_id).result_counts.total
+        if total >= at_least:
+            return total
+        time.sleep(0.05)
+    raise AssertionError(f"eval run {run_id} did not reach {at_least} items:\n{tenant.server.log()}")
+
+
+def raw(tenant: Tenant, path: str) -> Any:
+    """A response body as the server wrote it (the SDK's models add nulls of their own)."""
+    with tenant.http() as http:
+        response = http.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def all_items(tenant: Tenant, eval_id: str, run_id: str, **filters: Any) -> list[Any]:
+    return list(tenant.sdk.evals.runs.output_items.list(run_id, eval_id=eval_id, limit=100, **filters))
+
+
+def eval_process(run_id: str, timeout: float = 60) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if "openft.evals.run" in cmdline and run_id in cmdline:
+                return process
+        time.sleep(0.05)
+    raise AssertionError(f"no eval process for {run_id}")
+
+
+@pytest.fixture(scope="module")
+def tenant(training_server: Server) -> Tenant:
+    return Tenant(training_server, "default", training_server.api_key)
+
+
+def test_a_fine_tune_passes_what_its_base_fails(tenant: Tenant) -> None:
+    tuned, checkpoint = train_on(tenant, "apple")  # answers "apple apple apple" to "Say something."
+    evaluation = tenant.sdk.evals.create(name="says apple", data_source_config=CONFIG,
+                                         testing_criteria=[EXACT, CLOSE, MENTIONS])  # type: ignore[list-item]
+    ids = [c.id for c in evaluation.testing_criteria]
+    rows = [{"item": {"prompt": "Say something.", "expected": "apple apple apple"}} for _ in range(4)]
+    source = {"type": "file_content", "content": rows}
+    runs = {model: tenant.sdk.evals.runs.create(evaluation.id, name=model, data_source={  # type: ignore[arg-type]
+        "type": "completions", "model": model, "input_messages": SAY, "sampling_params": GREEDY, "source": source})
+        for model in (TINY, tuned, checkpoint)}
+    samples = jsonl([{**rows[0], "sample": {"output_text": text}} for text in ("apple apple apple", "pear")])
+    uploaded = tenant.sdk.files.create(file=("graded.jsonl", io.BytesIO(samples)), purpose="evals")
+    carried = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+        "type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}})
+
+    done = {model: finished(tenant, evaluation.id, run.id) for model, run in runs.items()}
+    for model, run in done.items():
+        assert run.status == "completed", run.error
+        counts = run.result_counts
+        assert counts.total == 4 == counts.passed + counts.failed + counts.errored and counts.errored == 0
+        assert [c.testing_criteria for c in run.per_testing_criteria_results] == ids
+        assert all(c.passed + c.failed == 4 for c in run.per_testing_criteria_results)
+        [usage] = run.per_model_usage
+        assert (usage.model_name, usage.invocation_count) == (model, 4) and usage.completion_tokens > 0
+        assert_matches_schema(raw(tenant, f"/evals/{evaluation.id}/runs/{run.id}"), "EvalRun", evals=True)
+        items = all_items(tenant, evaluation.id, run.id)
+        assert sorted(i.datasource_item_id for i in items) == [0, 1, 2, 3]
+        for item in items:
+            assert [r.name for r in item.results] == ids and item.datasource_item == rows[0]["item"]
+            assert item.sample.model == model and [(m.role, m.content) for m in item.sample.input] == [
+                ("user", "Say something.")]
+            assert item.sample.usage.completion_tokens > 0 and item.sample.seed == 42
+            assert item.status == ("pass" if all(r.passed for r in item.results) else "fail")
+    outputs = [i.sample.output[0].content for i in all_items(tenant, evaluation.id, done[tuned].id)]
+    assert done[tuned].result_counts.passed == 4, outputs
+    assert done[TINY].result_counts.passed < done[tuned].result_counts.passed
+    assert done[tuned].per_model_usage[0].model_name == tuned
+
+    listing = tenant.sdk.evals.runs.output_items.list(done[TINY].id, eval_id=evaluation.id, status="fail")
+    assert_matches_schema(raw(tenant, f"/evals/{evaluation.id}/runs/{done[TINY].id}/output_items?status=fail"),
+                          "EvalRunOutputItemList", evals=True)
+    assert len(listing.data) == done[TINY].result_counts.failed and all(i.status == "fail" for i in listing.data)
+    for item in listing.data[:1]:
+        one = tenant.sdk.evals.runs.output_items.retrieve(item.id, eval_id=evaluation.id, run_id=done[TINY].id)
+        assert one.id == item.id and [r.model_dump() for r in one.results] == [r.model_dump() for r in item.results]
+        path = f"/evals/{evaluation.id}/runs/{done[TINY].id}/output_items/{item.id}"
+        assert_matches_schema(raw(tenant, path), "EvalRunOutputItem", evals=True)
+
+    jsonl_run = finished(tenant, evaluation.id, carried.id)
+    assert jsonl_run.status == "completed" and jsonl_run.model is None
+    assert (jsonl_run.result_counts.passed, jsonl_run.result_counts.failed) == (1, 1)
+    assert [i.sample.output[0].content for i in all_items(tenant, evaluation.id, carried.id)] == [
+        "apple apple apple", "pear"]
+
+
+def test_a_run_survives_kill_9_of_the_server_and_of_the_worker(make_training_server) -> None:
+    server = make_training_server(OPENFT_LEASE_SECONDS="2")
+    tenant = Tenant(server, "default", server.api_key)
+    evaluation = tenant.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[EXACT, slow(0.15)])
+    rows = [{"item": {"prompt": f"p{i}", "expected": "x"}, "sample": {"output_text": "x" if i % 2 else "y"}}
+            for i in range(30)]
+    run = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+        "type": "jsonl", "source": {"type": "file_content", "content": rows}})
+    seen = graded(tenant, evaluation.id, run.id, 3)
+    child = eval_process(run.id)
+    server.process.send_signal(signal.SIGKILL)  # the API and its worker die at once
+    server.process.wait()
+    child.wait(timeout=10)  # the run's process does not outlive its worker
+    server.extra_env["OPENFT_WORKER"] = "false"
+    server.start()
+    env = {**server.env, "OPENFT_WORKER": "true"}
+
+    def worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "openft", "worker"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=(server.home / "worker.log").open("ab"))
+
+    standalone = worker()
+    try:
+        seen = graded(tenant, evaluation.id, run.id, seen + 3)  # resumed after the lease expired
+        standalone.send_signal(signal.SIGKILL)
+        standalone.wait()
+        assert tenant.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "in_progress"
+        standalone = worker()
+        done = finished(tenant, evaluation.id, run.id)
+    finally:
+        standalone.send_signal(signal.SIGTERM)
+        standalone.wait(timeout=30)
+    assert done.status == "completed", done.error
+    items = all_items(tenant, evaluation.id, run.id)
+    assert sorted(i.datasource_item_id for i in items) == list(range(30))  # each once, none lost
+    assert (done.result_counts.total, done.result_counts.passed, done.result_counts.failed) == (30, 15, 15)
+    assert [c.passed + c.failed for c in done.per_testing_criteria_results] == [30, 30]
+
+
+def test_cancel_stops_the_run_at_once_and_jobs_keep_their_slot(tenant: Tenant) -> None:
+    evaluation = tenant.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[slow(0.5)])
+    rows = [{"item": {"prompt": "Say something.", "expected": "x"}} for _ in range(64)]
+    run = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+        "type": "completions", "model": TINY, "input_messages": SAY, "sampling_params": {"max_completion_tokens": 16},
+        "source": {"type": "file_content", "content": rows}})
+    graded(tenant, evaluation.id, run.id, 1)
+    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=upload(tenant), method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    running = wait_for(tenant, job.id, {"running", "succeeded", "failed"})
+    assert running.status != "failed", running.error
+    assert tenant.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "in_progress"
+    process = eval_process(run.id)
+    canceled = tenant.sdk.evals.runs.cancel(run.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled"
+    started = time.monotonic()
+    process.wait(timeout=15)
+    assert time.monotonic() - started < 5
+    after = tenant.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert after.status == "canceled" and after.result_counts.total < 64
+    assert wait_for(tenant, job.id, {"succeeded", "failed"}).status == "succeeded"
