@@ -15,9 +15,9 @@ from typing import Any
 
 import psutil
 import pytest
+from test_chat import train_on
 
 from support import Server, Tenant, assert_matches_schema, jsonl
-from test_chat import train_on
 from test_jobs_train import TINY, upload, wait_for
 
 pytestmark = [pytest.mark.training, pytest.mark.filterwarnings("ignore:The Evals API is deprecated")]
