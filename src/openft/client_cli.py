@@ -1,4 +1,4 @@
-"""Client commands of ``openft``: files, jobs, models list, chat.
+"""Client commands of ``openft``: files, jobs, models list, chat (and ``evals``, in ``openft.evals_cli``).
 
 They talk to a server through the official OpenAI SDK, exactly as a user's
 code would. ``--base-url`` / ``OPENFT_BASE_URL`` (default
@@ -101,8 +101,11 @@ def _status(status: str) -> str:
 
 
 def register(main: click.Group, models: click.Group) -> None:
+    from openft.evals_cli import evals
+
     main.add_command(files)
     main.add_command(jobs)
+    main.add_command(evals)
     main.add_command(chat)
     models.add_command(models_list)
     models.add_command(models_export)

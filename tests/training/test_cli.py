@@ -114,3 +114,32 @@ def test_jobs_create_reinforcement_with_a_python_grader_file(cli, tmp_path) -> N
     missing = cli("jobs", "create", "--model", TINY, "--training-file", str(data), "--method", "reinforcement",
                   check=False)
     assert missing.returncode != 0 and "--grader" in missing.stderr
+
+
+def test_evals_create_run_get_and_items(cli, tmp_path) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"input": {"type": "string"}},
+                                  "required": ["input"]}))
+    exact = tmp_path / "exact.json"
+    exact.write_text(json.dumps({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                                 "reference": "{{item.input}}", "operation": "eq"}))
+    created = json.loads(cli("evals", "create", "--name", "echo", "--item-schema", str(schema),
+                             "--criterion", str(exact), "--json").stdout)
+    assert created["name"] == "echo" and created["testing_criteria"][0]["name"] == "exact"
+    assert created["id"] in cli("evals", "list").stdout
+
+    samples = tmp_path / "graded.jsonl"
+    samples.write_text("".join(json.dumps({"item": {"input": word}, "sample": {"output_text": out}}) + "\n"
+                               for word, out in (("a", "a"), ("b", "c"), ("d", "d"))))
+    followed = cli("evals", "run", created["id"], "--data", str(samples), "--follow")
+    assert "2/3 (67%) passed" in followed.stdout and "exact-" in followed.stdout
+    run_id = followed.stdout.split()[1]
+    assert "2/3" in cli("evals", "get", created["id"]).stdout
+    failing = cli("evals", "items", created["id"], run_id, "--status", "fail").stdout.splitlines()
+    assert len(failing) == 2 and failing[1].split()[:3] == ["1", "fail", "c"]
+
+    sampled = cli("evals", "run", created["id"], "--data", str(samples), "--model", TINY, "--max-tokens", "2",
+                  "--temperature", "0", "--follow")
+    assert f"on {TINY}" in sampled.stdout
+    missing = cli("evals", "run", created["id"], "--data", str(samples), "--model", "no/such", check=False)
+    assert missing.returncode != 0 and "(data_source.model)" in missing.stderr
