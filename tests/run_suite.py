@@ -39,7 +39,7 @@ TESTS = Path(__file__).resolve().parent
 TRAINING = "tests/training/"
 QUICK_START = [TRAINING + "test_e2e_smollm.py"]
 SERVED = [TRAINING + f"test_{name}.py" for name in (
-    "jobs_train", "chat", "serving", "recovery", "cli", "integrations", "webhook_delivery", "evals")]
+    "jobs_train", "chat", "serving", "recovery", "cli", "integrations", "webhook_delivery", "evals", "sharing")]
 IN_PROCESS = [TRAINING + f"test_{name}.py" for name in (
     "families", "tool_conventions", "sft", "dpo", "rft", "generator", "weights", "export", "data", "continue",
     "early_stopping", "estimate")]

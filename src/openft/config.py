@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         None,
         description='JSON file mapping model ids to local Hugging Face folders: {"my/model": "/path"}.',
     )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description='Model names that stand for another model, for code written against OpenAI: '
+        '{"gpt-4o-mini-2024-07-18": "HuggingFaceTB/SmolLM2-135M-Instruct"}. Jobs, chat completions and '
+        "evals that name an alias use its model; jobs keep the alias as their model (and fine-tuned "
+        "names start ft:ALIAS:), and /v1/models lists each alias with its model as root.",
+    )
     hub: Literal["auto", "off"] = Field(
         "auto",
         description="'auto': model ids that are neither bundled nor local are looked up on the "
@@ -227,6 +234,16 @@ class Settings(BaseSettings):
         None, description="A local Hugging Face model folder used for text_similarity graders with "
         "evaluation_metric 'cosine' (mean-pooled hidden states). Unset: 'cosine' is refused with a 400."
     )
+
+    @field_validator("model_aliases", mode="after")
+    @classmethod
+    def _plain_aliases(cls, aliases: dict[str, str]) -> dict[str, str]:
+        for alias, target in aliases.items():
+            if alias.startswith("ft:") or not alias or not target:
+                raise ValueError(f"{alias!r}: an alias is a base model name (not ft:...) with a model to stand for")
+            if target in aliases:
+                raise ValueError(f"{alias!r} stands for {target!r}, which is an alias itself; name the model")
+        return aliases
 
     @field_validator("home", mode="after")
     @classmethod

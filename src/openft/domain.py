@@ -167,6 +167,7 @@ ID_PREFIX = {
     "eval": "eval_",
     "eval_run": "evalrun_",
     "eval_output_item": "outputitem_",
+    "checkpoint_permission": "cp_",
 }
 
 _ALPHABET = string.ascii_letters + string.digits

@@ -77,12 +77,14 @@ class BaseWeights:
 
 
 async def resolve_base(db: Db, model_id: str, settings: Settings, *, known_base: bool = False) -> BaseWeights | None:
-    """The weights of base model ``model_id``, without touching the network:
+    """The weights of base model ``model_id`` (or of the model it is an alias
+    of, ``OPENFT_MODEL_ALIASES``), without touching the network:
     bundled, then registered folders, then ``OPENFT_MODELS_FILE``; with
     ``known_base`` (the id is the base of an existing job or fine-tuned model,
     so it was checked when the job was created) and ``OPENFT_HUB=auto``, any
     other ``owner/name`` id resolves to the hub."""
     models_file, hub = settings.models_file, known_base and settings.hub == "auto"
+    model_id = settings.model_aliases.get(model_id, model_id)  # OPENFT_MODEL_ALIASES: the model it stands for
     if model_id == BUNDLED_MODEL:
         return BaseWeights(model_id, "bundled")
     registered = await model_queries.read_base_model(db, model_id)

@@ -100,3 +100,33 @@ class TestRegistry:
         assert caught.value.body["param"] == "model"
         assert caught.value.body["code"] == "model_not_found"
         assert SMOLLM in caught.value.body["message"]
+
+
+@pytest.mark.filterwarnings("ignore:The Evals API is deprecated")
+def test_an_openai_model_name_mapped_by_the_operator_works_unchanged(make_training_server) -> None:
+    """OPENFT_MODEL_ALIASES: code that names gpt-4o-mini creates jobs, evals and chats on the mapped model."""
+    server = make_training_server(OPENFT_WORKER="false",
+                                  OPENFT_MODEL_ALIASES='{"gpt-4o-mini-2024-07-18": "local/tiny"}')
+    tenant = Tenant(server, "default", server.api_key)
+    alias = "gpt-4o-mini-2024-07-18"
+    listed = {m.id: m for m in tenant.sdk.models.list().data}
+    assert listed[alias].model_dump()["root"] == "local/tiny"
+    assert tenant.sdk.models.retrieve(alias).model_dump()["root"] == "local/tiny"
+
+    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
+    job = tenant.sdk.fine_tuning.jobs.create(model=alias, training_file=training)
+    assert job.model == alias and job.status in ("validating_files", "queued")
+    answer = tenant.sdk.chat.completions.create(model=alias, messages=[{"role": "user", "content": "Hi"}],
+                                                max_completion_tokens=2)
+    assert answer.model == alias and answer.usage.completion_tokens > 0  # type: ignore[union-attr]
+    evaluation = tenant.sdk.evals.create(
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[{"type": "string_check", "name": "x", "input": "{{sample.output_text}}",
+                           "reference": "x", "operation": "eq"}])
+    run = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+        "type": "completions", "model": alias, "source": {"type": "file_content", "content": [{"item": {}}]},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "Hi"}]}})
+    assert run.model == alias and run.status == "queued"
+    with pytest.raises(openai.BadRequestError) as refused:  # a name that is not mapped stays unknown
+        tenant.sdk.fine_tuning.jobs.create(model="gpt-4.1-nano-2025-04-14", training_file=training)
+    assert refused.value.body["param"] == "model"  # type: ignore[index]

@@ -21,7 +21,7 @@ from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
 from openft.api.limits import BodyLimitMiddleware
-from openft.api.routers import chat, evals, files, graders, jobs, models, organization, webhooks
+from openft.api.routers import chat, evals, files, graders, jobs, models, organization, permissions, webhooks
 from openft.config import Settings
 from openft.services import auth
 from openft.services.chat import ChatService
@@ -43,6 +43,7 @@ def build_api_router() -> APIRouter:
     router.include_router(graders.router)
     router.include_router(webhooks.router)
     router.include_router(evals.router)
+    router.include_router(permissions.router)
     router.include_router(organization.router)
     return router
 

@@ -52,7 +52,7 @@ async def prepare(settings: Settings, chat: ChatService, reader: Reader, capacit
     organisation). A merge holds a slot of the exports' ``capacity`` (429 past
     the organisation's share) and no database connection."""
     async with reader() as db:
-        tuned = await model_queries.read_tuned_weights(db, org_id, model_id)
+        tuned = await model_queries.read_tuned_weights(db, org_id, model_id, shared=False)
         if tuned is None:
             if await chat.registry.weights(db, model_id) is not None:
                 raise InvalidRequest(

@@ -131,11 +131,14 @@ class ModelRegistry:
             ids[row.id] = int(row.created_at.timestamp())
         for model_id in self._file_models():
             ids.setdefault(model_id, self._started)
+        for alias in self._settings.model_aliases:  # root: the model the alias stands for
+            ids.setdefault(alias, self._started)
         models = []
         for model_id, created in ids.items():
             weights = await self.weights(db, model_id)
             found = await self.capabilities(weights) if weights is not None else None
-            models.append(Model(id=model_id, created=created, owned_by=OWNER, root=model_id,
+            models.append(Model(id=model_id, created=created, owned_by=OWNER,
+                                root=self._settings.model_aliases.get(model_id, model_id),
                                 capabilities=wire_capabilities(found) if found else None))
         return models
 

@@ -352,3 +352,23 @@ class EvalOutputItem(Base):
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     sample: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CheckpointPermission(Base):
+    """An organisation allowed to use another's checkpoint as a model (chat,
+    evals, a job that starts from it): OpenAI's checkpoint permissions, with
+    organisations in the place of projects."""
+
+    __tablename__ = "checkpoint_permissions"
+    __table_args__ = (
+        Index("ix_checkpoint_permissions_checkpoint_seq", "checkpoint", "seq"),
+        Index("ix_checkpoint_permissions_grant", "checkpoint", "grantee_org_id", unique=True),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    checkpoint: Mapped[str] = mapped_column(String(600))
+    """The ``fine_tuned_model_checkpoint`` id."""
+    owner_org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    grantee_org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -10,8 +10,8 @@ from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.store.queries.jobs import read_checkpoint_model
-from openft.store.queries.reads import Db, row_columns, select_rows
-from openft.store.tables import FineTunedModel, Job, RegisteredModel
+from openft.store.queries.reads import Db, Page, keyset_page, row_columns, scoped, select_rows
+from openft.store.tables import CheckpointPermission, FineTunedModel, Job, RegisteredModel
 
 
 async def upsert_base_model(session: AsyncSession, model_id: str, path: str) -> None:
@@ -54,13 +54,50 @@ class TunedWeights:
     """The job that trained it."""
 
 
-async def read_tuned_weights(db: Db, org_id: str, model_id: str) -> TunedWeights | None:
-    """The weights of a fine-tuned model or checkpoint of this organisation;
-    None for anything else (a base model, another organisation's, nothing)."""
+async def read_tuned_weights(db: Db, org_id: str, model_id: str, *, shared: bool = True) -> TunedWeights | None:
+    """The weights of a fine-tuned model or checkpoint of this organisation,
+    or (``shared``) of a checkpoint another organisation shared with it
+    (``checkpoint_permissions``); None for anything else (a base model,
+    another organisation's, nothing)."""
     tuned = await read_fine_tuned_model(db, org_id, model_id)
     if tuned is None:
         tuned = await read_checkpoint_model(db, org_id, model_id)
+    if tuned is None and shared and ":ckpt-step-" in model_id:
+        owner = await db.scalar(select(CheckpointPermission.owner_org_id).where(
+            CheckpointPermission.checkpoint == model_id, CheckpointPermission.grantee_org_id == org_id))
+        if owner is not None:
+            tuned = await read_checkpoint_model(db, owner, model_id)
     return TunedWeights(tuned.storage_key, tuned.base_model, tuned.job_id) if tuned is not None else None
+
+
+async def add_permissions(session: AsyncSession, rows: list[CheckpointPermission]) -> list[CheckpointPermission]:
+    """Grant each row's organisation the checkpoint; one already granted keeps its permission (returned)."""
+    kept = []
+    for row in rows:
+        existing = (await session.scalars(select(CheckpointPermission).where(
+            CheckpointPermission.checkpoint == row.checkpoint,
+            CheckpointPermission.grantee_org_id == row.grantee_org_id))).first()
+        if existing is None:
+            session.add(row)
+            existing = row
+        kept.append(existing)
+    await session.flush()
+    return kept
+
+
+async def list_permissions(db: Db, owner_org_id: str, checkpoint: str, *, grantee: str | None, after: str | None,
+                           limit: int, newest_first: bool) -> Page[Any]:
+    stmt = scoped(CheckpointPermission, owner_org_id=owner_org_id, checkpoint=checkpoint)
+    if grantee is not None:
+        stmt = stmt.where(CheckpointPermission.grantee_org_id == grantee)
+    return await keyset_page(db, stmt, CheckpointPermission, after=after, limit=limit, newest_first=newest_first)
+
+
+async def delete_permission(session: AsyncSession, owner_org_id: str, checkpoint: str, permission_id: str) -> bool:
+    result = await session.execute(delete(CheckpointPermission).where(
+        CheckpointPermission.owner_org_id == owner_org_id, CheckpointPermission.checkpoint == checkpoint,
+        CheckpointPermission.id == permission_id))
+    return result.rowcount > 0
 
 
 async def list_fine_tuned_models(db: Db, org_id: str, model_id: str | None = None) -> list[Row[Any]]:

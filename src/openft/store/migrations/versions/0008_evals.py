@@ -1,4 +1,4 @@
-"""Evals, their runs and the runs' output items.
+"""Evals, their runs and the runs' output items; checkpoint permissions.
 
 Revision ID: 0008
 Revises: 0007
@@ -88,9 +88,28 @@ def upgrade() -> None:
     op.create_index("ix_eval_run_output_items_run_id_seq", "eval_run_output_items", ["run_id", "seq"])
     op.create_index("ix_eval_run_output_items_run_item", "eval_run_output_items",
                     ["run_id", "datasource_item_id"], unique=True)
+    op.create_table(
+        "checkpoint_permissions",
+        sa.Column("seq", SEQ, autoincrement=True, nullable=False),
+        sa.Column("id", sa.String(40), nullable=False),
+        sa.Column("checkpoint", sa.String(600), nullable=False),
+        sa.Column("owner_org_id", sa.String(40), nullable=False),
+        sa.Column("grantee_org_id", sa.String(40), nullable=False),
+        sa.Column("created_at", TIME, nullable=False),
+        sa.PrimaryKeyConstraint("seq", name="pk_checkpoint_permissions"),
+        sa.UniqueConstraint("id", name="uq_checkpoint_permissions_id"),
+        sa.ForeignKeyConstraint(["owner_org_id"], ["organizations.id"],
+                                name="fk_checkpoint_permissions_owner_org_id_organizations", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["grantee_org_id"], ["organizations.id"],
+                                name="fk_checkpoint_permissions_grantee_org_id_organizations", ondelete="CASCADE"),
+    )
+    op.create_index("ix_checkpoint_permissions_checkpoint_seq", "checkpoint_permissions", ["checkpoint", "seq"])
+    op.create_index("ix_checkpoint_permissions_grant", "checkpoint_permissions", ["checkpoint", "grantee_org_id"],
+                    unique=True)
 
 
 def downgrade() -> None:
+    op.drop_table("checkpoint_permissions")
     op.drop_table("eval_run_output_items")
     op.drop_table("eval_runs")
     op.drop_table("evals")
