@@ -269,6 +269,23 @@ async def list_runs(ctx: AppContext, org_id: str, eval_id: str, base_url: str, *
                        has_more=page.has_more)
 
 
+async def runs_of_job(ctx: AppContext, org_id: str, job_id: str, base_url: str) -> EvalRunList:
+    """An openft extension: the eval runs that sampled the job's fine-tuned
+    model or one of its checkpoints, newest first (the job page's "Evals")."""
+    from openft.services.jobs import get_job
+    from openft.store.queries import jobs as job_queries
+
+    async with ctx.reader() as db:
+        job = await get_job(db, org_id, job_id)
+        checkpoints = await job_queries.list_checkpoints(db, job_id, after=None, limit=1000)
+        models = [c.fine_tuned_model_checkpoint for c in checkpoints.items]
+        models += [job.fine_tuned_model] if job.fine_tuned_model else []
+        rows = await queries.runs_of_models(db, org_id, models) if models else []
+    data = [run_to_wire(r, base_url) for r in rows]
+    return EvalRunList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                       has_more=False)
+
+
 async def cancel_run(ctx: AppContext, org_id: str, eval_id: str, run_id: str, base_url: str) -> EvalRun:
     row = await get_run_row(ctx, org_id, eval_id, run_id)
     async with ctx.transaction() as session:

@@ -12,6 +12,7 @@ from openft.api.deps import Caller, get_caller, get_ctx, wire
 from openft.api.routing import OpenFTRoute
 from openft.domain import METADATA_MAX_PAIRS, JobStatus
 from openft.errors import InvalidRequest
+from openft.schemas.evals import EvalRunList
 from openft.schemas.jobs import (
     FineTuningJob,
     FineTuningJobCreate,
@@ -138,6 +139,14 @@ async def list_events(
     async with ctx.reader() as session:
         events = await service.list_events(session, caller.org_id, job_id, after=after, limit=limit)
     return wire(events)
+
+
+@router.get("/{job_id}/eval_runs", response_model=EvalRunList)
+async def list_eval_runs(job_id: str, caller: CallerDep, ctx: CtxDep, request: Request) -> Response:
+    """openft extension: the eval runs of the job's fine-tuned model and checkpoints, newest first."""
+    from openft.services import evals
+
+    return wire(await evals.runs_of_job(ctx, caller.org_id, job_id, str(request.base_url)))
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListFineTuningJobCheckpointsResponse)

@@ -1,9 +1,11 @@
 // The dashboard's entry point: sign-in, the header, and a hash router
-// (#/jobs, #/jobs/{id}, #/new, #/files, #/playground?model=...). Each page is
+// (#/jobs, #/jobs/{id}, #/new, #/files, #/playground?model=..., #/evals,
+// #/evals/{id}?run=..., #/evals/{id}/compare?a=...&b=...). Each page is
 // an async function of (main, params, signal); the signal aborts when the
 // user leaves the page, which stops its requests and live updates.
 
 import { api, session } from "./api.js";
+import { comparePage, evalPage, evalsPage } from "./evals.js";
 import { filesPage } from "./files.js";
 import { jobPage, jobsPage } from "./jobs.js";
 import { newJobPage } from "./newjob.js";
@@ -21,6 +23,9 @@ const ROUTES = [
   [/^\/new$/, (match, params, signal) => newJobPage(main, params, signal), "New job"],
   [/^\/files$/, (match, params, signal) => filesPage(main, params, signal), "Files"],
   [/^\/playground$/, (match, params, signal) => playgroundPage(main, params, signal), "Playground"],
+  [/^\/evals$/, (match, params, signal) => evalsPage(main, params, signal), "Evals"],
+  [/^\/evals\/([\w-]+)$/, (match, params, signal) => evalPage(main, match[1], params, signal), "Eval"],
+  [/^\/evals\/([\w-]+)\/compare$/, (match, params, signal) => comparePage(main, match[1], params, signal), "Compare runs"],
 ];
 
 function signInPage(message) {
@@ -70,7 +75,8 @@ async function route() {
   const params = new URLSearchParams(search || "");
   const found = ROUTES.find(([pattern]) => pattern.test(path));
   for (const link of nav.querySelectorAll("a")) {
-    const here = path === link.getAttribute("href").slice(1) || (path.startsWith("/jobs/") && link.getAttribute("href") === "#/jobs");
+    const target = link.getAttribute("href").slice(1);
+    const here = path === target || (["/jobs", "/evals"].includes(target) && path.startsWith(`${target}/`));
     if (here) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
   if (!found) {

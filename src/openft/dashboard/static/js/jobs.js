@@ -3,6 +3,7 @@
 
 import { api, download, query } from "./api.js";
 import { lineChart } from "./chart.js";
+import { jobEvalRuns } from "./evals.js";
 import {
   TERMINAL, alertBox, clear, confirmAction, duration, explain, h, number, pause, statusBadge, tableHead, when,
 } from "./util.js";
@@ -161,6 +162,7 @@ export async function jobPage(main, jobId, signal) {
   const events = [];
   const seen = new Set();
   let checkpoints = [];
+  let evalRuns = [];
   let job;
   const parts = {
     head: h("div", { class: "page-head" }),
@@ -169,6 +171,7 @@ export async function jobPage(main, jobId, signal) {
     facts: h("section", { "aria-labelledby": "facts-h" }),
     charts: h("section", { class: "charts", "aria-label": "Metrics" }),
     checkpoints: h("section", { "aria-labelledby": "checkpoints-h" }),
+    evals: h("section", { "aria-labelledby": "evals-h" }),
     hyper: h("section", { "aria-labelledby": "hyper-h" }),
     events: h("section", { "aria-labelledby": "events-h" }),
   };
@@ -221,7 +224,7 @@ export async function jobPage(main, jobId, signal) {
   let lastSignature = null;
 
   function render() {
-    const signature = `${JSON.stringify(job)} ${events.length} ${checkpoints.length}`;
+    const signature = `${JSON.stringify(job)} ${events.length} ${checkpoints.length} ${JSON.stringify(evalRuns)}`;
     if (signature === lastSignature) return;
     lastSignature = signature;
     // A paused or re-queued job resumes from its last saved state and repeats
@@ -275,6 +278,7 @@ export async function jobPage(main, jobId, signal) {
             h("td", {}, h("code", { text: c.fine_tuned_model_checkpoint })),
             h("td", {}, h("a", { class: "button small", href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`,
               "aria-label": `Try the checkpoint at step ${c.step_number} in the playground`, text: "Try it" }))))))));
+    clear(parts.evals, jobEvalRuns(evalRuns));
     clear(parts.events, h("h2", { id: "events-h" }, "Events ", h("span", { class: "muted", text: `(${events.length})` })),
       h("ol", { class: "events", reversed: true }, [...events].reverse().slice(0, 300).map((e) =>
         h("li", { class: `level-${e.level}` }, when(e.created_at), " ", h("span", { class: "event-message", text: e.message })))));
@@ -284,11 +288,13 @@ export async function jobPage(main, jobId, signal) {
   try {
     [job] = await Promise.all([api(`/fine_tuning/jobs/${jobId}`, { signal }), fetchNewEvents()]);
     checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
+    evalRuns = (await api(`/fine_tuning/jobs/${jobId}/eval_runs`, { signal })).data;
   } catch (error) {
     if (!signal.aborted) clear(main, h("h1", { text: "Job" }), alertBox(error), h("a", { href: "#/jobs", text: "Back to jobs" }));
     return;
   }
-  clear(main, parts.head, parts.actions, parts.notice, parts.facts, parts.charts, parts.checkpoints, parts.hyper, parts.events);
+  clear(main, parts.head, parts.actions, parts.notice, parts.facts, parts.charts, parts.checkpoints, parts.evals, parts.hyper,
+    parts.events);
   render();
 
   // Live: while the job is not finished, refresh about once a second (in the
@@ -306,6 +312,7 @@ export async function jobPage(main, jobId, signal) {
         await Promise.race([pause(POLL_MS, signal), new Promise((resolve) => { wake = resolve; })]);
         [job] = await Promise.all([api(`/fine_tuning/jobs/${jobId}`, { signal }), fetchNewEvents()]);
         checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
+        evalRuns = (await api(`/fine_tuning/jobs/${jobId}/eval_runs`, { signal })).data;
         parts.notice.querySelector(".stale")?.remove();
         render();
       } catch (error) {
