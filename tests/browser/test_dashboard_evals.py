@@ -13,7 +13,7 @@ import pytest
 
 from browser.conftest import new_tenant
 
-from support import chat_file, jsonl
+from support import chat_file
 
 pytestmark = [pytest.mark.browser, pytest.mark.training, pytest.mark.filterwarnings("ignore:The Evals API")]
 
