@@ -308,7 +308,7 @@ def jobs_follow(job_id: str, interval: float, base_url: str | None, api_key: str
             if as_json:
                 click.echo(json.dumps(event.model_dump()))
                 continue
-            if event.type == "metrics":
+            if event.type == "metrics" and "total_steps" in (event.data or {}):
                 bar = _progress(event.data or {}, job.estimated_finish, job.status)
                 if tty:
                     click.echo("\r" + bar, nl=False)

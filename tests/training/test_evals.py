@@ -206,3 +206,51 @@ def test_cancel_stops_the_run_at_once_and_jobs_keep_their_slot(tenant: Tenant) -
     after = tenant.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id)
     assert after.status == "canceled" and after.result_counts.total < 64
     assert wait_for(tenant, job.id, {"succeeded", "failed"}).status == "succeeded"
+
+
+def test_a_job_evaluates_each_checkpoint_and_keeps_the_one_that_passes_most(tenant: Tenant) -> None:
+    """An eval that training makes worse (it passes answers without "apple"):
+    each checkpoint's pass rate joins the job's metrics, and with
+    best_eval_pass_rate the fine-tuned model is the best checkpoint, not the last."""
+    unlearned = {"type": "python", "name": "no apple", "pass_threshold": 1.0,
+                 "source": "def grade(sample, item):\n    return 0.0 if 'apple' in sample['output_text'] else 1.0\n"}
+    evaluation = tenant.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[unlearned])  # type: ignore[list-item]
+    rows = [{"item": {"prompt": "Say something.", "expected": "-"}} for _ in range(2)]
+    data = jsonl([{"messages": [{"role": "user", "content": "Say something."},
+                                {"role": "assistant", "content": "apple apple apple"}]}] * 12)
+    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune").id
+    job = tenant.sdk.fine_tuning.jobs.create(
+        model=TINY, training_file=training, seed=0,
+        method={"type": "supervised", "supervised": {"hyperparameters": {  # type: ignore[typeddict-unknown-key]
+            "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 2.0,
+            "fine_tuned_model_from": "best_eval_pass_rate"}}},
+        integrations=[{"type": "eval", "eval": {  # type: ignore[list-item,typeddict-item]
+            "eval_id": evaluation.id, "data_source": {"source": {"type": "file_content", "content": rows},
+                                                     "input_messages": SAY, "sampling_params": GREEDY}}}])
+    assert job.integrations[0].model_dump()["eval"]["eval_id"] == evaluation.id  # type: ignore[index]
+    done = wait_for(tenant, job.id, {"succeeded", "failed"}, timeout=300)
+    assert done.status == "succeeded", done.error
+    events = list(tenant.sdk.fine_tuning.jobs.list_events(job.id, limit=100))
+    rates = {e.data["step"]: e.data["eval_pass_rate"] for e in events  # type: ignore[index]
+             if e.type == "metrics" and "eval_pass_rate" in (e.data or {})}
+    steps = sorted(int(e.message.rsplit(" ", 1)[1]) for e in events if e.message.startswith("Checkpoint created"))
+    assert sorted(rates) == steps and len(steps) >= 3, (rates, steps)
+    print("eval pass rate by step:", rates)
+    best = max(rates.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    assert best != steps[-1] and rates[best] > rates[steps[-1]], rates  # training taught it "apple"
+    [created] = [e.message for e in events if e.message.startswith("New fine-tuned model created")]
+    assert f"from the checkpoint at step {best}," in created
+    checkpoint = f"{done.fine_tuned_model}:ckpt-step-{best}"
+    assert checkpoint in [c.fine_tuned_model_checkpoint for c in tenant.sdk.fine_tuning.jobs.checkpoints.list(job.id)]
+
+    def say(model: str) -> str:
+        answer = tenant.sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say something."}],
+                                                    max_completion_tokens=3, temperature=0)
+        return answer.choices[0].message.content or ""
+
+    assert say(done.fine_tuned_model) == say(checkpoint) and "apple" not in say(done.fine_tuned_model)
+    runs = [r for r in tenant.sdk.evals.runs.list(evaluation.id, limit=100)]
+    assert {r.model for r in runs} == {f"{done.fine_tuned_model}:ckpt-step-{s}" for s in steps}
+    with tenant.http() as http:  # the job page's list of them
+        listed = http.get(f"/fine_tuning/jobs/{job.id}/eval_runs").json()["data"]
+    assert sorted(r["id"] for r in listed) == sorted(r.id for r in runs)

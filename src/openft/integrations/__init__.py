@@ -19,6 +19,9 @@ PACKAGES = {"wandb": ("wandb", "openft[wandb]"), "mlflow": ("mlflow", "openft[ml
 
 
 def missing_package(kind: str) -> str | None:
-    """The extra to install when ``kind``'s client library is not installed, else None."""
+    """The extra to install when ``kind``'s client library is not installed,
+    else None (also for integrations that are not trackers: ``eval``)."""
+    if kind not in PACKAGES:
+        return None
     module, extra = PACKAGES[kind]
     return extra if importlib.util.find_spec(module) is None else None

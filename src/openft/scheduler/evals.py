@@ -48,6 +48,7 @@ from openft.scheduler.executors.local import LocalExecutor, LocalRun
 from openft.scheduler.lease import until, utcnow
 from openft.store.blobs import BlobStore
 from openft.store.queries import evals as queries
+from openft.store.queries import jobs as job_queries
 from openft.store.queries import models as model_queries
 from openft.store.tables import EvalOutputItem, EvalRun
 from openft.training.records import EvalDoneRecord, EvalItemRecord, EventRecord, FailedRecord
@@ -170,6 +171,28 @@ class EvalRunner:
                 "message": f"The eval run's process ended without an outcome ({exit_reason}) "
                            f"{run.attempts} times."})
         self._items.pop(run.id, None)
+        if (run.metadata_ or {}).get("fine_tuning_job"):
+            await self._report_to_job(run.id)
+
+    async def _report_to_job(self, run_id: str) -> None:
+        """A checkpoint's eval run ended: its pass rate joins the job's metrics
+        (a ``metrics`` event at the checkpoint's step, charted with the loss)."""
+        async with self.transaction() as session:
+            run = await queries.read_run_any_org(session, run_id)
+            if run is None:
+                return
+            job_id, step = run.metadata_["fine_tuning_job"], int(run.metadata_.get("step", 0))
+            counts = run.result_counts
+            if run.status == EvalRunStatus.COMPLETED.value and counts["total"]:
+                rate = counts["passed"] / counts["total"]
+                await job_queries.add_event(
+                    session, job_id, f"Eval pass rate of the checkpoint at step {step}: {rate:.2f} "
+                    f"({counts['passed']}/{counts['total']} items)", type="metrics",
+                    data={"step": step, "eval_pass_rate": rate, "eval_run_id": run.id})
+            else:
+                why = (run.error or {}).get("message", run.status)
+                await job_queries.add_event(session, job_id, f"The eval of the checkpoint at step {step} did not "
+                                            f"complete: {why}", level="warn", data={"eval_run_id": run.id})
 
     async def _release(self, run_id: str, to: EvalRunStatus, error: dict[str, str] | None = None) -> None:
         now = datetime.now(UTC)

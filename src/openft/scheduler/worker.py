@@ -244,7 +244,10 @@ class Worker:
 
     async def _integrations(self, job: Job) -> IntegrationSink | None:
         """The job's experiment trackers (W&B, MLflow), fed from this worker; None if it has none."""
-        if not job.integrations:
+        from openft.integrations import PACKAGES
+
+        trackers = [i for i in job.integrations or [] if i["type"] in PACKAGES]  # not "eval": scheduler/evals.py
+        if not trackers:
             return None
 
         async def add_event(message: str, level: str, data: dict[str, object]) -> None:
@@ -255,7 +258,7 @@ class Worker:
             "job": {"job_id": job.id, "model": job.model, "training_file": job.training_file,
                     "validation_file": job.validation_file, "seed": job.seed, "suffix": job.suffix,
                     "method_type": job.method.type.value},
-            "integrations": job.integrations,
+            "integrations": trackers,
             "settings": {"wandb_dir": str(self.settings.home / "wandb"),
                          "mlflow_tracking_uri": self.settings.resolved_mlflow_tracking_uri},
         }, add_event)

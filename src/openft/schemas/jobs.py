@@ -77,7 +77,7 @@ class SupervisedHyperparameters(ClosedRequestModel):
     warmup_ratio: fraction(nullable=True) = None  # type: ignore[valid-type]
     # Early stopping and the best checkpoint (supervised and DPO; need a validation file).
     early_stopping_patience: int_in_range(1, 10_000, nullable=True) = None  # type: ignore[valid-type]
-    fine_tuned_model_from: Literal["last", "best_valid_loss"] | None = None
+    fine_tuned_model_from: Literal["last", "best_valid_loss", "best_eval_pass_rate"] | None = None
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
@@ -149,18 +149,32 @@ class MlflowSettings(ClosedRequestModel):
                     Field(max_length=50)] = Field(default_factory=dict)
 
 
+class EvalIntegrationSettings(ClosedRequestModel):
+    """openft extension: run an eval (``/evals``) on each checkpoint a
+    supervised or DPO job keeps; its pass rate joins the job's metrics."""
+
+    eval_id: Annotated[str, Field(min_length=1, max_length=64)]
+    data_source: dict[str, Any]
+    """A completions run's data source without its ``model`` (each checkpoint
+    is the model): ``source``, ``input_messages``, ``sampling_params``."""
+
+
+INTEGRATION_TYPES = ("wandb", "mlflow", "eval")
+
+
 class Integration(RequestModel):
-    type: Literal["wandb", "mlflow"]
+    type: Literal["wandb", "mlflow", "eval"]
     wandb: WandbSettings | None = None
     mlflow: MlflowSettings | None = None
+    eval: EvalIntegrationSettings | None = None
 
     @model_validator(mode="after")
     def _settings_of_its_type(self) -> Integration:
         if getattr(self, self.type) is None:
             raise _invalid(f"an integration of type {self.type!r} needs its settings under {self.type!r}")
-        other = "mlflow" if self.type == "wandb" else "wandb"
-        if getattr(self, other) is not None:
-            raise _invalid(f"{other!r} must be omitted when type is {self.type!r}")
+        for other in INTEGRATION_TYPES:
+            if other != self.type and getattr(self, other) is not None:
+                raise _invalid(f"{other!r} must be omitted when type is {self.type!r}")
         return self
 
 

@@ -45,6 +45,7 @@ from openft.store.tables import EvalRun as EvalRunRow
 
 if TYPE_CHECKING:
     from openft.api.context import AppContext
+    from openft.domain import JobSpec
 
 SAMPLING_PARAMS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
                    "reasoning_effort")
@@ -184,11 +185,68 @@ async def _checked_source(ctx: AppContext, org_id: str, data_source: Any
     return rows, model, input_messages, _sampling(data_source.get("sampling_params"), model)
 
 
-def _sampling(given: Any, model: str) -> dict[str, Any]:
+async def check_job_eval(ctx: AppContext, org_id: str, job: JobSpec, *, store: bool = True) -> JobSpec:
+    """A job's ``eval`` integration (an openft extension), checked as a run
+    would be: the eval exists for the organisation, the data source (without
+    a model: each kept checkpoint is sampled) and every item are valid. Its
+    items are stored now (``store``; not for an estimate) and the job keeps
+    their key. ``fine_tuned_model_from: best_eval_pass_rate`` needs one."""
+    from dataclasses import replace
+
+    where = f"{job.method.where}.fine_tuned_model_from"
+    found = [(i, x) for i, x in enumerate(job.integrations or []) if x["type"] == "eval"]
+    if not found:
+        if job.method.hyperparameters.get("fine_tuned_model_from") == "best_eval_pass_rate":
+            raise InvalidRequest(f"Invalid '{where}': best_eval_pass_rate picks the checkpoint with the best pass "
+                                 "rate of the job's eval; add an integration of type 'eval'.", param=where,
+                                 code="missing_eval")
+        return job
+    index, integration = found[-1]
+    param = f"integrations.{index}"
+    if len(found) > 1:
+        raise InvalidRequest(f"Invalid '{param}': a job runs at most one eval on its checkpoints.", param=param)
+    if job.method_type.value not in ("supervised", "dpo"):
+        raise InvalidRequest(f"Invalid '{param}.type': evals run on the checkpoints of supervised and dpo jobs; "
+                             "a reinforcement job is measured by its grader.", param=f"{param}.type",
+                             code="unsupported_integration")
+    settings = integration["eval"]
+    async with ctx.reader() as db:
+        evaluation = await queries.read_eval(db, org_id, settings["eval_id"])
+    if evaluation is None:
+        raise InvalidRequest(f"Invalid '{param}.eval.eval_id': no such eval: {settings['eval_id']}.",
+                             param=f"{param}.eval.eval_id", code="eval_not_found")
+    data_source, at = settings["data_source"], f"{param}.eval.data_source"
+    if unknown := sorted(set(data_source) - {"type", "source", "input_messages", "sampling_params"}):
+        why = "each checkpoint is the model" if unknown[0] == "model" else "is not a field of it"
+        raise spec_invalid(f"{at}.{unknown[0]}", why)
+    if data_source.get("type", "completions") != "completions":
+        raise spec_invalid(f"{at}.type", "must be 'completions': the checkpoints are sampled")
+    rows = await _rows(ctx, org_id, data_source.get("source"), f"{at}.source")
+    input_messages = items.check_input_messages(data_source.get("input_messages"), f"{at}.input_messages")
+    sampling = _sampling(data_source.get("sampling_params"), job.model, f"{at}.sampling_params")
+    checked = items.check_rows(rows, evaluation.data_source_config["schema"]["properties"]["item"],
+                               needs_sample=False, input_messages=input_messages)
+    stored = {"eval_id": evaluation.id, "data_source": {
+        "type": "completions", "source": data_source["source"], "input_messages": items.echoed(input_messages),
+        "sampling_params": sampling}}
+    if store:
+        stored["n_items"] = len(checked)
+        stored["items_key"] = f"job-evals/{domain.new_id('eval_run')}/items.jsonl"
+        await anyio.to_thread.run_sync(_write_items, ctx, stored["items_key"], checked)
+    integrations = list(job.integrations or [])
+    integrations[index] = {"type": "eval", "eval": stored}
+    return replace(job, integrations=integrations)
+
+
+def spec_invalid(param: str, message: str) -> InvalidRequest:
+    """A 400 pointing at ``param`` (``invalid_value``)."""
+    return spec.invalid(param, message, code="invalid_value")
+
+
+def _sampling(given: Any, model: str, param: str = "data_source.sampling_params") -> dict[str, Any]:
     """The sampling parameters, checked as a chat completion request checks them."""
     from openft.schemas.chat import ChatCompletionRequest
 
-    param = "data_source.sampling_params"
     if given is None:
         return {}
     if not isinstance(given, dict):
@@ -244,7 +302,10 @@ def _write_items(ctx: AppContext, key: str, checked: list[items.RunItem]) -> Non
 
 
 def _delete_blobs(ctx: AppContext, keys: list[str]) -> None:
+    """Delete runs' item blobs (a job's eval items, shared by its runs, stay with the job)."""
     for key in keys:
+        if key.startswith("job-evals/"):
+            continue
         try:
             ctx.blobs.delete(key)
         except FileNotFoundError:

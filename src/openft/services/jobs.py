@@ -169,6 +169,15 @@ async def create_job(
     )
 
 
+def _public_integrations(integrations: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The job's integrations as its creator sent them (an eval's stored items stay internal)."""
+    if not integrations:
+        return None
+    internal = ("items_key", "n_items")
+    return [{**i, "eval": {k: v for k, v in i["eval"].items() if k not in internal}} if i["type"] == "eval" else i
+            for i in integrations]
+
+
 def _check_integrations(spec: JobSpec) -> None:
     """An integration whose client library this server lacks would log nothing: refused."""
     for index, integration in enumerate(spec.integrations or []):
@@ -183,8 +192,8 @@ def _check_early_stopping(spec: JobSpec) -> None:
     """Early stopping and the best checkpoint go by the validation loss: they
     need a validation file, and reinforcement has rewards, not a loss."""
     for name in ("early_stopping_patience", "fine_tuned_model_from"):
-        if spec.method.hyperparameters.get(name) in (None, "last"):
-            continue
+        if spec.method.hyperparameters.get(name) in (None, "last", "best_eval_pass_rate"):
+            continue  # the eval's pass rate: checked with the job's eval (services.evals.check_job_eval)
         param = f"{spec.method.where}.{name}"
         if spec.method_type is MethodType.REINFORCEMENT:
             raise InvalidRequest(f"{name} applies to supervised and dpo jobs, which have a validation "
@@ -358,7 +367,7 @@ def job_to_wire(job: Any, *, gateway: bool = False) -> FineTuningJob:
         trained_tokens=job.trained_tokens,
         training_file=job.training_file,
         validation_file=job.validation_file,
-        integrations=job.integrations,
+        integrations=_public_integrations(job.integrations),
         seed=job.seed,
         estimated_finish=_ts(job.estimated_finish),
         method=method.to_wire(),

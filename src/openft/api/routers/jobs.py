@@ -31,7 +31,10 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 @router.post("", response_model=FineTuningJob)
 async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> Response:
+    from openft.services import evals
+
     spec = await service.with_checked_grader(body.to_spec(), caller.org_id, ctx.graders, ctx.reader)
+    spec = await evals.check_job_eval(ctx, caller.org_id, spec)
     async with ctx.transaction() as session:
         job = await service.create_job(
             session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
@@ -45,7 +48,10 @@ async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) 
 async def estimate_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) -> dict[str, Any]:
     """openft extension: what the job would cost (the same body as create;
     nothing is created). See ``openft.training.estimate``."""
+    from openft.services import evals
+
     spec = await service.with_checked_grader(body.to_spec(), caller.org_id, ctx.graders, ctx.reader)
+    spec = await evals.check_job_eval(ctx, caller.org_id, spec, store=False)
     async with ctx.estimates.slot(caller.org_id):
         return await estimates.estimate(ctx.transaction, ctx.settings, ctx.registry, caller.org_id, spec,
                                         zygote=ctx.zygote)

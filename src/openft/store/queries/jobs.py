@@ -3,7 +3,7 @@ writer of ``status`` anywhere in openft."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -273,16 +273,18 @@ async def add_checkpoint(session: AsyncSession, checkpoint: Checkpoint) -> None:
     await session.flush()
 
 
-async def prune_checkpoints(session: AsyncSession, job_id: str, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` checkpoints; returns their storage keys."""
-    rows = (
+async def prune_checkpoints(session: AsyncSession, job_id: str, keep: int,
+                            protect: Collection[str] = ()) -> list[str]:
+    """Delete all but the newest ``keep`` checkpoints, and but those named in
+    ``protect``; returns their storage keys."""
+    rows = [r for r in (
         await session.execute(
-            select(Checkpoint.seq, Checkpoint.storage_key)
+            select(Checkpoint.seq, Checkpoint.storage_key, Checkpoint.fine_tuned_model_checkpoint)
             .where(Checkpoint.job_id == job_id)
             .order_by(Checkpoint.seq.desc())
             .offset(keep)
         )
-    ).all()
+    ).all() if r.fine_tuned_model_checkpoint not in protect]
     if rows:
         await session.execute(
             delete(Checkpoint).where(Checkpoint.seq.in_([r.seq for r in rows]))

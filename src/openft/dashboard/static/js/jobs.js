@@ -17,7 +17,7 @@ const listState = { status: "", metaKey: "", metaValue: "", limit: 20, cursors: 
 /** Step and total of the newest metrics event (running and paused jobs). */
 async function progressOf(job, signal) {
   const events = await api(`/fine_tuning/jobs/${job.id}/events?limit=20`, { signal });
-  const latest = events.data.find((e) => e.type === "metrics");
+  const latest = events.data.find((e) => e.type === "metrics" && e.data.total_steps);
   return latest ? { step: latest.data.step, total: latest.data.total_steps } : null;
 }
 
@@ -118,11 +118,12 @@ const CHARTS = [
   ["Loss", (key) => key.endsWith("loss")],
   ["Token accuracy", (key) => key.endsWith("accuracy")],
   ["Reward", (key) => key.includes("reward") || key.includes("score")],
+  ["Eval pass rate", (key) => key === "eval_pass_rate"],
 ];
 const LABELS = {
   train_loss: "training loss", valid_loss: "validation loss", full_valid_loss: "full validation loss",
   train_mean_token_accuracy: "training accuracy", valid_mean_token_accuracy: "validation accuracy",
-  full_valid_mean_token_accuracy: "full validation accuracy",
+  full_valid_mean_token_accuracy: "full validation accuracy", eval_pass_rate: "eval pass rate",
 };
 
 function series(metrics, checkpoints, test) {
@@ -230,9 +231,10 @@ export async function jobPage(main, jobId, signal) {
     // A paused or re-queued job resumes from its last saved state and repeats
     // the steps after it: a step's latest report is the one on the final path.
     const byStep = new Map();
-    for (const e of events) if (e.type === "metrics") byStep.set(e.data.step, e.data);
+    // A checkpoint's eval pass rate arrives later as its own metrics event of that step: merged in.
+    for (const e of events) if (e.type === "metrics") byStep.set(e.data.step, { ...byStep.get(e.data.step), ...e.data });
     const metrics = [...byStep.values()].sort((a, b) => a.step - b.step);
-    const latest = metrics.at(-1);
+    const latest = metrics.filter((m) => m.total_steps).at(-1);
     const method = job.method?.type || "supervised";
     const left = timeLeft(job);
     // The buttons are rebuilt only when they change, so keyboard focus stays put while the page updates.
