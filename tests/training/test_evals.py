@@ -244,8 +244,8 @@ def test_a_job_evaluates_each_checkpoint_and_keeps_the_one_that_passes_most(tena
     assert checkpoint in [c.fine_tuned_model_checkpoint for c in tenant.sdk.fine_tuning.jobs.checkpoints.list(job.id)]
 
     def say(model: str) -> str:
-        answer = tenant.sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say something."}],
-                                                    max_completion_tokens=3, temperature=0)
+        ask = [{"role": "user", "content": "Say something."}]
+        answer = tenant.sdk.chat.completions.create(model=model, messages=ask, max_completion_tokens=3, temperature=0)
         return answer.choices[0].message.content or ""
 
     assert say(done.fine_tuned_model) == say(checkpoint) and "apple" not in say(done.fine_tuned_model)
