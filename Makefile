@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-start clean
+.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-start clean
 
 setup: $(STAMP)
 
@@ -88,6 +88,9 @@ bench-serving: $(STAMP)
 
 bench-rft: $(STAMP)
 	$(BIN)/python bench/rft_throughput.py
+
+bench-evals: $(STAMP)
+	$(BIN)/python bench/evals.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -159,3 +159,23 @@ def test_fine_tuned_bundled_model_calls_the_function_it_was_shown(make_training_
     assert call.function.name == example["messages"][1]["tool_calls"][0]["function"]["name"]
     server.stop()
 
+
+
+@pytest.mark.example
+@pytest.mark.filterwarnings("ignore:The Evals API is deprecated")
+def test_the_evals_tutorial_finds_the_pirate_model_better_at_pirate_speech(make_training_server,
+                                                                          bundled_model_dir) -> None:
+    """docs/tutorials/evaluate-a-fine-tune.md, its Python block run as
+    printed: the same eval on the bundled model and on the quick start's
+    pirate model; the pirate model passes the pirate criterion far more often
+    and keeps most of the base's right answers."""
+    import re
+
+    server = share_bundled_model(make_training_server(OPENFT_TRAINING_THREADS="2"), bundled_model_dir)
+    stdout = run_readme_python(server, "examples/pirate-eval.jsonl", timeout=1500)
+    found = {who: tuple(int(n) for n in re.search(
+        rf"^{who}: completed, passed \d+/16 items \(pirate (\d+)/16, correct (\d+)/16\)", stdout, re.M).groups())
+        for who in ("base", "pirate")}
+    (base_pirate, base_correct), (pirate_pirate, pirate_correct) = found["base"], found["pirate"]
+    assert pirate_pirate >= base_pirate + 8 and pirate_correct >= base_correct - 4, found
+    server.stop()

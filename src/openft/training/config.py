@@ -158,8 +158,9 @@ class Hyperparameters:
         "Supervised and DPO: stop after this many validations in a row without a lower "
         "validation loss (None: train every step).")
     fine_tuned_model_from: str | None = _help(
-        "Supervised and DPO: 'last' (the weights after the last step) or 'best_valid_loss' "
-        "(the weights at the validation with the lowest loss).")
+        "Supervised and DPO: 'last' (the weights after the last step), 'best_valid_loss' "
+        "(the weights at the validation with the lowest loss) or 'best_eval_pass_rate' (the checkpoint "
+        "whose run of the job's eval integration passed most; the training run itself trains as 'last').")
 
     reasoning_effort: str | None = _help(
         "Reinforcement only: sets the completion budget (low 64, default/medium 256, high 1024 tokens).")
