@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     grader_concurrency_per_org: int = Field(
         2, ge=1, description="Of grader_concurrency, the most one organisation may hold at once."
     )
+    eval_check_concurrency: int = Field(
+        2, ge=1, description="Eval run creations whose items are being read and checked at once (each on its own "
+        "thread, off the event loop); past it, 429 with Retry-After."
+    )
+    eval_check_concurrency_per_org: int = Field(
+        1, ge=1, description="Of eval_check_concurrency, the most one organisation may hold at once."
+    )
+    max_queued_eval_runs_per_org: int = Field(
+        100, ge=1, description="Eval runs one organisation may have queued or in progress; past it, 429."
+    )
     export_concurrency: int = Field(
         2, ge=1, description="Merged exports (each a child process that loads the model) at once; "
         "past it, 429 with Retry-After."

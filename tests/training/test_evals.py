@@ -1,15 +1,12 @@
 """Eval runs executed by real workers: the same eval on a base model and on
 a fine-tune of it (the fine-tune scores higher on what it was trained for),
-a jsonl run, a run that survives kill -9 of the server and of a standalone
-worker with every item graded once, and a cancel that stops the run's
-process at once while a fine-tuning job keeps its own slot."""
+a jsonl run, a cancel that stops the run's process at once while a
+fine-tuning job keeps its own slot, and a job that evaluates its
+checkpoints. A run that survives kill -9: ``test_eval_recovery.py``."""
 
 from __future__ import annotations
 
 import io
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -144,45 +141,6 @@ def test_a_fine_tune_passes_what_its_base_fails(tenant: Tenant) -> None:
     assert (jsonl_run.result_counts.passed, jsonl_run.result_counts.failed) == (1, 1)
     assert [i.sample.output[0].content for i in all_items(tenant, evaluation.id, carried.id)] == [
         "apple apple apple", "pear"]
-
-
-def test_a_run_survives_kill_9_of_the_server_and_of_the_worker(make_training_server) -> None:
-    server = make_training_server(OPENFT_LEASE_SECONDS="2")
-    tenant = Tenant(server, "default", server.api_key)
-    evaluation = tenant.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[EXACT, slow(0.15)])
-    rows = [{"item": {"prompt": f"p{i}", "expected": "x"}, "sample": {"output_text": "x" if i % 2 else "y"}}
-            for i in range(30)]
-    run = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
-        "type": "jsonl", "source": {"type": "file_content", "content": rows}})
-    seen = graded(tenant, evaluation.id, run.id, 3)
-    child = eval_process(run.id)
-    server.process.send_signal(signal.SIGKILL)  # the API and its worker die at once
-    server.process.wait()
-    child.wait(timeout=10)  # the run's process does not outlive its worker
-    server.extra_env["OPENFT_WORKER"] = "false"
-    server.start()
-    env = {**server.env, "OPENFT_WORKER": "true"}
-
-    def worker() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "openft", "worker"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=(server.home / "worker.log").open("ab"))
-
-    standalone = worker()
-    try:
-        seen = graded(tenant, evaluation.id, run.id, seen + 3)  # resumed after the lease expired
-        standalone.send_signal(signal.SIGKILL)
-        standalone.wait()
-        assert tenant.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "in_progress"
-        standalone = worker()
-        done = finished(tenant, evaluation.id, run.id)
-    finally:
-        standalone.send_signal(signal.SIGTERM)
-        standalone.wait(timeout=30)
-    assert done.status == "completed", done.error
-    items = all_items(tenant, evaluation.id, run.id)
-    assert sorted(i.datasource_item_id for i in items) == list(range(30))  # each once, none lost
-    assert (done.result_counts.total, done.result_counts.passed, done.result_counts.failed) == (30, 15, 15)
-    assert [c.passed + c.failed for c in done.per_testing_criteria_results] == [30, 30]
 
 
 def test_cancel_stops_the_run_at_once_and_jobs_keep_their_slot(tenant: Tenant) -> None:

@@ -1,7 +1,8 @@
 """Checkpoint permissions on a real server: a checkpoint shared with another
 organisation is usable there as a model (chat, an eval run) and as the start
-of a job, and nothing more; no third organisation sees it; revoking the
-permission stops its use at once."""
+of a job, and nothing more (not an export, also not of a model trained from
+it); no third organisation sees it; revoking the permission stops its use at
+once."""
 
 from __future__ import annotations
 
@@ -81,8 +82,10 @@ def test_a_shared_checkpoint_is_usable_by_the_organisation_it_names_and_no_other
                  lambda: partner.sdk.models.retrieve(tuned)):
         with pytest.raises(openai.NotFoundError):
             call()
-    with partner.http() as http:  # use is not a copy: no export
+    with partner.http() as http:  # use is not a copy: no export, also not of what was trained from it
         assert http.get(f"/models/{checkpoint}/export").status_code == 404
+        derived = http.get(f"/models/{continued.fine_tuned_model}/export")
+        assert derived.status_code == 403 and derived.json()["error"]["code"] == "model_not_exportable"
 
     deleted = owner.sdk.fine_tuning.checkpoints.permissions.delete(permission.id,
                                                                   fine_tuned_model_checkpoint=checkpoint)

@@ -38,6 +38,8 @@ class AppContext:
     """Merged exports at once, shared fairly between organisations."""
     estimates: Capacity = field(init=False)
     """Job estimates at once, shared fairly between organisations."""
+    evals: Capacity = field(init=False)
+    """Eval runs' item checks at once, shared fairly between organisations."""
     zygote: Zygote | None = None
     """The co-located worker's warm start (set when the worker starts): estimates fork from it."""
     wake_worker: Callable[[], None] = lambda: None
@@ -50,6 +52,8 @@ class AppContext:
         self.graders = GraderService(settings, self.chat)
         self.exports = Capacity("merged exports", settings.export_concurrency, settings.export_concurrency_per_org)
         self.estimates = Capacity("estimates", settings.estimate_concurrency, settings.estimate_concurrency_per_org)
+        self.evals = Capacity("eval item checks", settings.eval_check_concurrency,
+                              settings.eval_check_concurrency_per_org)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -11,6 +11,7 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,14 @@ from openft.graders.templates import TemplateError, lookup, render_messages
 
 MAX_ITEMS = 50_000
 """Most items one run may have."""
+MAX_SOURCE_BYTES = 64 << 20
+"""Largest file of items a run reads (an uploaded file may be larger: it is refused here)."""
+MAX_ITEM_BYTES = 256 << 10
+"""Largest row (its JSON), and largest rendered input of one item."""
+MAX_ITEMS_BYTES = 256 << 20
+"""Largest total of the rendered items one run stores."""
+PATTERN_SECONDS = 0.1
+"""Longest one ``pattern`` of an item schema may take on one value (a backtracking regex is refused, not waited for)."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +68,22 @@ def inline_rows(content: Any, param: str) -> list[SourceRow]:
 
 def file_rows(data: bytes, file_id: str, param: str) -> list[SourceRow]:
     """The JSON lines of an uploaded file (blank lines skipped)."""
+    if len(data) > MAX_SOURCE_BYTES:
+        raise InvalidRequest(f"Invalid '{param}': the file {file_id} is larger than a run reads "
+                             f"({MAX_SOURCE_BYTES >> 20} MiB); split it into several runs.", param=param,
+                             code="file_too_large")
+    lines = data.splitlines()
+    if sum(1 for line in lines if line.strip()) > MAX_ITEMS:
+        raise InvalidRequest(f"Invalid '{param}': a run may have at most {MAX_ITEMS} items.", param=param,
+                             code="too_many_items")
     rows = []
-    for number, line in enumerate(data.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"line {number} of {file_id}"
+        if len(line) > MAX_ITEM_BYTES:
+            raise InvalidRequest(f"Invalid '{param}': {where} is larger than {MAX_ITEM_BYTES >> 10} KiB.",
+                                 param=param, code="invalid_file")
         try:
             value = json.loads(line)
         except (ValueError, RecursionError) as exc:
@@ -85,21 +105,27 @@ def check_rows(rows: list[SourceRow], item_schema: dict[str, Any], *, needs_samp
                input_messages: dict[str, Any] | None) -> list[RunItem]:
     """Every row as a :class:`RunItem`: an object with an ``item`` that fits
     ``item_schema`` (and a ``sample`` object where the criteria grade one
-    that no model samples), rendered into messages for a completions run."""
-    from jsonschema import Draft202012Validator
-
+    that no model samples), rendered into messages for a completions run.
+    Blocking and CPU-bound: callers run it off the event loop."""
     if len(rows) > MAX_ITEMS:
         raise InvalidRequest(f"A run may have at most {MAX_ITEMS} items; this source has {len(rows)}.",
                              param=rows[0].param, code="too_many_items")
-    validator = Draft202012Validator(item_schema)
-    items = []
+    validator = item_validator(item_schema)
+    items, total = [], 0
     for index, row in enumerate(rows):
         value = row.value
         if not isinstance(value, dict) or not isinstance(value.get("item"), dict):
             raise _refuse(row, "each item must be an object {\"item\": {...}}, with an optional \"sample\"")
         if unknown := sorted(set(value) - {"item", "sample"}):
             raise _refuse(row, f"{unknown[0]!r} is not a field of an item row (item, sample)", unknown[0])
-        error = next(iter(sorted(validator.iter_errors(value["item"]), key=lambda e: list(e.path))), None)
+        if input_messages is not None and "sample" in value:
+            raise _refuse(row, "a completions run samples its model, so its items carry no 'sample'; remove it, "
+                          "or grade the samples with a 'jsonl' run", "sample")
+        try:
+            errors = sorted(validator.iter_errors(value["item"]), key=lambda e: list(e.path))
+        except Exception as exc:  # an unresolvable $ref, say: the schema cannot be applied
+            raise _refuse(row, f"the eval's item_schema cannot be applied to it: {exc}", "item") from None
+        error = next(iter(errors), None)
         if error is not None:
             at = ".".join(str(p) for p in error.path)
             raise _refuse(row, f"the item does not fit the eval's item_schema"
@@ -114,8 +140,60 @@ def check_rows(rows: list[SourceRow], item_schema: dict[str, Any], *, needs_samp
         messages = None
         if input_messages is not None:
             messages = _messages(input_messages, value["item"], row)
+            size = sum(len(m["content"]) for m in messages)
+            if size > MAX_ITEM_BYTES:
+                raise _refuse(row, f"its input messages come to {size} characters, more than "
+                              f"{MAX_ITEM_BYTES >> 10} K", "item")
+            total += size
+        total += len(json.dumps(value, separators=(",", ":")))
+        if total > MAX_ITEMS_BYTES:
+            raise _refuse(row, f"the run's items come to more than {MAX_ITEMS_BYTES >> 20} MiB; split them into "
+                          "several runs")
         items.append(RunItem(index, value["item"], sample, messages))
     return items
+
+
+def item_validator(schema: dict[str, Any]) -> Any:
+    """A JSON Schema validator of ``schema`` whose ``pattern`` and
+    ``patternProperties`` run with a time limit (the ``regex`` module's
+    ``timeout``): a catastrophically backtracking pattern fails the item
+    instead of holding a thread for minutes."""
+    return _validator_class()(schema)
+
+
+@functools.cache
+def _validator_class() -> Any:
+    import regex
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import ValidationError
+
+    def search(pattern: str, text: str) -> bool:
+        try:
+            return regex.search(pattern, text, timeout=PATTERN_SECONDS) is not None
+        except TimeoutError:
+            raise ValidationError(f"the pattern {pattern!r} takes too long on this value") from None
+
+    def pattern(validator: Any, expression: str, instance: Any, schema: Any) -> Any:
+        try:
+            if validator.is_type(instance, "string") and not search(expression, instance):
+                yield ValidationError(f"{instance!r} does not match {expression!r}")
+        except ValidationError as exc:
+            yield exc
+
+    def pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Any:
+        if not validator.is_type(instance, "object"):
+            return
+        for expression, subschema in patterns.items():
+            for key, value in instance.items():
+                try:
+                    found = search(expression, key)
+                except ValidationError as exc:
+                    yield exc
+                    continue
+                if found:
+                    yield from validator.descend(value, subschema, path=key, schema_path=expression)
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern, "patternProperties": pattern_properties})
 
 
 def check_input_messages(input_messages: Any, param: str) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def _graded_answer(config: EvalRunConfig, graders: list[Grader], answer: Answer)
     }
     if answer.completion is None:
         sample["error"] = {"code": "sampling_error", "message": answer.error or "no answer"}
-        return EvalItemRecord(answer.item.index, "error", sample, [], {})
+        return EvalItemRecord(answer.item.index, answer.item.item, "error", sample, [], {})
     choice = answer.completion.choices[0]
     message = choice.message
     tools = [call.model_dump() for call in message.tool_calls or []]
@@ -217,7 +217,7 @@ def _graded(config: EvalRunConfig, graders: list[Grader], item: RunItem, sample:
             entry = spent.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})
             entry["prompt_tokens"] += usage.prompt_tokens
             entry["completion_tokens"] += usage.completion_tokens
-    return EvalItemRecord(item.index, item_status(results), sample, results, spent)
+    return EvalItemRecord(item.index, item.item, item_status(results), sample, results, spent)
 
 
 # ------------------------------------------------------------------ models

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -69,8 +68,6 @@ class EvalRunner:
         self.settings, self.sessions, self.blobs, self.executor = settings, sessions, blobs, executor
         self.worker_id, self.colocated = worker_id, colocated
         self.running: dict[str, asyncio.Task[None]] = {}
-        self._items: dict[str, dict[int, dict[str, Any]]] = {}
-        """Per running run: its items by ``datasource_item_id`` (copied into each output item)."""
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -80,7 +77,7 @@ class EvalRunner:
     async def tick(self) -> None:
         """Re-queue runs whose worker died; claim queued runs up to this worker's slots."""
         async with self.transaction() as session:
-            await queries.requeue_expired_runs(session, utcnow())
+            await queries.requeue_expired_runs(session, utcnow(), self.settings.max_attempts)
         while len(self.running) < self.settings.max_concurrent_eval_runs:
             async with self.transaction() as session:
                 run = await queries.claim_run(session, self.worker_id, until(self.settings.lease_seconds))
@@ -132,8 +129,7 @@ class EvalRunner:
     async def _record(self, run: EvalRun, record: EvalItemRecord) -> None:
         row = EvalOutputItem(
             id=domain.new_id("eval_output_item"), run_id=run.id, eval_id=run.eval_id,
-            datasource_item_id=record.index, status=record.status,
-            datasource_item=self._items.get(run.id, {}).get(record.index, {}), results=record.results,
+            datasource_item_id=record.index, status=record.status, datasource_item=record.item, results=record.results,
             sample=record.sample, created_at=datetime.now(UTC))
 
         def counts(current: EvalRun) -> dict[str, Any]:
@@ -170,8 +166,7 @@ class EvalRunner:
                 "code": "internal_error",
                 "message": f"The eval run's process ended without an outcome ({exit_reason}) "
                            f"{run.attempts} times."})
-        self._items.pop(run.id, None)
-        if (run.metadata_ or {}).get("fine_tuning_job"):
+        if run.fine_tuning_job_id is not None:
             await self._report_to_job(run.id)
 
     async def _report_to_job(self, run_id: str) -> None:
@@ -179,9 +174,11 @@ class EvalRunner:
         (a ``metrics`` event at the checkpoint's step, charted with the loss)."""
         async with self.transaction() as session:
             run = await queries.read_run_any_org(session, run_id)
-            if run is None:
+            if run is None or run.fine_tuning_job_id is None:
                 return
-            job_id, step = run.metadata_["fine_tuning_job"], int(run.metadata_.get("step", 0))
+            job_id, step = run.fine_tuning_job_id, int(run.checkpoint_step or 0)
+            if await job_queries.read_job(session, run.org_id, job_id) is None:
+                return  # the link is the server's own; a job of another organisation is never written to
             counts = run.result_counts
             if run.status == EvalRunStatus.COMPLETED.value and counts["total"]:
                 rate = counts["passed"] / counts["total"]
@@ -195,16 +192,8 @@ class EvalRunner:
                                             f"complete: {why}", level="warn", data={"eval_run_id": run.id})
 
     async def _release(self, run_id: str, to: EvalRunStatus, error: dict[str, str] | None = None) -> None:
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {"status": to.value, "updated_at": now, "lease_expires_at": None}
-        if to is EvalRunStatus.QUEUED:
-            values["worker_id"] = None
-        else:
-            values["finished_at"] = now
-        if error is not None:
-            values["error"] = error
         async with self.transaction() as session:
-            await queries.hold_run(session, run_id, self.worker_id, **values)
+            await queries.release_run(session, run_id, self.worker_id, to, error)
 
     # ------------------------------------------------------------------ config
     async def _config(self, run: EvalRun) -> EvalRunConfig:
@@ -220,7 +209,6 @@ class EvalRunner:
                 for _, model in grader_spec.judge_models(criterion):
                     judges[model] = await self._weights(session, run.org_id, model)
             done = await queries.done_item_ids(session, run.id)
-        self._items[run.id] = await anyio.to_thread.run_sync(self._read_items, run.items_key)
         threads, nice = self.settings.training_share(self.colocated)
         return EvalRunConfig(
             run_id=run.id, eval_id=run.eval_id, storage_url=self.settings.resolved_storage_url,
@@ -233,11 +221,6 @@ class EvalRunner:
             memory_budget_bytes=self.settings.serving_memory_mb * 2**20,
             generation_timeout_seconds=self.settings.generation_timeout_seconds,
         )
-
-    def _read_items(self, key: str) -> dict[int, dict[str, Any]]:
-        with self.blobs.open(key) as stream:
-            rows = [json.loads(line) for line in stream if line.strip()]
-        return {int(r["index"]): r["item"] for r in rows}
 
     async def _weights(self, session: AsyncSession, org_id: str, model: str) -> ModelWeights:
         tuned = await model_queries.read_tuned_weights(session, org_id, model)

@@ -156,6 +156,7 @@ class Recorder:
             model=checkpoint, status=EvalRunStatus.QUEUED.value,
             data_source={**self.eval["data_source"], "model": checkpoint},
             metadata_={"fine_tuning_job": self.job_id, "step": str(step)}, items_key=self.eval["items_key"],
+            fine_tuning_job_id=self.job_id, checkpoint_step=step,
             total_items=int(self.eval["n_items"]), error=None, created_at=now, updated_at=now, attempts=0,
             **tally.empty(evaluation.testing_criteria)))
         await job_queries.add_event(session, self.job_id, f"Eval {evaluation.name} queued for the checkpoint at "
@@ -165,7 +166,7 @@ class Recorder:
         """The job's checkpoints by name, and the eval runs of them."""
         kept = await job_queries.list_checkpoints(session, self.job_id, after=None, limit=1000)
         by_name = {c.fine_tuned_model_checkpoint: c for c in kept.items}
-        runs = await eval_queries.runs_of_models(session, self.org_id, list(by_name), 1000) if by_name else []
+        runs = await eval_queries.runs_of_job(session, self.org_id, self.job_id)
         return by_name, runs
 
     async def _evaluated(self, session: AsyncSession) -> set[str]:
@@ -223,6 +224,10 @@ class Recorder:
             key, step, rate = best
             await anyio.to_thread.run_sync(self._copy_tree, key, record.model_key)
             chosen = f"the checkpoint at step {step}, whose eval pass rate {rate:.2f} was the best"
+        elif self.pick_by_eval:
+            async with self.lease.transaction() as session:
+                await job_queries.add_event(session, self.job_id, "No eval run of the job's checkpoints completed; "
+                                            "the fine-tuned model is the weights after the last step.", level="warn")
         now = datetime.now(UTC)
         try:
             async with self.lease.transaction() as session:

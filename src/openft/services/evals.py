@@ -14,15 +14,19 @@ then stored with it and the run is queued: a worker executes it
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft import domain
+from openft.config import Settings
 from openft.domain import EvalRunStatus
-from openft.errors import Conflict, InvalidRequest, NotFound
+from openft.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from openft.evals import criteria, items, tally
 from openft.graders import spec
 from openft.schemas.evals import (
@@ -38,14 +42,33 @@ from openft.schemas.evals import (
     EvalRunOutputItemList,
     UpdateEvalRequest,
 )
+from openft.services.capacity import Capacity
 from openft.store.queries import evals as queries
 from openft.store.queries import files as file_queries
+from openft.store.queries.reads import Db
 from openft.store.tables import Eval as EvalRow
 from openft.store.tables import EvalRun as EvalRunRow
 
 if TYPE_CHECKING:
-    from openft.api.context import AppContext
     from openft.domain import JobSpec
+    from openft.services.graders import GraderService
+    from openft.services.models import ModelRegistry
+    from openft.store.blobs import BlobStore
+
+
+class EvalsContext(Protocol):
+    """What the evals service uses of the API's context (``api.context.EvalsContext`` is one)."""
+
+    settings: Settings
+    blobs: BlobStore
+    registry: ModelRegistry
+    graders: GraderService
+    evals: Capacity
+    wake_worker: Callable[[], None]
+
+    def reader(self) -> AbstractAsyncContextManager[Db]: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]: ...
 
 SAMPLING_PARAMS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
                    "reasoning_effort")
@@ -56,7 +79,7 @@ def _epoch(when: datetime) -> int:
 
 
 # ------------------------------------------------------------------- evals
-async def create_eval(ctx: AppContext, org_id: str, body: CreateEvalRequest) -> Eval:
+async def create_eval(ctx: EvalsContext, org_id: str, body: CreateEvalRequest) -> Eval:
     config = criteria.check_config(body.data_source_config)
     stored = []
     for index, (grader, threshold) in enumerate(criteria.split_threshold(body.testing_criteria)):
@@ -72,7 +95,7 @@ async def create_eval(ctx: AppContext, org_id: str, body: CreateEvalRequest) -> 
     return eval_to_wire(row)
 
 
-async def get_eval_row(ctx: AppContext, org_id: str, eval_id: str) -> Any:
+async def get_eval_row(ctx: EvalsContext, org_id: str, eval_id: str) -> Any:
     async with ctx.reader() as db:
         row = await queries.read_eval(db, org_id, eval_id)
     if row is None:
@@ -80,7 +103,7 @@ async def get_eval_row(ctx: AppContext, org_id: str, eval_id: str) -> Any:
     return row
 
 
-async def update_eval(ctx: AppContext, org_id: str, eval_id: str, body: UpdateEvalRequest) -> Eval:
+async def update_eval(ctx: EvalsContext, org_id: str, eval_id: str, body: UpdateEvalRequest) -> Eval:
     values: dict[str, Any] = {}
     if body.name is not None:
         values["name"] = body.name
@@ -94,7 +117,7 @@ async def update_eval(ctx: AppContext, org_id: str, eval_id: str, body: UpdateEv
         return eval_to_wire(await queries.read_eval(session, org_id, eval_id))
 
 
-async def list_evals(ctx: AppContext, org_id: str, *, after: str | None, limit: int, order: str,
+async def list_evals(ctx: EvalsContext, org_id: str, *, after: str | None, limit: int, order: str,
                      order_by: str) -> EvalList:
     async with ctx.reader() as db:
         page = await queries.list_evals(db, org_id, after=after, limit=limit, order=order, order_by=order_by)
@@ -103,7 +126,7 @@ async def list_evals(ctx: AppContext, org_id: str, *, after: str | None, limit: 
                     has_more=page.has_more)
 
 
-async def delete_eval(ctx: AppContext, org_id: str, eval_id: str) -> DeletedEval:
+async def delete_eval(ctx: EvalsContext, org_id: str, eval_id: str) -> DeletedEval:
     async with ctx.transaction() as session:
         if await queries.read_eval(session, org_id, eval_id) is None:
             raise NotFound("eval", eval_id)
@@ -118,16 +141,27 @@ def eval_to_wire(row: Any) -> Eval:
 
 
 # -------------------------------------------------------------------- runs
-async def create_run(ctx: AppContext, org_id: str, eval_id: str, body: CreateEvalRunRequest,
+async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateEvalRunRequest,
                      base_url: str) -> EvalRun:
     evaluation = await get_eval_row(ctx, org_id, eval_id)
-    source_rows, model, input_messages, sampling = await _checked_source(ctx, org_id, body.data_source)
+    async with ctx.reader() as db:
+        waiting = await queries.count_unfinished_runs(db, org_id)
+    if waiting >= ctx.settings.max_queued_eval_runs_per_org:
+        raise RateLimited(f"Your organisation has {waiting} eval runs queued or in progress, the most it may have "
+                          "(OPENFT_MAX_QUEUED_EVAL_RUNS_PER_ORG); wait for some to end.", retry_after=30)
+    load_rows, model, input_messages, sampling = await _checked_source(ctx, org_id, body.data_source)
     item_schema = evaluation.data_source_config["schema"]["properties"]["item"]
-    checked = items.check_rows(source_rows, item_schema, needs_sample=criteria.uses_sample(evaluation.testing_criteria),
-                               input_messages=input_messages)
     run_id = domain.new_id("eval_run")
     key = f"eval-runs/{run_id}/items.jsonl"
-    await anyio.to_thread.run_sync(_write_items, ctx, key, checked)
+
+    def check_and_store() -> list[items.RunItem]:  # blocking: reading, checking and rendering every item
+        checked = items.check_rows(load_rows(), item_schema, input_messages=input_messages,
+                                   needs_sample=criteria.uses_sample(evaluation.testing_criteria))
+        _write_items(ctx, key, checked)
+        return checked
+
+    async with ctx.evals.slot(org_id):
+        checked = await ctx.evals.run_sync(check_and_store)
     now = datetime.now(UTC)
     data_source = dict(body.data_source)
     if input_messages is not None:
@@ -149,9 +183,13 @@ async def create_run(ctx: AppContext, org_id: str, eval_id: str, body: CreateEva
     return run_to_wire(row, base_url)
 
 
-async def _checked_source(ctx: AppContext, org_id: str, data_source: Any
-                          ) -> tuple[list[items.SourceRow], str | None, dict[str, Any] | None, dict[str, Any] | None]:
-    """(the source's rows, the model, input_messages and sampling_params of a completions run)."""
+RowLoader = Callable[[], list[items.SourceRow]]
+"""Reads a source's rows (blocking: a file is read and parsed); run off the event loop."""
+
+
+async def _checked_source(ctx: EvalsContext, org_id: str, data_source: Any
+                          ) -> tuple[RowLoader, str | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(what reads the source's rows, the model, input_messages and sampling_params of a completions run)."""
     param = "data_source"
     if not isinstance(data_source, dict):
         raise spec.invalid(param, "must be an object with a 'type' (jsonl or completions)", code="invalid_value")
@@ -185,7 +223,7 @@ async def _checked_source(ctx: AppContext, org_id: str, data_source: Any
     return rows, model, input_messages, _sampling(data_source.get("sampling_params"), model)
 
 
-async def check_job_eval(ctx: AppContext, org_id: str, job: JobSpec, *, store: bool = True) -> JobSpec:
+async def check_job_eval(ctx: EvalsContext, org_id: str, job: JobSpec, *, store: bool = True) -> JobSpec:
     """A job's ``eval`` integration (an openft extension), checked as a run
     would be: the eval exists for the organisation, the data source (without
     a model: each kept checkpoint is sampled) and every item are valid. Its
@@ -221,21 +259,30 @@ async def check_job_eval(ctx: AppContext, org_id: str, job: JobSpec, *, store: b
         raise spec_invalid(f"{at}.{unknown[0]}", why)
     if data_source.get("type", "completions") != "completions":
         raise spec_invalid(f"{at}.type", "must be 'completions': the checkpoints are sampled")
-    rows = await _rows(ctx, org_id, data_source.get("source"), f"{at}.source")
+    load_rows = await _rows(ctx, org_id, data_source.get("source"), f"{at}.source")
     input_messages = items.check_input_messages(data_source.get("input_messages"), f"{at}.input_messages")
     sampling = _sampling(data_source.get("sampling_params"), job.model, f"{at}.sampling_params")
-    checked = items.check_rows(rows, evaluation.data_source_config["schema"]["properties"]["item"],
-                               needs_sample=False, input_messages=input_messages)
+    schema = evaluation.data_source_config["schema"]["properties"]["item"]
+    async with ctx.evals.slot(org_id):
+        checked = await ctx.evals.run_sync(lambda: items.check_rows(load_rows(), schema, needs_sample=False,
+                                                                    input_messages=input_messages))
     stored = {"eval_id": evaluation.id, "data_source": {
         "type": "completions", "source": data_source["source"], "input_messages": items.echoed(input_messages),
         "sampling_params": sampling}}
     if store:
         stored["n_items"] = len(checked)
         stored["items_key"] = f"job-evals/{domain.new_id('eval_run')}/items.jsonl"
-        await anyio.to_thread.run_sync(_write_items, ctx, stored["items_key"], checked)
+        await ctx.evals.run_sync(lambda: _write_items(ctx, stored["items_key"], checked))
     integrations = list(job.integrations or [])
     integrations[index] = {"type": "eval", "eval": stored}
     return replace(job, integrations=integrations)
+
+
+async def forget_job_eval(ctx: EvalsContext, job: JobSpec) -> None:
+    """Delete the items :func:`check_job_eval` stored for a job that was not created."""
+    for integration in job.integrations or []:
+        if integration["type"] == "eval" and (key := integration["eval"].get("items_key")):
+            await anyio.to_thread.run_sync(ctx.blobs.delete, key)
 
 
 def spec_invalid(param: str, message: str) -> InvalidRequest:
@@ -264,15 +311,16 @@ def _sampling(given: Any, model: str, param: str = "data_source.sampling_params"
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
         raise spec.invalid(f"{param}.{where}" if where else param, error["msg"], code="invalid_value") from None
-    return dict(given)
+    return {k: v for k, v in given.items() if v is not None}  # null: the default, as OpenAI reads it
 
 
-async def _rows(ctx: AppContext, org_id: str, source: Any, param: str) -> list[items.SourceRow]:
+async def _rows(ctx: EvalsContext, org_id: str, source: Any, param: str) -> RowLoader:
     if not isinstance(source, dict):
         raise spec.invalid(param, "must be an object with a 'type' (file_content or file_id)", code="invalid_value")
     kind = source.get("type")
     if kind == "file_content":
-        return items.inline_rows(source.get("content"), f"{param}.content")
+        rows = items.inline_rows(source.get("content"), f"{param}.content")
+        return lambda: rows
     if kind == "file_id":
         file_id = source.get("id")
         if not isinstance(file_id, str):
@@ -282,26 +330,29 @@ async def _rows(ctx: AppContext, org_id: str, source: Any, param: str) -> list[i
         if row is None:
             raise InvalidRequest(f"Invalid '{param}.id': the file {file_id!r} does not exist.",
                                  param=f"{param}.id", code="file_not_found")
-        data = await anyio.to_thread.run_sync(_read_blob, ctx, row.storage_key)
-        return items.file_rows(data, file_id, f"{param}.id")
+        if row.bytes > items.MAX_SOURCE_BYTES:
+            raise InvalidRequest(f"Invalid '{param}.id': the file {file_id} is larger than a run reads "
+                                 f"({items.MAX_SOURCE_BYTES >> 20} MiB); split it into several runs.",
+                                 param=f"{param}.id", code="file_too_large")
+        return lambda: items.file_rows(_read_blob(ctx, row.storage_key), file_id, f"{param}.id")
     if kind == "stored_completions":
         raise InvalidRequest(f"Invalid '{param}.type': openft stores no completions; upload them as a jsonl file "
                              "and use a 'file_id' source.", param=f"{param}.type", code="unsupported_data_source")
     raise spec.invalid(f"{param}.type", f"must be 'file_content' or 'file_id', got {kind!r}", code="invalid_value")
 
 
-def _read_blob(ctx: AppContext, key: str) -> bytes:
+def _read_blob(ctx: EvalsContext, key: str) -> bytes:
     with ctx.blobs.open(key) as stream:
         return stream.read()
 
 
-def _write_items(ctx: AppContext, key: str, checked: list[items.RunItem]) -> None:
+def _write_items(ctx: EvalsContext, key: str, checked: list[items.RunItem]) -> None:
     with ctx.blobs.writer(key) as writer:
         for item in checked:
             writer.write((json.dumps(item.to_dict(), separators=(",", ":")) + "\n").encode())
 
 
-def _delete_blobs(ctx: AppContext, keys: list[str]) -> None:
+def _delete_blobs(ctx: EvalsContext, keys: list[str]) -> None:
     """Delete runs' item blobs (a job's eval items, shared by its runs, stay with the job)."""
     for key in keys:
         if key.startswith("job-evals/"):
@@ -312,7 +363,7 @@ def _delete_blobs(ctx: AppContext, keys: list[str]) -> None:
             pass
 
 
-async def get_run_row(ctx: AppContext, org_id: str, eval_id: str, run_id: str) -> Any:
+async def get_run_row(ctx: EvalsContext, org_id: str, eval_id: str, run_id: str) -> Any:
     async with ctx.reader() as db:
         row = await queries.read_run(db, org_id, eval_id, run_id)
     if row is None:
@@ -320,7 +371,7 @@ async def get_run_row(ctx: AppContext, org_id: str, eval_id: str, run_id: str) -
     return row
 
 
-async def list_runs(ctx: AppContext, org_id: str, eval_id: str, base_url: str, *, after: str | None, limit: int,
+async def list_runs(ctx: EvalsContext, org_id: str, eval_id: str, base_url: str, *, after: str | None, limit: int,
                     order: str, status: str | None) -> EvalRunList:
     await get_eval_row(ctx, org_id, eval_id)
     async with ctx.reader() as db:
@@ -330,7 +381,7 @@ async def list_runs(ctx: AppContext, org_id: str, eval_id: str, base_url: str, *
                        has_more=page.has_more)
 
 
-async def runs_of_job(ctx: AppContext, org_id: str, job_id: str, base_url: str) -> EvalRunList:
+async def runs_of_job(ctx: EvalsContext, org_id: str, job_id: str, base_url: str) -> EvalRunList:
     """An openft extension: the eval runs that sampled the job's fine-tuned
     model or one of its checkpoints, newest first (the job page's "Evals")."""
     from openft.services.jobs import get_job
@@ -347,7 +398,7 @@ async def runs_of_job(ctx: AppContext, org_id: str, job_id: str, base_url: str) 
                        has_more=False)
 
 
-async def cancel_run(ctx: AppContext, org_id: str, eval_id: str, run_id: str, base_url: str) -> EvalRun:
+async def cancel_run(ctx: EvalsContext, org_id: str, eval_id: str, run_id: str, base_url: str) -> EvalRun:
     row = await get_run_row(ctx, org_id, eval_id, run_id)
     async with ctx.transaction() as session:
         if not await queries.cancel_run(session, org_id, run_id):
@@ -356,7 +407,7 @@ async def cancel_run(ctx: AppContext, org_id: str, eval_id: str, run_id: str, ba
     return run_to_wire(await get_run_row(ctx, org_id, eval_id, run_id), base_url)
 
 
-async def delete_run(ctx: AppContext, org_id: str, eval_id: str, run_id: str) -> DeletedEvalRun:
+async def delete_run(ctx: EvalsContext, org_id: str, eval_id: str, run_id: str) -> DeletedEvalRun:
     await get_run_row(ctx, org_id, eval_id, run_id)
     async with ctx.transaction() as session:
         # A run in progress is canceled first: its worker stops it at the next heartbeat.
@@ -377,7 +428,7 @@ def run_to_wire(row: Any, base_url: str) -> EvalRun:
 
 
 # ------------------------------------------------------------ output items
-async def list_items(ctx: AppContext, org_id: str, eval_id: str, run_id: str, *, after: str | None, limit: int,
+async def list_items(ctx: EvalsContext, org_id: str, eval_id: str, run_id: str, *, after: str | None, limit: int,
                      order: str, status: str | None) -> EvalRunOutputItemList:
     await get_run_row(ctx, org_id, eval_id, run_id)
     async with ctx.reader() as db:
@@ -387,7 +438,7 @@ async def list_items(ctx: AppContext, org_id: str, eval_id: str, run_id: str, *,
                                  last_id=data[-1].id if data else None, has_more=page.has_more)
 
 
-async def get_item(ctx: AppContext, org_id: str, eval_id: str, run_id: str, item_id: str) -> EvalRunOutputItem:
+async def get_item(ctx: EvalsContext, org_id: str, eval_id: str, run_id: str, item_id: str) -> EvalRunOutputItem:
     await get_run_row(ctx, org_id, eval_id, run_id)
     async with ctx.reader() as db:
         row = await queries.read_item(db, run_id, item_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 
 from openft.config import Settings
-from openft.errors import InvalidRequest, NotFound, ServerFailure
+from openft.errors import Forbidden, InvalidRequest, NotFound, ServerFailure
 from openft.export import adapter_config, tar_stream
 from openft.services.capacity import Capacity
 from openft.services.chat import ChatService
@@ -60,6 +60,10 @@ async def prepare(settings: Settings, chat: ChatService, reader: Reader, capacit
                     param="model", code="model_not_exportable",
                 )
             raise NotFound("model", model_id, param="model")
+        if shared := await model_queries.shared_ancestor(db, org_id, tuned.job_id):
+            raise Forbidden(f"{model_id} was trained from {shared}, a checkpoint another organisation shared with "
+                            "yours: shared weights are used (chat, evals, jobs), never exported.", param="model",
+                            code="model_not_exportable")
         ref = await chat.registry.resolve(db, org_id, model_id)
     name = archive_name(model_id)
     if ref.adapter_path is None:

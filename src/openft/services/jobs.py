@@ -50,6 +50,8 @@ class CheckedJob:
     validation: Any | None
     start_key: str | None
     """The continued model's weights (blob key), if any."""
+    shared_start: str | None = None
+    """The continued model when it is a checkpoint another organisation shared."""
 
 
 class GraderCheck(Protocol):
@@ -90,9 +92,9 @@ async def check_job(
         )
     _check_early_stopping(spec)
     _check_integrations(spec)
-    base_model, start_key = None, None
+    base_model, start_key, shared_start = None, None, None
     if spec.model.startswith("ft:"):
-        spec, base_model, start_key = await _continuing(session, org_id, spec)
+        spec, base_model, start_key, shared_start = await _continuing(session, org_id, spec)
     base = await registry.check_trainable(session, base_model or spec.model)
     capabilities = await registry.capabilities(base)
     problem = capabilities and families.refusal(capabilities, spec.method_type.value, spec.method.hyperparameters)
@@ -121,7 +123,7 @@ async def check_job(
     validation = None
     if spec.validation_file is not None:
         validation = await _usable_file(session, org_id, spec.validation_file, "validation_file", spec)
-    return CheckedJob(spec, base_model, base, training, validation, start_key)
+    return CheckedJob(spec, base_model, base, training, validation, start_key, shared_start)
 
 
 async def create_job(
@@ -152,6 +154,7 @@ async def create_job(
         integrations=spec.integrations,
         resources=spec.resources,
         base_model=base_model,
+        shared_start=checked.shared_start,
         result_files=[],
         created_at=now,
         updated_at=now,
@@ -203,17 +206,21 @@ def _check_early_stopping(spec: JobSpec) -> None:
                                  "validation_file.", param=param)
 
 
-async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tuple[JobSpec, str, str]:
+async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tuple[JobSpec, str, str, str | None]:
     """A job that continues a fine-tuned model or checkpoint of the
     organisation: (the spec with the earlier model's training type and LoRA
     shape filled in, the base model at the root of its lineage, its weights' key). A LoRA model
     continues as LoRA with the same rank and alpha (its adapter keeps
     training, so serving stays one adapter on the base) or as a full
-    fine-tune of the merged weights; a full fine-tune continues as a full one."""
+    fine-tune of the merged weights; a full fine-tune continues as a full one.
+    The fourth value: the model, when it is a checkpoint another organisation shared."""
     tuned = await model_queries.read_tuned_weights(session, org_id, spec.model)
     if tuned is None:
         raise NotFound("model", spec.model, param="model")
-    parent = await job_queries.read_job(session, org_id, tuned.job_id)
+    own = await model_queries.read_tuned_weights(session, org_id, spec.model, shared=False) is not None
+    # A shared checkpoint's job is the owner's: read for its LoRA shape only, never shown.
+    parent = (await job_queries.read_job(session, org_id, tuned.job_id) if own
+              else await job_queries.read_job_any_org(session, tuned.job_id))
     earlier = dict(parent.resolved_hyperparameters or {}) if parent is not None else {}
     requested = dict(spec.method.hyperparameters)
     where = spec.method.where
@@ -233,7 +240,8 @@ async def _continuing(session: AsyncSession, org_id: str, spec: JobSpec) -> tupl
                     param=f"{where}.{name}",
                 )
             requested[name] = earlier[name]
-    return replace(spec, method=spec.method.with_hyperparameters(requested)), tuned.base_model, tuned.storage_key
+    return (replace(spec, method=spec.method.with_hyperparameters(requested)), tuned.base_model, tuned.storage_key,
+            None if own else spec.model)
 
 
 async def _usable_file(

@@ -158,6 +158,9 @@ class Job(Base):
     base_model: Mapped[str | None] = mapped_column(String(256))
     """The base model at the root of the lineage when ``model`` is a fine-tuned
     model or checkpoint the job continues from; None when ``model`` is a base model."""
+    shared_start: Mapped[str | None] = mapped_column(String(600))
+    """The checkpoint another organisation shared that the job starts from
+    (checkpoint permissions): what it trains is used, never exported."""
 
 
 class JobMetadata(Base):
@@ -329,6 +332,9 @@ class EvalRun(Base):
     worker_id: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer(), default=0)
+    fine_tuning_job_id: Mapped[str | None] = mapped_column(String(40))
+    """Set by the server only: the job whose checkpoint this run evaluates (its eval integration)."""
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer())
 
 
 class EvalOutputItem(Base):

@@ -107,6 +107,8 @@ class EvalItemRecord(Record):
     kind: ClassVar[str] = "eval_item"
     index: int
     """The item's ``datasource_item_id``."""
+    item: dict[str, Any]
+    """The item itself (``datasource_item``)."""
     status: str
     """``pass``, ``fail`` or ``error``."""
     sample: dict[str, Any]

@@ -35,11 +35,15 @@ async def create_job(body: FineTuningJobCreate, caller: CallerDep, ctx: CtxDep) 
 
     spec = await service.with_checked_grader(body.to_spec(), caller.org_id, ctx.graders, ctx.reader)
     spec = await evals.check_job_eval(ctx, caller.org_id, spec)
-    async with ctx.transaction() as session:
-        job = await service.create_job(
-            session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
-            executor=ctx.settings.executor,
-        )
+    try:
+        async with ctx.transaction() as session:
+            job = await service.create_job(
+                session, ctx.registry, caller.org_id, spec, request_metadata=caller.tfy_metadata,
+                executor=ctx.settings.executor,
+            )
+    except BaseException:
+        await evals.forget_job_eval(ctx, spec)  # its stored items belong to no job
+        raise
     ctx.wake_worker()
     return wire(service.job_to_wire(job, gateway=caller.gateway))
 

@@ -96,6 +96,18 @@ async def runs_of_models(db: Db, org_id: str, models: list[str], limit: int = 10
     return list((await db.execute(stmt.order_by(EvalRun.seq.desc()).limit(limit))).all())
 
 
+async def count_unfinished_runs(db: Db, org_id: str) -> int:
+    """The organisation's runs queued or in progress."""
+    return int(await db.scalar(select(func.count()).select_from(EvalRun).where(
+        EvalRun.org_id == org_id, EvalRun.status.in_([QUEUED, IN_PROGRESS]))) or 0)
+
+
+async def runs_of_job(db: Db, org_id: str, job_id: str) -> list[Row[Any]]:
+    """The runs a job's eval integration queued for its checkpoints."""
+    stmt = scoped(EvalRun, org_id=org_id, fine_tuning_job_id=job_id)
+    return list((await db.execute(stmt.order_by(EvalRun.seq))).all())
+
+
 async def cancel_run(session: AsyncSession, org_id: str, run_id: str) -> bool:
     """queued or in_progress -> canceled; False when the run had already ended."""
     now = datetime.now(UTC)
@@ -119,11 +131,16 @@ async def delete_run(session: AsyncSession, org_id: str, run_id: str) -> str | N
 
 # -------------------------------------------------------------- scheduling
 async def claim_run(session: AsyncSession, worker_id: str, lease_until: datetime) -> EvalRun | None:
-    """The oldest queued run, now ``in_progress`` and leased to ``worker_id``, or None."""
-    stmt = select(EvalRun.id).where(EvalRun.status == QUEUED).order_by(EvalRun.seq).limit(5)
+    """The oldest queued run of an organisation with none in progress (else
+    the oldest queued run), now ``in_progress`` and leased to ``worker_id``,
+    or None: one organisation's many runs do not hold up another's."""
+    stmt = select(EvalRun.id, EvalRun.org_id).where(EvalRun.status == QUEUED).order_by(EvalRun.seq).limit(50)
     if session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    for run_id in (await session.scalars(stmt)).all():
+    candidates = (await session.execute(stmt)).all()
+    busy = set((await session.scalars(select(EvalRun.org_id).where(EvalRun.status == IN_PROGRESS))).all())
+    candidates.sort(key=lambda c: c.org_id in busy)  # stable: oldest first within each group
+    for run_id in [c.id for c in candidates]:
         result = await session.execute(
             update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == QUEUED)
             .values(status=IN_PROGRESS, worker_id=worker_id, lease_expires_at=lease_until,
@@ -142,17 +159,39 @@ async def hold_run(session: AsyncSession, run_id: str, worker_id: str, **values:
     return result.rowcount > 0
 
 
-async def requeue_expired_runs(session: AsyncSession, now: datetime) -> list[str]:
-    """Runs in progress whose lease expired (their worker died) go back to the queue."""
-    expired = (await session.scalars(select(EvalRun.id).where(
+async def requeue_expired_runs(session: AsyncSession, now: datetime, max_attempts: int) -> list[str]:
+    """Runs in progress whose lease expired (their worker died) go back to the
+    queue, or fail once they have been started ``max_attempts`` times (a run
+    that takes its worker down each time must not do so forever)."""
+    expired = (await session.execute(select(EvalRun.id, EvalRun.attempts).where(
         EvalRun.status == IN_PROGRESS, EvalRun.lease_expires_at < now))).all()
-    for run_id in expired:
-        await session.execute(
-            update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == IN_PROGRESS,
-                                  EvalRun.lease_expires_at < now)
-            .values(status=QUEUED, worker_id=None, lease_expires_at=None, updated_at=now)
-            .execution_options(synchronize_session=False))
-    return list(expired)
+    for run_id, attempts in expired:
+        guard = update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == IN_PROGRESS,
+                                      EvalRun.lease_expires_at < now)
+        if attempts >= max_attempts:
+            values: dict[str, Any] = {"status": EvalRunStatus.FAILED.value, "finished_at": now, "error": {
+                "code": "worker_lost", "message": f"The worker running this eval stopped responding on each of "
+                                                  f"{attempts} attempts."}}
+        else:
+            values = {"status": QUEUED, "worker_id": None}
+        await session.execute(guard.values(lease_expires_at=None, updated_at=now, **values)
+                              .execution_options(synchronize_session=False))
+    return [run_id for run_id, _ in expired]
+
+
+async def release_run(session: AsyncSession, run_id: str, worker_id: str, to: EvalRunStatus,
+                      error: dict[str, str] | None = None) -> bool:
+    """Move a run ``worker_id`` holds in progress to ``to`` and drop its
+    lease (back to the queue: no worker; otherwise finished now)."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
+    if to is EvalRunStatus.QUEUED:
+        values["worker_id"] = None
+    else:
+        values["finished_at"] = now
+    if error is not None:
+        values["error"] = error
+    return await hold_run(session, run_id, worker_id, status=to.value, **values)
 
 
 async def done_item_ids(db: Db, run_id: str) -> list[int]:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from openft.store.queries.jobs import read_checkpoint_model
@@ -70,19 +71,48 @@ async def read_tuned_weights(db: Db, org_id: str, model_id: str, *, shared: bool
     return TunedWeights(tuned.storage_key, tuned.base_model, tuned.job_id) if tuned is not None else None
 
 
+async def shared_ancestor(db: Db, org_id: str, job_id: str) -> str | None:
+    """The shared checkpoint (``Job.shared_start``) at the start of the
+    lineage of the model ``job_id`` trained, if any: a job continuing a model
+    of the organisation continues its lineage."""
+    seen: set[str] = set()
+    while job_id not in seen:
+        seen.add(job_id)
+        job = (await db.execute(select(Job.shared_start, Job.base_model, Job.model).where(
+            Job.org_id == org_id, Job.id == job_id))).first()
+        if job is None or job.shared_start:
+            return job.shared_start if job is not None else None
+        if not job.base_model:
+            return None
+        parent = await read_tuned_weights(db, org_id, job.model, shared=False)
+        if parent is None:
+            return None
+        job_id = parent.job_id
+    return None
+
+
 async def add_permissions(session: AsyncSession, rows: list[CheckpointPermission]) -> list[CheckpointPermission]:
     """Grant each row's organisation the checkpoint; one already granted keeps its permission (returned)."""
     kept = []
     for row in rows:
-        existing = (await session.scalars(select(CheckpointPermission).where(
-            CheckpointPermission.checkpoint == row.checkpoint,
-            CheckpointPermission.grantee_org_id == row.grantee_org_id))).first()
+        existing = await _permission(session, row)
         if existing is None:
-            session.add(row)
-            existing = row
+            try:
+                async with session.begin_nested():  # a concurrent grant of the same pair wins: keep its row
+                    session.add(row)
+                    await session.flush()
+                existing = row
+            except IntegrityError:
+                existing = await _permission(session, row)
+        assert existing is not None
         kept.append(existing)
-    await session.flush()
     return kept
+
+
+async def _permission(session: AsyncSession, row: CheckpointPermission) -> CheckpointPermission | None:
+    return (await session.scalars(select(CheckpointPermission).where(
+        CheckpointPermission.checkpoint == row.checkpoint,
+        CheckpointPermission.grantee_org_id == row.grantee_org_id))).first()
 
 
 async def list_permissions(db: Db, owner_org_id: str, checkpoint: str, *, grantee: str | None, after: str | None,

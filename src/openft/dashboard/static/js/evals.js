@@ -6,6 +6,7 @@ import { api, query } from "./api.js";
 import { alertBox, clear, h, number, pause, statusBadge, tableHead, when } from "./util.js";
 
 const FINISHED = new Set(["completed", "failed", "canceled"]);
+const enc = encodeURIComponent; // ids from the address bar go into API paths encoded
 const POLL_MS = 1000;
 
 function percent(passed, total) {
@@ -35,7 +36,7 @@ async function allItems(evalId, runId, signal) {
   const items = [];
   let after = null;
   for (;;) {
-    const page = await api(`/evals/${evalId}/runs/${runId}/output_items${query({ limit: 100, after })}`, { signal });
+    const page = await api(`/evals/${enc(evalId)}/runs/${enc(runId)}/output_items${query({ limit: 100, after })}`, { signal });
     items.push(...page.data);
     if (!page.has_more) return items;
     after = page.data.at(-1).id;
@@ -67,7 +68,7 @@ export async function evalsPage(main, params, signal) {
 export async function evalPage(main, evalId, params, signal) {
   const runId = params.get("run");
   const status = params.get("status") || "";
-  const evaluation = await api(`/evals/${evalId}`, { signal });
+  const evaluation = await api(`/evals/${enc(evalId)}`, { signal });
   const runsPart = h("section", { "aria-labelledby": "runs-h" });
   const itemsPart = h("section", { "aria-labelledby": "items-h" });
   const notice = h("div", { "aria-live": "polite" });
@@ -106,12 +107,12 @@ export async function evalPage(main, evalId, params, signal) {
 
   async function renderItems(cursor = null, cursors = [null]) {
     if (!runId) return;
-    const run = await api(`/evals/${evalId}/runs/${runId}`, { signal });
+    const run = await api(`/evals/${enc(evalId)}/runs/${enc(runId)}`, { signal });
     const filter = h("select", { id: "item-status", name: "status" },
       [["", "All items"], ["pass", "Passed"], ["fail", "Failed"], ["error", "Errored"]].map(([v, t]) => h("option", { value: v, text: t })));
     filter.value = status;
     filter.addEventListener("change", () => { location.hash = `#/evals/${evalId}${query({ run: runId, status: filter.value })}`; });
-    const page = await api(`/evals/${evalId}/runs/${runId}/output_items${query({ limit: 50, after: cursor, status })}`, { signal });
+    const page = await api(`/evals/${enc(evalId)}/runs/${enc(runId)}/output_items${query({ limit: 50, after: cursor, status })}`, { signal });
     const ids = evaluation.testing_criteria.map((c) => c.id);
     clear(itemsPart, h("h2", { id: "items-h" }, "Items of ", h("span", { text: run.name })),
       h("form", { class: "filters", "aria-label": "Filter items" }, h("label", { for: "item-status", text: "Show" }), filter),
@@ -133,7 +134,7 @@ export async function evalPage(main, evalId, params, signal) {
           onclick: () => { const next = page.data.at(-1).id; renderItems(next, [...cursors, next]); } })));
   }
 
-  let runs = (await api(`/evals/${evalId}/runs${query({ limit: 100, order: "desc" })}`, { signal })).data;
+  let runs = (await api(`/evals/${enc(evalId)}/runs${query({ limit: 100, order: "desc" })}`, { signal })).data;
   renderRuns(runs);
   await renderItems();
   live().catch(() => {});
@@ -142,7 +143,7 @@ export async function evalPage(main, evalId, params, signal) {
   async function live() {
     while (!signal.aborted && runs.some((r) => !FINISHED.has(r.status))) {
       await pause(POLL_MS, signal);
-      runs = (await api(`/evals/${evalId}/runs${query({ limit: 100, order: "desc" })}`, { signal })).data;
+      runs = (await api(`/evals/${enc(evalId)}/runs${query({ limit: 100, order: "desc" })}`, { signal })).data;
       renderRuns(runs);
       if (runId) await renderItems();
     }
@@ -155,7 +156,7 @@ export async function comparePage(main, evalId, params, signal) {
   const [a, b] = [params.get("a"), params.get("b")];
   if (!a || !b) { clear(main, h("h1", { text: "Compare runs" }), alertBox("Pick two runs on the eval's page.")); return; }
   const [evaluation, runA, runB, itemsA, itemsB] = await Promise.all([
-    api(`/evals/${evalId}`, { signal }), api(`/evals/${evalId}/runs/${a}`, { signal }), api(`/evals/${evalId}/runs/${b}`, { signal }),
+    api(`/evals/${enc(evalId)}`, { signal }), api(`/evals/${enc(evalId)}/runs/${enc(a)}`, { signal }), api(`/evals/${enc(evalId)}/runs/${enc(b)}`, { signal }),
     allItems(evalId, a, signal), allItems(evalId, b, signal)]);
   const byA = new Map(itemsA.map((i) => [i.datasource_item_id, i]));
   const byB = new Map(itemsB.map((i) => [i.datasource_item_id, i]));

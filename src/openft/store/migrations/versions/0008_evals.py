@@ -1,4 +1,5 @@
-"""Evals, their runs and the runs' output items; checkpoint permissions.
+"""Evals, their runs and the runs' output items; checkpoint permissions (and
+the jobs that start from a shared checkpoint).
 
 Revision ID: 0008
 Revises: 0007
@@ -60,6 +61,8 @@ def upgrade() -> None:
         sa.Column("worker_id", sa.String(64), nullable=True),
         sa.Column("lease_expires_at", TIME, nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("fine_tuning_job_id", sa.String(40), nullable=True),
+        sa.Column("checkpoint_step", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("seq", name="pk_eval_runs"),
         sa.UniqueConstraint("id", name="uq_eval_runs_id"),
         sa.ForeignKeyConstraint(["eval_id"], ["evals.id"], name="fk_eval_runs_eval_id_evals", ondelete="CASCADE"),
@@ -103,12 +106,14 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["grantee_org_id"], ["organizations.id"],
                                 name="fk_checkpoint_permissions_grantee_org_id_organizations", ondelete="CASCADE"),
     )
+    op.add_column("fine_tuning_jobs", sa.Column("shared_start", sa.String(600), nullable=True))
     op.create_index("ix_checkpoint_permissions_checkpoint_seq", "checkpoint_permissions", ["checkpoint", "seq"])
     op.create_index("ix_checkpoint_permissions_grant", "checkpoint_permissions", ["checkpoint", "grantee_org_id"],
                     unique=True)
 
 
 def downgrade() -> None:
+    op.drop_column("fine_tuning_jobs", "shared_start")
     op.drop_table("checkpoint_permissions")
     op.drop_table("eval_run_output_items")
     op.drop_table("eval_runs")

@@ -7,12 +7,13 @@ and one organisation's evals invisible to another."""
 from __future__ import annotations
 
 import io
+import secrets
 
 import openai
 import pytest
 
 from conftest import require
-from support import Server, Tenant, assert_matches_schema, jsonl
+from support import Server, Tenant, assert_matches_schema, chat_file, jsonl
 
 pytestmark = [pytest.mark.api, pytest.mark.filterwarnings("ignore:The Evals API is deprecated")]
 
@@ -239,3 +240,56 @@ def test_another_organisation_sees_none_of_it(tenant: Tenant, other_tenant: Tena
         "type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}}))
     assert body["code"] == "file_not_found"
     assert tenant.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "queued"
+
+
+@pytest.mark.stores("sqlite")
+def test_hostile_items_are_refused_quickly_and_nothing_is_queued(training_server: Server) -> None:
+    """A backtracking pattern in the item schema, a template that multiplies
+    an item past the size a run stores, and a sample on a completions item
+    are 400s naming the item, answered at once."""
+    import time
+
+    tenant = Tenant(training_server, "default", training_server.api_key)
+    evaluation = tenant.sdk.evals.create(testing_criteria=[EXACT], data_source_config={
+        "type": "custom", "item_schema": {"type": "object", "properties": {"word": {"pattern": "^(a|aa)+$"}}}})
+    template = {"type": "template", "template": [{"role": "user", "content": "{{item.word}}" * 20_000}]}
+    cases = [
+        ({"type": "jsonl", "source": {"type": "file_content", "content": [
+            {"item": {"word": "a" * 40 + "b"}, "sample": {"output_text": "x"}}]}}, "takes too long"),
+        ({"type": "completions", "model": "local/tiny", "input_messages": template,
+          "source": {"type": "file_content", "content": [{"item": {"word": "a" * 40}}]}}, "characters, more than"),
+        ({"type": "completions", "model": "local/tiny", "input_messages": {"type": "template", "template": [
+            {"role": "user", "content": "{{item.word}}"}]},
+          "source": {"type": "file_content", "content": [{"item": {"word": "a"}, "sample": {"output_text": "a"}}]}},
+         "carry no 'sample'"),
+    ]
+    for data_source, says in cases:
+        started = time.monotonic()
+        body = error_of(lambda ds=data_source: tenant.sdk.evals.runs.create(  # type: ignore[misc]
+            evaluation.id, data_source=ds))
+        assert body["param"].startswith("data_source.source.content.0") and says in body["message"], body
+        assert time.monotonic() - started < 5
+    assert tenant.sdk.evals.runs.list(evaluation.id).data == []
+
+
+@pytest.mark.filterwarnings("ignore:The Evals API is deprecated")
+def test_run_metadata_cannot_write_into_a_job(training_server: Server) -> None:
+    """A run's metadata is the client's: naming another organisation's job
+    there adds nothing to that job (the link to a job is the server's own)."""
+    import time
+
+    owner = Tenant(training_server, "default", training_server.api_key)
+    name = f"meddler-{secrets.token_hex(3)}"
+    meddler = Tenant(training_server, name, training_server.new_key(name))
+    training = owner.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
+    job = owner.sdk.fine_tuning.jobs.create(model="local/tiny", training_file=training)
+    owner.sdk.fine_tuning.jobs.cancel(job.id)
+    evaluation = meddler.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[EXACT])
+    run = meddler.sdk.evals.runs.create(evaluation.id, data_source=JSONL,  # type: ignore[arg-type]
+                                        metadata={"fine_tuning_job": job.id, "step": "3"})
+    deadline = time.monotonic() + 60
+    while meddler.sdk.evals.runs.retrieve(run.id, eval_id=evaluation.id).status != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    events = owner.sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert not [e for e in events if "eval" in e.message.lower()], [e.message for e in events]
