@@ -138,8 +138,10 @@ def test_evals_create_run_get_and_items(cli, tmp_path) -> None:
     failing = cli("evals", "items", created["id"], run_id, "--status", "fail").stdout.splitlines()
     assert len(failing) == 2 and failing[1].split()[:3] == ["1", "fail", "c"]
 
-    sampled = cli("evals", "run", created["id"], "--data", str(samples), "--model", TINY, "--max-tokens", "2",
+    questions = tmp_path / "items.jsonl"  # a completions run's items carry no sample: the model writes it
+    questions.write_text("".join(json.dumps({"item": {"input": word}}) + "\n" for word in "abd"))
+    sampled = cli("evals", "run", created["id"], "--data", str(questions), "--model", TINY, "--max-tokens", "2",
                   "--temperature", "0", "--follow")
     assert f"on {TINY}" in sampled.stdout
-    missing = cli("evals", "run", created["id"], "--data", str(samples), "--model", "no/such", check=False)
+    missing = cli("evals", "run", created["id"], "--data", str(questions), "--model", "no/such", check=False)
     assert missing.returncode != 0 and "(data_source.model)" in missing.stderr

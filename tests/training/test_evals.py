@@ -143,6 +143,30 @@ def test_a_fine_tune_passes_what_its_base_fails(tenant: Tenant) -> None:
         "apple apple apple", "pear"]
 
 
+def test_model_graders_judge_with_a_served_model_and_count_its_tokens(tenant: Tenant) -> None:
+    """label_model and score_model criteria: judged by a model the
+    organisation serves (here the tiny base), the label kept on the result,
+    the judge's tokens in per_model_usage."""
+    judge_input = [{"role": "user", "content": "Is this fruit? {{sample.output_text}}"}]
+    label = {"type": "label_model", "name": "fruit", "model": TINY, "input": judge_input,
+             "labels": ["yes", "no"], "passing_labels": ["yes"]}
+    score = {"type": "score_model", "name": "how fruity", "model": TINY, "input": judge_input, "range": [0, 10],
+             "pass_threshold": 5}
+    evaluation = tenant.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[label, score])  # type: ignore[list-item]
+    rows = [{"item": {"prompt": "p", "expected": "x"}, "sample": {"output_text": text}} for text in ("apple", "rock")]
+    run = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+        "type": "jsonl", "source": {"type": "file_content", "content": rows}})
+    done = finished(tenant, evaluation.id, run.id)
+    assert done.status == "completed" and done.result_counts.total == 2, done.error
+    [judge] = done.per_model_usage
+    assert judge.model_name == TINY and judge.invocation_count == 4 and judge.prompt_tokens > 0  # 2 items x 2
+    for item in all_items(tenant, evaluation.id, run.id):
+        fruit, fruity = item.results
+        assert fruit.model_dump().get("label") in ("yes", "no") or fruit.model_dump().get("error"), fruit
+        assert fruit.passed == (fruit.model_dump().get("label") == "yes")
+        assert 0 <= fruity.score <= 10 and fruity.passed == (fruity.score >= 5 and not fruity.model_dump().get("error"))
+
+
 def test_cancel_stops_the_run_at_once_and_jobs_keep_their_slot(tenant: Tenant) -> None:
     evaluation = tenant.sdk.evals.create(data_source_config=CONFIG, testing_criteria=[slow(0.5)])
     rows = [{"item": {"prompt": "Say something.", "expected": "x"}} for _ in range(64)]

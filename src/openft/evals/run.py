@@ -190,7 +190,7 @@ def _graded_answer(config: EvalRunConfig, graders: list[Grader], answer: Answer)
                   usage={"total_tokens": usage.total_tokens, "completion_tokens": usage.completion_tokens,
                          "prompt_tokens": usage.prompt_tokens, "cached_tokens": 0})
     spent = {config.model or "": {"prompt_tokens": usage.prompt_tokens,
-                                  "completion_tokens": usage.completion_tokens}}
+                                  "completion_tokens": usage.completion_tokens, "invocations": 1}}
     return _graded(config, graders, answer.item, sample, sample_namespace(message.content or "", tools), spent)
 
 
@@ -213,10 +213,11 @@ def _graded(config: EvalRunConfig, graders: list[Grader], item: RunItem, sample:
     for criterion, grader in zip(config.criteria, graders, strict=True):
         grade = grader.grade(namespace, item.item)
         results.append(result_of(criterion, grade))
-        for model, usage in grade.usage_per_model.items():
-            entry = spent.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})
+        for model, usage in grade.usage_per_model.items():  # a judge's call
+            entry = spent.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0, "invocations": 0})
             entry["prompt_tokens"] += usage.prompt_tokens
             entry["completion_tokens"] += usage.completion_tokens
+            entry["invocations"] += 1
     return EvalItemRecord(item.index, item.item, item_status(results), sample, results, spent)
 
 

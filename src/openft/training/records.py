@@ -116,8 +116,8 @@ class EvalItemRecord(Record):
     results: list[dict[str, Any]]
     """One ``EvalRunOutputItemResult`` per testing criterion, in the eval's order."""
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Tokens per model this item cost (the sampled model and judges):
-    ``{model: {"prompt_tokens": n, "completion_tokens": n}}``."""
+    """Calls and tokens per model this item cost (the sampled model and judges):
+    ``{model: {"prompt_tokens": n, "completion_tokens": n, "invocations": n}}``."""
 
 
 @dataclass(frozen=True)
