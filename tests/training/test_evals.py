@@ -236,3 +236,43 @@ def test_a_job_evaluates_each_checkpoint_and_keeps_the_one_that_passes_most(tena
     with tenant.http() as http:  # the job page's list of them
         listed = http.get(f"/fine_tuning/jobs/{job.id}/eval_runs").json()["data"]
     assert sorted(r["id"] for r in listed) == sorted(r.id for r in runs)
+
+
+def test_item_references_response_formats_and_tools_reach_the_samples(tenant: Tenant) -> None:
+    """input_messages by item_reference; sampling_params' response_format (a
+    JSON schema's grammar holds every sample) and tools (rendered into the
+    prompt; a call graded through sample.output_tools), planned as chat
+    completions plans them."""
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": schema}}
+    called = {"type": "python", "name": "called", "pass_threshold": 1.0, "source": (
+        "def grade(sample, item):\n    calls = sample['output_tools']\n"
+        "    return 1.0 if calls and calls[0]['function']['name'] == 'get_weather' else 0.0\n")}
+    config = {"type": "custom", "item_schema": {"type": "object", "required": ["turns"]}}
+    evaluation = tenant.sdk.evals.create(data_source_config=config, testing_criteria=[called])  # type: ignore[list-item]
+    rows = [{"item": {"turns": [{"role": "user", "content": f"Weather in city {i}?"}]}} for i in range(2)]
+    source = {"type": "file_content", "content": rows}
+    reference = {"type": "item_reference", "item_reference": "item.turns"}
+    runs = {
+        "json": tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+            "type": "completions", "model": TINY, "source": source, "input_messages": reference,
+            "sampling_params": {"max_completion_tokens": 24, "seed": 1, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}}}),
+        "tools": tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
+            "type": "completions", "model": TINY, "source": source, "input_messages": reference,
+            "sampling_params": {"max_completion_tokens": 48, "seed": 1, "tools": [weather]}}),
+    }
+    for name, run in runs.items():
+        assert finished(tenant, evaluation.id, run.id).status == "completed", name
+    json_items = all_items(tenant, evaluation.id, runs["json"].id)
+    tool_items = all_items(tenant, evaluation.id, runs["tools"].id)
+    for item in json_items:  # the grammar holds the answer from its first token (the tiny model never closes it)
+        assert item.sample.input[0].content.startswith("Weather in city")
+        assert item.sample.output[0].content.startswith('{"city":"'), item.sample.output[0].content
+    # The tools reached the chat template: the same messages make a longer prompt with them.
+    assert min(i.sample.usage.prompt_tokens for i in tool_items) > max(i.sample.usage.prompt_tokens for i in json_items)
+    for item in tool_items:  # a call the model chose to make is graded as one
+        output = item.sample.output[0].model_dump()
+        assert item.results[0].passed == bool(output.get("tool_calls")), output
