@@ -2,7 +2,8 @@
 with a run on a fine-tune and a run on carried samples; the runs' pass rates
 as the API counts them; a run's items filtered by status; the two runs side
 by side, item by item, narrowed to the items whose verdicts differ; and the
-job page listing the runs of its model."""
+job page listing the runs of its model and checkpoints (the job evaluated
+its checkpoints as it trained), their pass rates on a chart."""
 
 from __future__ import annotations
 
@@ -42,10 +43,15 @@ def rate(run) -> str:  # type: ignore[no-untyped-def]
 def test_evals_runs_items_and_two_runs_side_by_side(training_server, dashboard) -> None:
     tenant = new_tenant(training_server, "evals")
     training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
-    job = tenant.sdk.fine_tuning.jobs.create(model=TINY, training_file=training, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
     evaluation = tenant.sdk.evals.create(name="answers yes", testing_criteria=[EXACT], data_source_config={
         "type": "custom", "item_schema": {"type": "object", "required": ["input", "expected"]}})
+    template = {"type": "template", "template": [{"role": "user", "content": "{{item.input}}"}]}
+    job = tenant.sdk.fine_tuning.jobs.create(  # its checkpoints are evaluated as it trains
+        model=TINY, training_file=training,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        integrations=[{"type": "eval", "eval": {"eval_id": evaluation.id, "data_source": {  # type: ignore[list-item]
+            "source": {"type": "file_content", "content": ROWS}, "input_messages": template,
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 4}}}}])
     carried = [{**row, "sample": {"output_text": "yes" if i % 2 else "no"}} for i, row in enumerate(ROWS)]
     samples = tenant.sdk.evals.runs.create(evaluation.id, name="carried samples", data_source={
         "type": "jsonl", "source": {"type": "file_content", "content": carried}})
@@ -62,6 +68,11 @@ def test_evals_runs_items_and_two_runs_side_by_side(training_server, dashboard) 
             "fine-tune": finished(tenant, evaluation.id, sampled.id)}
     items = {name: {i.datasource_item_id: i.status for i in tenant.sdk.evals.runs.output_items.list(
         run.id, eval_id=evaluation.id)} for name, run in runs.items()}
+    with tenant.http() as http:
+        job_runs = http.get(f"/fine_tuning/jobs/{job.id}/eval_runs").json()["data"]
+    of_checkpoints = [r for r in job_runs if r["id"] != sampled.id]
+    assert of_checkpoints
+    assert all(finished(tenant, evaluation.id, r["id"]).status == "completed" for r in of_checkpoints)
 
     tab = dashboard(training_server.url)
     page = tab.page
@@ -102,12 +113,16 @@ def test_evals_runs_items_and_two_runs_side_by_side(training_server, dashboard) 
     assert page.locator("table.compare tbody tr").count() == differ
     tab.screenshot("side-by-side")
 
-    # The job's page lists the run of its model.
+    # The job's page lists the runs of its model and checkpoints, and charts the checkpoints' pass rates.
     tab.open(f"#/jobs/{job.id}")
     tab.ready(f"/jobs/{job.id}")
-    job_runs = page.locator("table.job-evals tbody tr")
-    assert job_runs.count() == 1 and rate(runs["fine-tune"]) in job_runs.inner_text()
-    job_runs.get_by_role("link", name="fine-tune").click()
+    listed = page.locator("table.job-evals tbody tr")
+    assert listed.count() == len(of_checkpoints) + 1
+    assert rate(runs["fine-tune"]) in listed.filter(has_text="fine-tune").inner_text()
+    line = page.locator('figure[data-chart="Eval pass rate"] polyline[data-series="eval_pass_rate"]')
+    line.wait_for(state="attached")  # one point: drawn as a dot, the line itself has no length
+    assert int(line.get_attribute("data-points")) == len(of_checkpoints)
+    listed.get_by_role("link", name="fine-tune").click()
     tab.ready(f"/evals/{evaluation.id}")
     assert not tab.errors and not tab.unexpected_console() and not tab.foreign_requests()
     tab.screenshot("job-page-runs")
