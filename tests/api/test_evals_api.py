@@ -293,3 +293,29 @@ def test_run_metadata_cannot_write_into_a_job(training_server: Server) -> None:
         time.sleep(0.1)
     events = owner.sdk.fine_tuning.jobs.list_events(job.id, limit=100).data
     assert not [e for e in events if "eval" in e.message.lower()], [e.message for e in events]
+
+
+@pytest.mark.stores("sqlite")
+def test_a_jobs_eval_integration_is_checked_like_a_run(training_server: Server) -> None:
+    tenant = Tenant(training_server, "default", training_server.api_key)
+    evaluation = tenant.sdk.evals.create(data_source_config={"type": "custom", "item_schema": SCHEMA},
+                                         testing_criteria=[EXACT])
+    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id
+    template = {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]}
+    good = {"source": {"type": "file_content", "content": [{"item": {"question": "q", "answer": "a"}}]},
+            "input_messages": template}
+
+    def refused(data_source: dict, *, eval_id: str = evaluation.id) -> dict:
+        integration = {"type": "eval", "eval": {"eval_id": eval_id, "data_source": data_source}}
+        return error_of(lambda: tenant.sdk.fine_tuning.jobs.create(
+            model="local/tiny", training_file=training, integrations=[integration]))  # type: ignore[list-item]
+
+    assert refused(good, eval_id="eval_nope")["param"] == "integrations.0.eval.eval_id"
+    assert refused({**good, "model": "local/tiny"})["param"] == "integrations.0.eval.data_source.model"
+    misfit = {**good, "source": {"type": "file_content", "content": [{"item": {"question": 1}}]}}
+    assert refused(misfit)["param"] == "integrations.0.eval.data_source.source.content.0.item"
+    body = error_of(lambda: tenant.sdk.fine_tuning.jobs.create(
+        model="local/tiny", training_file=training, method={"type": "supervised", "supervised": {
+            "hyperparameters": {"fine_tuned_model_from": "best_eval_pass_rate"}}}))  # type: ignore[typeddict-item]
+    assert (body["param"], body["code"]) == ("method.supervised.hyperparameters.fine_tuned_model_from", "missing_eval")
+    assert all(j.training_file != training for j in tenant.sdk.fine_tuning.jobs.list(limit=100).data)

@@ -97,7 +97,7 @@ def file_rows(data: bytes, file_id: str, param: str) -> list[SourceRow]:
 
 
 def _refuse(row: SourceRow, message: str, field: str = "") -> InvalidRequest:
-    param = row.param + (f".{field}" if field and row.param.startswith("data_source.source.content") else "")
+    param = row.param + (f".{field}" if field and row.where == row.param else "")  # inline: the field; a file: its id
     return InvalidRequest(f"Invalid item at {row.where}: {message}.", param=param, code="invalid_item")
 
 
