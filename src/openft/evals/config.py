@@ -20,6 +20,32 @@ class ModelWeights:
     adapter_key: str | None = None
 
 
+@dataclass(frozen=True)
+class JobEval:
+    """A fine-tuning job's ``eval`` integration as the job stores it (in its
+    ``integrations``): checked and its items stored when the job was created
+    (``services.evals.check_job_eval``), read by the worker's recorder to
+    queue a run per checkpoint (``scheduler.progress``)."""
+
+    eval_id: str
+    data_source: dict[str, Any]
+    """A completions data source without ``model`` (wire JSON: source, input_messages, sampling_params)."""
+    items_key: str = ""
+    """Blob of the checked items ("" until stored: an estimate stores none)."""
+    n_items: int = 0
+
+    INTERNAL: ClassVar[tuple[str, ...]] = ("items_key", "n_items")
+    """Fields the job keeps for itself: not shown on the job's wire ``integrations``."""
+
+    @classmethod
+    def of(cls, integrations: list[dict[str, Any]] | None) -> JobEval | None:
+        found = next((i["eval"] for i in integrations or [] if i["type"] == "eval"), None)
+        return cls(**found) if found is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class EvalRunConfig:
     entry: ClassVar[str] = "openft.evals.run"

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from openft.domain import EvalRunStatus, JobStatus, new_id
 from openft.errors import Conflict, NotFound
 from openft.evals import tally
+from openft.evals.config import JobEval
 from openft.scheduler.lease import Lease
 from openft.store.blobs import BlobStore
 from openft.store.queries import evals as eval_queries
@@ -80,8 +81,7 @@ class Recorder:
         self.model_name = model_name
         self.max_attempts = max_attempts
         self.outcome: str | None = None
-        self.eval: dict[str, Any] | None = next(
-            (i["eval"] for i in job.integrations or [] if i["type"] == "eval"), None)
+        self.eval = JobEval.of(job.integrations)
         """The job's eval integration, as stored (``services.evals.check_job_eval``)."""
         self.pick_by_eval = job.method.hyperparameters.get("fine_tuned_model_from") == "best_eval_pass_rate"
 
@@ -145,19 +145,19 @@ class Recorder:
     async def _queue_eval(self, session: AsyncSession, step: int) -> None:
         """An eval run of the checkpoint at ``step``, queued with it."""
         assert self.eval is not None
-        evaluation = await eval_queries.read_eval(session, self.org_id, self.eval["eval_id"])
+        evaluation = await eval_queries.read_eval(session, self.org_id, self.eval.eval_id)
         if evaluation is None:
-            await job_queries.add_event(session, self.job_id, f"The eval {self.eval['eval_id']} was deleted; the "
+            await job_queries.add_event(session, self.job_id, f"The eval {self.eval.eval_id} was deleted; the "
                                         f"checkpoint at step {step} is not evaluated.", level="warn")
             return
         now, checkpoint = datetime.now(UTC), f"{self.model_name}:ckpt-step-{step}"
         await eval_queries.add(session, EvalRun(
             id=new_id("eval_run"), eval_id=evaluation.id, org_id=self.org_id, name=f"step {step} of {self.job_id}",
             model=checkpoint, status=EvalRunStatus.QUEUED.value,
-            data_source={**self.eval["data_source"], "model": checkpoint},
-            metadata_={"fine_tuning_job": self.job_id, "step": str(step)}, items_key=self.eval["items_key"],
+            data_source={**self.eval.data_source, "model": checkpoint},
+            metadata_={"fine_tuning_job": self.job_id, "step": str(step)}, items_key=self.eval.items_key,
             fine_tuning_job_id=self.job_id, checkpoint_step=step,
-            total_items=int(self.eval["n_items"]), error=None, created_at=now, updated_at=now, attempts=0,
+            total_items=self.eval.n_items, error=None, created_at=now, updated_at=now, attempts=0,
             **tally.empty(evaluation.testing_criteria)))
         await job_queries.add_event(session, self.job_id, f"Eval {evaluation.name} queued for the checkpoint at "
                                     f"step {step}", data={"eval_id": evaluation.id})

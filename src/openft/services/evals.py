@@ -28,6 +28,7 @@ from openft.config import Settings
 from openft.domain import EvalRunStatus
 from openft.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from openft.evals import criteria, items, tally
+from openft.evals.config import JobEval
 from openft.graders import spec
 from openft.schemas.evals import (
     CreateEvalRequest,
@@ -266,23 +267,22 @@ async def check_job_eval(ctx: EvalsContext, org_id: str, job: JobSpec, *, store:
     async with ctx.evals.slot(org_id):
         checked = await ctx.evals.run_sync(lambda: items.check_rows(load_rows(), schema, needs_sample=False,
                                                                     input_messages=input_messages))
-    stored = {"eval_id": evaluation.id, "data_source": {
+    stored = JobEval(evaluation.id, {
         "type": "completions", "source": data_source["source"], "input_messages": items.echoed(input_messages),
-        "sampling_params": sampling}}
+        "sampling_params": sampling})
     if store:
-        stored["n_items"] = len(checked)
-        stored["items_key"] = f"job-evals/{domain.new_id('eval_run')}/items.jsonl"
-        await ctx.evals.run_sync(lambda: _write_items(ctx, stored["items_key"], checked))
+        stored = replace(stored, items_key=f"job-evals/{domain.new_id('eval_run')}/items.jsonl",
+                         n_items=len(checked))
+        await ctx.evals.run_sync(lambda: _write_items(ctx, stored.items_key, checked))
     integrations = list(job.integrations or [])
-    integrations[index] = {"type": "eval", "eval": stored}
+    integrations[index] = {"type": "eval", "eval": stored.to_dict()}
     return replace(job, integrations=integrations)
 
 
 async def forget_job_eval(ctx: EvalsContext, job: JobSpec) -> None:
     """Delete the items :func:`check_job_eval` stored for a job that was not created."""
-    for integration in job.integrations or []:
-        if integration["type"] == "eval" and (key := integration["eval"].get("items_key")):
-            await anyio.to_thread.run_sync(ctx.blobs.delete, key)
+    if (stored := JobEval.of(job.integrations)) is not None and stored.items_key:
+        await anyio.to_thread.run_sync(ctx.blobs.delete, stored.items_key)
 
 
 def spec_invalid(param: str, message: str) -> InvalidRequest:

@@ -176,9 +176,10 @@ def _public_integrations(integrations: list[dict[str, Any]] | None) -> list[dict
     """The job's integrations as its creator sent them (an eval's stored items stay internal)."""
     if not integrations:
         return None
-    internal = ("items_key", "n_items")
-    return [{**i, "eval": {k: v for k, v in i["eval"].items() if k not in internal}} if i["type"] == "eval" else i
-            for i in integrations]
+    from openft.evals.config import JobEval
+
+    return [{**i, "eval": {k: v for k, v in i["eval"].items() if k not in JobEval.INTERNAL}} if i["type"] == "eval"
+            else i for i in integrations]
 
 
 def _check_integrations(spec: JobSpec) -> None:
