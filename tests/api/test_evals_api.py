@@ -200,8 +200,10 @@ def test_a_completions_run_is_checked_before_it_is_queued(training_server: Serve
         "data_source.sampling_params.max_completion_tokens"
     assert refused(sampling_params={"n": 2})["param"] == "data_source.sampling_params.n"
     run = tenant.sdk.evals.runs.create(evaluation.id, data_source={  # type: ignore[arg-type]
-        **base, "sampling_params": {"temperature": 0, "max_completion_tokens": 4, "seed": 7}})
+        **base, "sampling_params": {"temperature": 0, "max_completion_tokens": 4, "seed": 7, "top_p": None}})
     assert run.model == "local/tiny" and run.name == "local/tiny"
+    assert run.data_source.sampling_params.model_dump(exclude_none=True) == {  # type: ignore[union-attr]
+        "temperature": 0, "max_completion_tokens": 4, "seed": 7}  # a null is its default, not stored
     tenant.sdk.evals.runs.cancel(run.id, eval_id=evaluation.id)
 
 

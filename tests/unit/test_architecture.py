@@ -78,6 +78,7 @@ LAYER_RULES = {
     "openft.training": ("openft.services", "openft.scheduler", "openft.api", "openft.cli"),
     "openft.schemas": ("openft.store", "openft.services", "openft.api"),
     "openft.serving": ("openft.services", "openft.api", "openft.store", "openft.scheduler"),
+    "openft.evals": ("openft.services", "openft.api", "openft.scheduler", "openft.cli"),
     "openft.graders": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training"),
     "openft.sandbox": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training",
                        "openft.graders", "openft.serving"),
@@ -88,7 +89,7 @@ LAYER_RULES = {
 def test_layers_point_one_way(layer: str) -> None:
     broken = sorted(
         f"{module} imports {target}"
-        for module, targets in GRAPH.items() if module.startswith(layer)
+        for module, targets in GRAPH.items() if module == layer or module.startswith(f"{layer}.")
         for target in targets if target.startswith(LAYER_RULES[layer])
     )
     assert broken == []

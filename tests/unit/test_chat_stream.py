@@ -11,7 +11,8 @@ import json
 import pytest
 
 from openft.config import load_settings
-from openft.services.chat import ChatService, Plan
+from openft.services.chat import ChatService
+from openft.serving.chat_plan import Plan
 from openft.serving.types import Failed, Finished, StopSignal, TokenEvent
 
 
@@ -139,7 +140,7 @@ def test_tool_choice_decides_what_the_model_sees_and_may_emit(tmp_path) -> None:
 
 def test_the_completion_budget_fits_the_models_context() -> None:
     from openft.errors import InvalidRequest
-    from openft.services.chat import fit_context
+    from openft.serving.chat_plan import fit_context
     from openft.serving.types import GenerationParams
 
     assert fit_context(GenerationParams(max_new_tokens=256), 500, 512, explicit=False).max_new_tokens == 12

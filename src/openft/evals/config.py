@@ -20,6 +20,18 @@ class ModelWeights:
     adapter_key: str | None = None
 
 
+SAMPLING_PARAMS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
+                   "reasoning_effort")
+"""A completions run's ``sampling_params`` (OpenAI's), each planned as chat completions plans it."""
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "seed": 42}
+"""OpenAI's defaults for a completions run."""
+
+
+def sampling_fields(given: dict[str, Any]) -> dict[str, Any]:
+    """The run's sampling parameters with OpenAI's defaults where not given (``null`` is not given)."""
+    return {**SAMPLING_DEFAULTS, **{k: v for k, v in given.items() if k in SAMPLING_PARAMS and v is not None}}
+
+
 @dataclass(frozen=True)
 class JobEval:
     """A fine-tuning job's ``eval`` integration as the job stores it (in its

@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from openft.errors import InvalidRequest
-from openft.graders import spec
+from openft.graders import spec, templates
 
 CRITERION_TYPES = ("label_model", "string_check", "text_similarity", "python", "score_model")
 THRESHOLD = {"text_similarity": "required", "python": "optional", "score_model": "optional"}
@@ -139,6 +139,17 @@ def passed(criterion: dict[str, Any], score: float) -> bool:
 
 
 def uses_sample(criteria: list[dict[str, Any]]) -> bool:
-    """Whether any criterion reads the ``sample`` namespace (python graders always may)."""
-    text = repr([grader_of(c) for c in criteria])
-    return "sample." in text or any(c["type"] == "python" for c in criteria)
+    """Whether any criterion reads the ``sample`` namespace: a template
+    variable ``{{sample.…}}`` (``input``, ``reference``, a judge's messages),
+    or a python grader (its code may)."""
+    return any(c["type"] == "python" or any(v.split(".")[0] == "sample" for t in _templates(c)
+                                            for v in templates.variables(t)) for c in criteria)
+
+
+def _templates(criterion: dict[str, Any]) -> list[str]:
+    texts = [criterion[k] for k in ("input", "reference") if isinstance(criterion.get(k), str)]
+    for message in criterion.get("input") if isinstance(criterion.get("input"), list) else []:
+        content = message["content"]
+        for part in content if isinstance(content, list) else [content]:
+            texts.append(part if isinstance(part, str) else part["text"])
+    return texts

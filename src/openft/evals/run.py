@@ -5,7 +5,7 @@ created), skips those an earlier attempt recorded, and for a completions
 run submits them to openft's serving engine (``openft.serving.generator``)
 as one stream of requests, at most ``2 x max_batch`` in flight, so the
 engine decodes many items, of any adapter, in each step. Each answer is
-planned exactly as a chat completion is (``services.chat.plan_request``:
+planned exactly as a chat completion is (``serving.chat_plan.plan_request``:
 chat template, tools, ``response_format`` grammar, reasoning) and read
 back the same way (``completion_object``). Graders (python ones in their
 sandbox, model graders judged by the same generator) grade each answer as it
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openft.evals.config import EvalRunConfig, ModelWeights
+from openft.evals.config import EvalRunConfig, ModelWeights, sampling_fields
 from openft.evals.criteria import grader_of
 from openft.evals.items import RunItem
 from openft.evals.tally import item_status, result_of
@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 """How often the process looks for a stop request while it waits for answers."""
-SAMPLING_FIELDS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
-                   "reasoning_effort")
-DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "seed": 42}
-"""OpenAI's defaults for a completions run's sampling parameters."""
 
 
 @dataclass
@@ -105,10 +101,10 @@ def _sampled(config: EvalRunConfig, generator: Generator, ref: ModelRef, pending
     """Answers as they finish (not in item order), keeping the engine's queue full."""
     from openft.errors import OpenFTError
     from openft.schemas.chat import ChatCompletionRequest
-    from openft.services.chat import completion_object, fit_context, plan_request
+    from openft.serving.chat_plan import completion_object, fit_context, plan_request
     from openft.serving.types import Completions, StopSignal
 
-    fields = {**DEFAULTS, **{k: v for k, v in config.sampling.items() if k in SAMPLING_FIELDS and v is not None}}
+    fields = sampling_fields(config.sampling)
     finished: queue.SimpleQueue[Answer] = queue.SimpleQueue()
     window = 2 * config.max_batch
     stops: list[StopSignal] = []
@@ -168,7 +164,7 @@ def _sampled(config: EvalRunConfig, generator: Generator, ref: ModelRef, pending
 def _graded_answer(config: EvalRunConfig, graders: list[Grader], answer: Answer) -> EvalItemRecord:
     from openft.graders.templates import sample_namespace
 
-    fields = {**DEFAULTS, **config.sampling}
+    fields = sampling_fields(config.sampling)
     sample: dict[str, Any] = {
         "input": answer.item.messages or [], "output": [], "finish_reason": "", "model": config.model,
         "usage": {"total_tokens": 0, "completion_tokens": 0, "prompt_tokens": answer.prompt_tokens,

@@ -43,6 +43,12 @@ def empty(criteria: list[dict[str, Any]]) -> dict[str, Any]:
             "per_model_usage": []}
 
 
+def pass_rate(result_counts: dict[str, int]) -> float | None:
+    """Passed items over all graded ones (errored included); None before any."""
+    total = result_counts["total"]
+    return result_counts["passed"] / total if total else None
+
+
 def add(counts: dict[str, Any], status: str, results: list[dict[str, Any]],
         usage: dict[str, dict[str, int]]) -> dict[str, Any]:
     """``counts`` (the run's three count columns) with one more item."""

@@ -77,7 +77,9 @@ class EvalRunner:
     async def tick(self) -> None:
         """Re-queue runs whose worker died; claim queued runs up to this worker's slots."""
         async with self.transaction() as session:
-            await queries.requeue_expired_runs(session, utcnow(), self.settings.max_attempts)
+            _, failed = await queries.requeue_expired_runs(session, utcnow(), self.settings.max_attempts)
+        for run_id in failed:
+            await self._report_to_job(run_id)
         while len(self.running) < self.settings.max_concurrent_eval_runs:
             async with self.transaction() as session:
                 run = await queries.claim_run(session, self.worker_id, until(self.settings.lease_seconds))
@@ -166,8 +168,6 @@ class EvalRunner:
                 "code": "internal_error",
                 "message": f"The eval run's process ended without an outcome ({exit_reason}) "
                            f"{run.attempts} times."})
-        if run.fine_tuning_job_id is not None:
-            await self._report_to_job(run.id)
 
     async def _report_to_job(self, run_id: str) -> None:
         """A checkpoint's eval run ended: its pass rate joins the job's metrics
@@ -177,11 +177,12 @@ class EvalRunner:
             if run is None or run.fine_tuning_job_id is None:
                 return
             job_id, step = run.fine_tuning_job_id, int(run.checkpoint_step or 0)
-            if await job_queries.read_job(session, run.org_id, job_id) is None:
-                return  # the link is the server's own; a job of another organisation is never written to
+            if not EvalRunStatus(run.status).is_terminal or await job_queries.read_job(session, run.org_id,
+                                                                                       job_id) is None:
+                return  # a run that goes on; the link is the server's own, never another organisation's job
             counts = run.result_counts
-            if run.status == EvalRunStatus.COMPLETED.value and counts["total"]:
-                rate = counts["passed"] / counts["total"]
+            rate = tally.pass_rate(counts)
+            if run.status == EvalRunStatus.COMPLETED.value and rate is not None:
                 await job_queries.add_event(
                     session, job_id, f"Eval pass rate of the checkpoint at step {step}: {rate:.2f} "
                     f"({counts['passed']}/{counts['total']} items)", type="metrics",
@@ -192,8 +193,11 @@ class EvalRunner:
                                             f"complete: {why}", level="warn", data={"eval_run_id": run.id})
 
     async def _release(self, run_id: str, to: EvalRunStatus, error: dict[str, str] | None = None) -> None:
+        """End the run (or give it back to the queue); a job's run reports its end to the job."""
         async with self.transaction() as session:
-            await queries.release_run(session, run_id, self.worker_id, to, error)
+            released = await queries.release_run(session, run_id, self.worker_id, to, error)
+        if released and to.is_terminal:
+            await self._report_to_job(run_id)
 
     # ------------------------------------------------------------------ config
     async def _config(self, run: EvalRun) -> EvalRunConfig:

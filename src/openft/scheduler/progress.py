@@ -180,9 +180,9 @@ class Recorder:
     @staticmethod
     def _best(by_name: dict[str, Any], runs: list[Any]) -> tuple[str, int, float] | None:
         """(checkpoint, step, pass rate) of the completed eval that passed most (the latest of equals)."""
-        scored = [(r.result_counts["passed"] / r.result_counts["total"], by_name[r.model].step_number, r.model)
-                  for r in runs if r.status == EvalRunStatus.COMPLETED.value and r.result_counts["total"]
-                  and r.model in by_name]
+        scored = [(rate, by_name[r.model].step_number, r.model) for r in runs
+                  if r.status == EvalRunStatus.COMPLETED.value and r.model in by_name
+                  and (rate := tally.pass_rate(r.result_counts)) is not None]
         if not scored:
             return None
         rate, step, name = max(scored)

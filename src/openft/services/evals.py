@@ -28,7 +28,7 @@ from openft.config import Settings
 from openft.domain import EvalRunStatus
 from openft.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from openft.evals import criteria, items, tally
-from openft.evals.config import JobEval
+from openft.evals.config import SAMPLING_PARAMS, JobEval
 from openft.graders import spec
 from openft.schemas.evals import (
     CreateEvalRequest,
@@ -71,8 +71,10 @@ class EvalsContext(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]: ...
 
-SAMPLING_PARAMS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
-                   "reasoning_effort")
+
+
+RUNS_OF_A_JOB = 100
+"""The newest runs a job's page lists."""
 
 
 def _epoch(when: datetime) -> int:
@@ -146,10 +148,7 @@ async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateE
                      base_url: str) -> EvalRun:
     evaluation = await get_eval_row(ctx, org_id, eval_id)
     async with ctx.reader() as db:
-        waiting = await queries.count_unfinished_runs(db, org_id)
-    if waiting >= ctx.settings.max_queued_eval_runs_per_org:
-        raise RateLimited(f"Your organisation has {waiting} eval runs queued or in progress, the most it may have "
-                          "(OPENFT_MAX_QUEUED_EVAL_RUNS_PER_ORG); wait for some to end.", retry_after=30)
+        _room_for_a_run(ctx, await queries.count_unfinished_runs(db, org_id))
     load_rows, model, input_messages, sampling = await _checked_source(ctx, org_id, body.data_source)
     item_schema = evaluation.data_source_config["schema"]["properties"]["item"]
     run_id = domain.new_id("eval_run")
@@ -167,6 +166,8 @@ async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateE
     data_source = dict(body.data_source)
     if input_messages is not None:
         data_source["input_messages"] = items.echoed(input_messages)
+    if sampling is not None:
+        data_source["sampling_params"] = sampling  # as checked: a null is left out (its default)
     row = EvalRunRow(
         id=run_id, eval_id=eval_id, org_id=org_id, name=body.name or model or "jsonl", model=model,
         status=EvalRunStatus.QUEUED.value, data_source=data_source, metadata_=body.metadata, items_key=key,
@@ -176,6 +177,7 @@ async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateE
         async with ctx.transaction() as session:
             if await queries.read_eval(session, org_id, eval_id) is None:
                 raise NotFound("eval", eval_id)
+            _room_for_a_run(ctx, await queries.count_unfinished_runs(session, org_id))  # again: two requests raced
             await queries.add(session, row)
     except BaseException:
         await anyio.to_thread.run_sync(_delete_blobs, ctx, [key])
@@ -186,6 +188,12 @@ async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateE
 
 RowLoader = Callable[[], list[items.SourceRow]]
 """Reads a source's rows (blocking: a file is read and parsed); run off the event loop."""
+
+
+def _room_for_a_run(ctx: EvalsContext, unfinished: int) -> None:
+    if unfinished >= ctx.settings.max_queued_eval_runs_per_org:
+        raise RateLimited(f"Your organisation has {unfinished} eval runs queued or in progress, the most it may "
+                          "have (OPENFT_MAX_QUEUED_EVAL_RUNS_PER_ORG); wait for some to end.", retry_after=30)
 
 
 async def _checked_source(ctx: EvalsContext, org_id: str, data_source: Any
@@ -392,10 +400,10 @@ async def runs_of_job(ctx: EvalsContext, org_id: str, job_id: str, base_url: str
         checkpoints = await job_queries.list_checkpoints(db, job_id, after=None, limit=1000)
         models = [c.fine_tuned_model_checkpoint for c in checkpoints.items]
         models += [job.fine_tuned_model] if job.fine_tuned_model else []
-        rows = await queries.runs_of_models(db, org_id, models) if models else []
-    data = [run_to_wire(r, base_url) for r in rows]
+        rows = await queries.runs_of_models(db, org_id, models, RUNS_OF_A_JOB + 1) if models else []
+    data = [run_to_wire(r, base_url) for r in rows[:RUNS_OF_A_JOB]]
     return EvalRunList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
-                       has_more=False)
+                       has_more=len(rows) > RUNS_OF_A_JOB)
 
 
 async def cancel_run(ctx: EvalsContext, org_id: str, eval_id: str, run_id: str, base_url: str) -> EvalRun:

@@ -1,12 +1,13 @@
 """Evals, eval runs and their output items.
 
 A run is claimed like a job: the conditional update ``queued ->
-in_progress`` with the claiming worker's id and a lease (``SKIP LOCKED`` on
-PostgreSQL), renewed by heartbeats, re-queued by :func:`requeue_expired_runs`
-when its worker died. Every write a worker makes is fenced on its id and the
-run still being ``in_progress``, and :func:`record_item` writes an item at
-most once (``(run_id, datasource_item_id)`` is unique), together with the
-run's counters, so a run that resumes neither loses nor double-counts one.
+in_progress`` with the claiming worker's id and a lease (two workers never
+claim one run; organisations take turns, :func:`claim_run`), renewed by
+heartbeats, re-queued by :func:`requeue_expired_runs` when its worker died.
+Every write a worker makes is fenced on its id and the run still being
+``in_progress``, and :func:`record_item` writes an item at most once
+(``(run_id, datasource_item_id)`` is unique), together with the run's
+counters, so a run that resumes neither loses nor double-counts one.
 """
 
 from __future__ import annotations
@@ -132,15 +133,16 @@ async def delete_run(session: AsyncSession, org_id: str, run_id: str) -> str | N
 # -------------------------------------------------------------- scheduling
 async def claim_run(session: AsyncSession, worker_id: str, lease_until: datetime) -> EvalRun | None:
     """The oldest queued run of an organisation with none in progress (else
-    the oldest queued run), now ``in_progress`` and leased to ``worker_id``,
-    or None: one organisation's many runs do not hold up another's."""
-    stmt = select(EvalRun.id, EvalRun.org_id).where(EvalRun.status == QUEUED).order_by(EvalRun.seq).limit(50)
-    if session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    candidates = (await session.execute(stmt)).all()
+    of any organisation), now ``in_progress`` and leased to ``worker_id``, or
+    None: each organisation's oldest run is a candidate, so one
+    organisation's many runs do not hold up another's."""
+    oldest = (select(func.min(EvalRun.seq)).where(EvalRun.status == QUEUED).group_by(EvalRun.org_id)
+              .scalar_subquery())
+    candidates = list((await session.execute(select(EvalRun.id, EvalRun.org_id, EvalRun.seq).where(
+        EvalRun.seq.in_(oldest)).order_by(EvalRun.seq))).all())  # each organisation's oldest queued run
     busy = set((await session.scalars(select(EvalRun.org_id).where(EvalRun.status == IN_PROGRESS))).all())
     candidates.sort(key=lambda c: c.org_id in busy)  # stable: oldest first within each group
-    for run_id in [c.id for c in candidates]:
+    for run_id in [c.id for c in candidates]:  # the conditional update decides between concurrent workers
         result = await session.execute(
             update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == QUEUED)
             .values(status=IN_PROGRESS, worker_id=worker_id, lease_expires_at=lease_until,
@@ -159,10 +161,11 @@ async def hold_run(session: AsyncSession, run_id: str, worker_id: str, **values:
     return result.rowcount > 0
 
 
-async def requeue_expired_runs(session: AsyncSession, now: datetime, max_attempts: int) -> list[str]:
+async def requeue_expired_runs(session: AsyncSession, now: datetime,
+                               max_attempts: int) -> tuple[list[str], list[str]]:
     """Runs in progress whose lease expired (their worker died) go back to the
     queue, or fail once they have been started ``max_attempts`` times (a run
-    that takes its worker down each time must not do so forever)."""
+    that takes its worker down each time must not do so forever): (re-queued, failed)."""
     expired = (await session.execute(select(EvalRun.id, EvalRun.attempts).where(
         EvalRun.status == IN_PROGRESS, EvalRun.lease_expires_at < now))).all()
     for run_id, attempts in expired:
@@ -176,7 +179,8 @@ async def requeue_expired_runs(session: AsyncSession, now: datetime, max_attempt
             values = {"status": QUEUED, "worker_id": None}
         await session.execute(guard.values(lease_expires_at=None, updated_at=now, **values)
                               .execution_options(synchronize_session=False))
-    return [run_id for run_id, _ in expired]
+    return ([r for r, attempts in expired if attempts < max_attempts],
+            [r for r, attempts in expired if attempts >= max_attempts])
 
 
 async def release_run(session: AsyncSession, run_id: str, worker_id: str, to: EvalRunStatus,
