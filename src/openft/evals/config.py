@@ -9,15 +9,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from openft.weights import BaseWeights
+
 
 @dataclass
 class ModelWeights:
-    """Where a model's weights are for the process: its base
-    (``openft.weights.BaseWeights`` as a dict) and, for a fine-tuned model or
-    checkpoint, the blob key of its folder (a LoRA adapter or full weights)."""
+    """Where a model's weights are for the process: its base and, for a
+    fine-tuned model or checkpoint, the blob key of its folder (a LoRA
+    adapter or full weights)."""
 
-    base: dict[str, Any]
+    base: BaseWeights
     adapter_key: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelWeights:
+        return cls(BaseWeights(**data["base"]), data.get("adapter_key"))
 
 
 SAMPLING_PARAMS = ("temperature", "top_p", "seed", "max_completion_tokens", "response_format", "tools",
@@ -102,8 +108,8 @@ class EvalRunConfig:
     def from_dict(cls, data: dict[str, Any]) -> EvalRunConfig:
         data = dict(data)
         if data.get("weights") is not None:
-            data["weights"] = ModelWeights(**data["weights"])
-        data["judges"] = {k: ModelWeights(**v) for k, v in (data.get("judges") or {}).items()}
+            data["weights"] = ModelWeights.from_dict(data["weights"])
+        data["judges"] = {k: ModelWeights.from_dict(v) for k, v in (data.get("judges") or {}).items()}
         return cls(**data)
 
     def dump(self, path: Path) -> None:

@@ -232,9 +232,9 @@ def _generator(config: EvalRunConfig) -> Generator:
 def _ref(model: str, weights: ModelWeights, blobs: BlobStore, config: EvalRunConfig) -> ModelRef:
     """The model's folders on this machine, as the API's ``ModelRegistry.resolve`` finds them."""
     from openft.serving.types import ModelRef
-    from openft.weights import BaseWeights, is_adapter
+    from openft.weights import is_adapter
 
-    base = BaseWeights(**weights.base).local_path(Path(config.models_dir))
+    base = weights.base.local_path(Path(config.models_dir))
     if weights.adapter_key is None:
         return ModelRef(model, base)
     tuned = blobs.folder(weights.adapter_key, Path(config.models_dir).parent / "cache")

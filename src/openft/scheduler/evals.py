@@ -231,4 +231,4 @@ class EvalRunner:
         base = await resolve_base(session, tuned.base_model if tuned else model, self.settings, known_base=True)
         if base is None:
             raise Unstartable(f"The model {model} is no longer available.", "model_not_found")
-        return ModelWeights(base=base.to_dict(), adapter_key=tuned.storage_key if tuned else None)
+        return ModelWeights(base=base, adapter_key=tuned.storage_key if tuned else None)
