@@ -9,16 +9,16 @@
    browser tiers (mostly waiting on servers and a browser).
 3. The rest of the training tier in two sessions side by side: the stories
    driven through a server (jobs, chat, serving, recovery, CLI, webhooks,
-   integrations) beside the recipes and models run mostly in-process
-   (families, tool conventions, SFT, DPO, RFT, generator, weights, export),
+   integrations, evals, sharing) beside the recipes and models run mostly
+   in-process (families, tool conventions, SFT, DPO, RFT, generator, weights,
+   export) and the eval kill -9 story (its own server),
    whose in-process training takes one thread (``support.IN_PROCESS_THREADS``)
    so the two sessions do not oversubscribe the cores. None of them compares
    a duration with an estimate; waits are bounded by deadlines.
 
 On 2 cores the suite took 845 s in one session and 718 s in two phases
-(the training tier whole and alone); in these three phases, with the model
-families and tool conventions added, 12 min 39 s from a fresh clone, set-up
-included (docs/development.md).
+(the training tier whole and alone); in these three phases, with evals
+added, 12 min 32 s from a fresh clone, set-up included (docs/development.md).
 
 Each session is an ordinary pytest session (``pyproject.toml``'s options
 apply), so every tier still reports itself ON or SKIPPED at the top of its

@@ -220,7 +220,8 @@ def test_a_model_says_what_it_supports_and_refuses_a_job_it_cannot_run(training_
 def test_a_model_with_recurrent_layers_is_refused_serving_and_rft_with_the_reason(training_server: Server,
                                                                                  tmp_path: Path) -> None:
     """Qwen3-Next's linear-attention layers keep recurrent state, which the
-    serving engine does not batch: chat and RFT are 400s naming the reason."""
+    serving engine does not batch: chat, an eval run sampling it and RFT are
+    400s naming the reason."""
     from transformers import AutoConfig
 
     folder = tmp_path / "next"
@@ -236,6 +237,15 @@ def test_a_model_with_recurrent_layers_is_refused_serving_and_rft_with_the_reaso
     assert chat.status_code == 400, chat.text
     assert (chat.json()["error"]["param"], chat.json()["error"]["code"]) == ("model", "model_not_servable")
     assert "recurrent layers" in chat.json()["error"]["message"]
+    with tenant.http() as http:  # an eval run that would sample it: refused the same way, before it is queued
+        evaluation = http.post("/evals", json={"data_source_config": {"type": "custom", "item_schema": {
+            "type": "object"}}, "testing_criteria": [{"type": "string_check", "name": "x", "input": "a",
+                                                      "reference": "a", "operation": "eq"}]}).json()
+        run = http.post(f"/evals/{evaluation['id']}/runs", json={"data_source": {
+            "type": "completions", "model": "local/tiny-next", "source": {"type": "file_content", "content": [
+                {"item": {}}]}, "input_messages": {"type": "template", "template": [
+                    {"role": "user", "content": "hi"}]}}})
+    assert (run.status_code, run.json()["error"]["code"]) == (400, "model_not_servable"), run.text
 
     grader = {"type": "string_check", "name": "yes", "input": "{{sample.output_text}}", "reference": "yes",
               "operation": "eq"}

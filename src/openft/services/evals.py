@@ -221,11 +221,15 @@ async def _checked_source(ctx: EvalsContext, org_id: str, data_source: Any
                            code="invalid_value")
     async with ctx.reader() as db:
         try:
-            await ctx.registry.resolve(db, org_id, model)
+            ref = await ctx.registry.resolve(db, org_id, model)
         except NotFound:
             raise InvalidRequest(f"Invalid 'data_source.model': the model {model!r} does not exist or is not "
                                  "available to your organisation.", param="data_source.model",
                                  code="model_not_found") from None
+    found = await anyio.to_thread.run_sync(ctx.registry.describe, ref.id, ref.base_path)
+    if found is not None and (refusal := found.refusals.get("serving")):  # as chat completions refuses it
+        raise InvalidRequest(f"The model {model!r} cannot be served: {refusal}.", param="data_source.model",
+                             code="model_not_servable")
     if "input_messages" not in data_source:
         raise spec.invalid(f"{param}.input_messages", "is required for a completions run", code="invalid_value")
     input_messages = items.check_input_messages(data_source["input_messages"], f"{param}.input_messages")
