@@ -7,6 +7,7 @@ import pytest
 
 from openft.errors import InvalidRequest
 from openft.evals import criteria, tally
+from openft.training.records import EvalItemRecord, ModelUsage, parse
 
 EXACT = {"type": "string_check", "name": "exact", "id": "exact-1", "input": "{{sample.output_text}}",
          "reference": "{{item.answer}}", "operation": "eq"}
@@ -42,9 +43,14 @@ def test_the_config_is_served_as_openai_serves_it_and_stored_sources_are_refused
 
 def test_counts_grow_by_each_item() -> None:
     counts = tally.empty([EXACT])
-    counts = tally.add(counts, "pass", [{"name": "exact-1", "passed": True}], {"m": {"prompt_tokens": 3,
-                                                                                   "completion_tokens": 2}})
+    counts = tally.add(counts, "pass", [{"name": "exact-1", "passed": True}], {"m": ModelUsage(3, 2, 1)})
     counts = tally.add(counts, "error", [{"name": "exact-1", "passed": False, "error": {}}], {})
     assert counts["result_counts"] == {"total": 2, "errored": 1, "failed": 0, "passed": 1}
     assert counts["per_testing_criteria_results"] == [{"testing_criteria": "exact-1", "passed": 1, "failed": 1}]
     assert counts["per_model_usage"][0]["total_tokens"] == 5 and tally.pass_rate(counts["result_counts"]) == 0.5
+
+
+def test_an_item_record_crosses_the_pipe_with_its_usage_typed() -> None:
+    sent = EvalItemRecord(3, {"q": 1}, "pass", {"output": []}, [], {"judge": ModelUsage(5, 1, 2)})
+    got = parse(sent.to_dict())
+    assert got == sent and isinstance(got.usage["judge"], ModelUsage)

@@ -35,7 +35,7 @@ from openft.evals.criteria import grader_of
 from openft.evals.items import RunItem
 from openft.evals.tally import item_status, result_of
 from openft.store.blobs import BlobStore
-from openft.training.records import EvalDoneRecord, EvalItemRecord, FailedRecord
+from openft.training.records import EvalDoneRecord, EvalItemRecord, FailedRecord, ModelUsage
 from openft.training.report import PipeReporter, Reporter
 
 if TYPE_CHECKING:
@@ -185,8 +185,7 @@ def _graded_answer(config: EvalRunConfig, graders: list[Grader], answer: Answer)
     sample.update(output=[output], finish_reason=choice.finish_reason,
                   usage={"total_tokens": usage.total_tokens, "completion_tokens": usage.completion_tokens,
                          "prompt_tokens": usage.prompt_tokens, "cached_tokens": 0})
-    spent = {config.model or "": {"prompt_tokens": usage.prompt_tokens,
-                                  "completion_tokens": usage.completion_tokens, "invocations": 1}}
+    spent = {config.model or "": ModelUsage(usage.prompt_tokens, usage.completion_tokens, 1)}
     return _graded(config, graders, answer.item, sample, sample_namespace(message.content or "", tools), spent)
 
 
@@ -204,16 +203,13 @@ def _graded_row(config: EvalRunConfig, graders: list[Grader], item: RunItem) -> 
 
 
 def _graded(config: EvalRunConfig, graders: list[Grader], item: RunItem, sample: dict[str, Any],
-            namespace: dict[str, Any], spent: dict[str, dict[str, int]]) -> EvalItemRecord:
+            namespace: dict[str, Any], spent: dict[str, ModelUsage]) -> EvalItemRecord:
     results = []
     for criterion, grader in zip(config.criteria, graders, strict=True):
         grade = grader.grade(namespace, item.item)
         results.append(result_of(criterion, grade))
         for model, usage in grade.usage_per_model.items():  # a judge's call
-            entry = spent.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0, "invocations": 0})
-            entry["prompt_tokens"] += usage.prompt_tokens
-            entry["completion_tokens"] += usage.completion_tokens
-            entry["invocations"] += 1
+            spent.setdefault(model, ModelUsage()).add(usage.prompt_tokens, usage.completion_tokens)
     return EvalItemRecord(item.index, item.item, item_status(results), sample, results, spent)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from openft.evals.criteria import passed
 from openft.graders.result import GradeResult
+from openft.training.records import ModelUsage
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
 
@@ -50,7 +51,7 @@ def pass_rate(result_counts: dict[str, int]) -> float | None:
 
 
 def add(counts: dict[str, Any], status: str, results: list[dict[str, Any]],
-        usage: dict[str, dict[str, int]]) -> dict[str, Any]:
+        usage: dict[str, ModelUsage]) -> dict[str, Any]:
     """``counts`` (the run's three count columns) with one more item."""
     totals = dict(counts["result_counts"])
     totals["total"] += 1
@@ -61,12 +62,12 @@ def add(counts: dict[str, Any], status: str, results: list[dict[str, Any]],
         if (entry := by_id.get(result["name"])) is not None:
             entry["passed" if result["passed"] else "failed"] += 1
     per_model = {u["model_name"]: dict(u) for u in counts["per_model_usage"]}
-    for model, tokens in usage.items():
+    for model, spent in usage.items():
         entry = per_model.setdefault(model, {"model_name": model, "invocation_count": 0, "prompt_tokens": 0,
                                              "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0})
-        entry["invocation_count"] += int(tokens.get("invocations", 1))
-        entry["prompt_tokens"] += int(tokens.get("prompt_tokens", 0))
-        entry["completion_tokens"] += int(tokens.get("completion_tokens", 0))
+        entry["invocation_count"] += spent.invocations
+        entry["prompt_tokens"] += spent.prompt_tokens
+        entry["completion_tokens"] += spent.completion_tokens
         entry["total_tokens"] = entry["prompt_tokens"] + entry["completion_tokens"]
     return {"result_counts": totals, "per_testing_criteria_results": per_criterion,
             "per_model_usage": list(per_model.values())}

@@ -100,6 +100,21 @@ class FailedRecord(Record):
     param: str | None = None
 
 
+@dataclass
+class ModelUsage:
+    """What one item cost one model: its calls and tokens."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    invocations: int = 0
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """One more call."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.invocations += 1
+
+
 @dataclass(frozen=True)
 class EvalItemRecord(Record):
     """An eval run's process sampled and graded one item (``openft.evals.run``)."""
@@ -115,9 +130,12 @@ class EvalItemRecord(Record):
     """OpenAI's output item ``sample`` (input, output, finish reason, usage, error, sampling parameters)."""
     results: list[dict[str, Any]]
     """One ``EvalRunOutputItemResult`` per testing criterion, in the eval's order."""
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
-    """Calls and tokens per model this item cost (the sampled model and judges):
-    ``{model: {"prompt_tokens": n, "completion_tokens": n, "invocations": n}}``."""
+    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    """Calls and tokens per model this item cost (the sampled model and judges)."""
+
+    def __post_init__(self) -> None:  # parsed from JSON: the usage arrives as plain objects
+        object.__setattr__(self, "usage", {model: u if isinstance(u, ModelUsage) else ModelUsage(**u)
+                                           for model, u in self.usage.items()})
 
 
 @dataclass(frozen=True)
