@@ -321,3 +321,30 @@ def test_a_jobs_eval_integration_is_checked_like_a_run(training_server: Server) 
             "hyperparameters": {"fine_tuned_model_from": "best_eval_pass_rate"}}}))  # type: ignore[typeddict-item]
     assert (body["param"], body["code"]) == ("method.supervised.hyperparameters.fine_tuned_model_from", "missing_eval")
     assert all(j.training_file != training for j in tenant.sdk.fine_tuning.jobs.list(limit=100).data)
+
+
+def test_items_with_nul_surrogates_and_deep_nesting_are_400s_or_kept_not_500s(tenant: Tenant) -> None:
+    """The worst of item text, inline and in a file, on both databases: a NUL
+    (PostgreSQL's JSON refuses it), a lone surrogate (not Unicode text), bytes
+    that are not UTF-8 and nesting deeper than the decoder takes: each a 400
+    naming where, none a 500, nothing queued."""
+    evaluation = tenant.sdk.evals.create(data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+                                         testing_criteria=[{**EXACT, "reference": "x"}])
+    nul = {"item": {"question": "a\u0000b"}, "sample": {"output_text": "x"}}
+    with tenant.http() as http:
+        inline = http.post(f"/evals/{evaluation.id}/runs", json={"data_source": {
+            "type": "jsonl", "source": {"type": "file_content", "content": [nul]}}})
+        assert inline.status_code == 400, inline.text
+        assert inline.json()["error"]["param"] == "data_source.source.content.0.item.question"
+        named = http.post("/evals", json={"name": "a\u0000", "data_source_config": CONFIG, "testing_criteria": [EXACT]})
+        assert (named.status_code, named.json()["error"]["param"]) == (400, "name")
+        for line in (b'{"item": {"q": "\\u0000"}, "sample": {"output_text": "x"}}',
+                     b'{"item": {"q": "\\ud800"}, "sample": {"output_text": "x"}}',
+                     b'{"item": {"q": "\xff\xfe"}, "sample": {"output_text": "x"}}',
+                     b'{"item": {"q": ' + b"[" * 5000 + b"]" * 5000 + b'}, "sample": {"output_text": "x"}}'):
+            uploaded = tenant.sdk.files.create(file=("items.jsonl", io.BytesIO(line + b"\n")), purpose="evals")
+            run = http.post(f"/evals/{evaluation.id}/runs", json={"data_source": {
+                "type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}}})
+            assert run.status_code == 400, (line[:40], run.text)
+            assert run.json()["error"]["param"] == "data_source.source.id" and "line 1" in run.text
+    assert tenant.sdk.evals.runs.list(evaluation.id).data == []

@@ -22,6 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from openft.text import encodes, first_bad_path
+
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
@@ -42,38 +44,11 @@ def strict_json(body: bytes) -> Any:
         value = json.loads(body)
     except RecursionError:
         raise InvalidBody("The JSON body is nested too deeply.") from None
-    if SURROGATE_ESCAPE.search(body) and (found := _lone_surrogate(value)) is not None:
+    if SURROGATE_ESCAPE.search(body) and (found := first_bad_path(value, encodes)) is not None:
         where = found.encode("utf-8", "backslashreplace").decode()  # a key may hold the surrogate
         raise InvalidBody(f"Invalid '{where}': the text holds a lone surrogate escape (\\ud800 to "
                           "\\udfff without its pair), which is not valid Unicode.", param=where or None)
     return value
-
-
-def _lone_surrogate(value: Any) -> str | None:
-    """The dotted path of the first string or key holding a lone surrogate."""
-    todo: list[tuple[str, Any]] = [("", value)]
-    while todo:
-        path, item = todo.pop()
-        if isinstance(item, str):
-            if not _encodes(item):
-                return path
-        elif isinstance(item, dict):
-            for key, sub in item.items():
-                here = f"{path}.{key}" if path else str(key)
-                if not _encodes(key):
-                    return here
-                todo.append((here, sub))
-        elif isinstance(item, list):
-            todo.extend((f"{path}.{index}" if path else str(index), sub) for index, sub in enumerate(item))
-    return None
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class StrictJSONRequest(Request):

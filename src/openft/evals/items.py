@@ -19,6 +19,7 @@ from typing import Any
 from openft.errors import InvalidRequest
 from openft.graders import spec
 from openft.graders.templates import TemplateError, lookup, render_messages
+from openft.text import first_bad_path, storable
 
 MAX_ITEMS = 50_000
 """Most items one run may have."""
@@ -118,6 +119,9 @@ def check_rows(rows: list[SourceRow], item_schema: dict[str, Any], *, needs_samp
             raise _refuse(row, "each item must be an object {\"item\": {...}}, with an optional \"sample\"")
         if unknown := sorted(set(value) - {"item", "sample"}):
             raise _refuse(row, f"{unknown[0]!r} is not a field of an item row (item, sample)", unknown[0])
+        if (where := first_bad_path(value, storable)) is not None:
+            raise _refuse(row, f"{where} holds a NUL character or a lone surrogate, which no stored text may hold",
+                          where)
         if input_messages is not None and "sample" in value:
             raise _refuse(row, "a completions run samples its model, so its items carry no 'sample'; remove it, "
                           "or grade the samples with a 'jsonl' run", "sample")

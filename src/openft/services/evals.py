@@ -49,6 +49,7 @@ from openft.store.queries import files as file_queries
 from openft.store.queries.reads import Db
 from openft.store.tables import Eval as EvalRow
 from openft.store.tables import EvalRun as EvalRunRow
+from openft.text import first_bad_path, storable
 
 if TYPE_CHECKING:
     from openft.domain import JobSpec
@@ -83,6 +84,7 @@ def _epoch(when: datetime) -> int:
 
 # ------------------------------------------------------------------- evals
 async def create_eval(ctx: EvalsContext, org_id: str, body: CreateEvalRequest) -> Eval:
+    check_storable(body.model_dump(exclude_none=True), "")
     config = criteria.check_config(body.data_source_config)
     stored = []
     for index, (grader, threshold) in enumerate(criteria.split_threshold(body.testing_criteria)):
@@ -107,6 +109,7 @@ async def get_eval_row(ctx: EvalsContext, org_id: str, eval_id: str) -> Any:
 
 
 async def update_eval(ctx: EvalsContext, org_id: str, eval_id: str, body: UpdateEvalRequest) -> Eval:
+    check_storable(body.model_dump(exclude_none=True), "")
     values: dict[str, Any] = {}
     if body.name is not None:
         values["name"] = body.name
@@ -147,6 +150,7 @@ def eval_to_wire(row: Any) -> Eval:
 async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateEvalRunRequest,
                      base_url: str) -> EvalRun:
     evaluation = await get_eval_row(ctx, org_id, eval_id)
+    check_storable(body.model_dump(exclude_none=True), "")
     async with ctx.reader() as db:
         _room_for_a_run(ctx, await queries.count_unfinished_runs(db, org_id))
     load_rows, model, input_messages, sampling = await _checked_source(ctx, org_id, body.data_source)
@@ -188,6 +192,13 @@ async def create_run(ctx: EvalsContext, org_id: str, eval_id: str, body: CreateE
 
 RowLoader = Callable[[], list[items.SourceRow]]
 """Reads a source's rows (blocking: a file is read and parsed); run off the event loop."""
+
+
+def check_storable(value: Any, prefix: str) -> None:
+    """A 400 naming the first string of a request's ``value`` that no stored text may hold."""
+    if (where := first_bad_path(value, storable, prefix)) is not None:
+        raise InvalidRequest(f"Invalid '{where}': the text holds a NUL character or a lone surrogate, which no "
+                             "stored text may hold.", param=where, code="invalid_value")
 
 
 def _room_for_a_run(ctx: EvalsContext, unfinished: int) -> None:
@@ -267,6 +278,7 @@ async def check_job_eval(ctx: EvalsContext, org_id: str, job: JobSpec, *, store:
         raise InvalidRequest(f"Invalid '{param}.eval.eval_id': no such eval: {settings['eval_id']}.",
                              param=f"{param}.eval.eval_id", code="eval_not_found")
     data_source, at = settings["data_source"], f"{param}.eval.data_source"
+    check_storable(data_source, at)
     if unknown := sorted(set(data_source) - {"type", "source", "input_messages", "sampling_params"}):
         why = "each checkpoint is the model" if unknown[0] == "model" else "is not a field of it"
         raise spec_invalid(f"{at}.{unknown[0]}", why)
