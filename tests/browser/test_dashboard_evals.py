@@ -15,6 +15,7 @@ import pytest
 from browser.conftest import new_tenant
 
 from support import chat_file
+from support import eval_run_finished as finished
 
 pytestmark = [pytest.mark.browser, pytest.mark.training, pytest.mark.filterwarnings("ignore:The Evals API")]
 
@@ -22,16 +23,6 @@ TINY = "local/tiny"
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
          "reference": "{{item.expected}}", "operation": "eq"}
 ROWS = [{"item": {"input": f"Question number {i}?", "expected": "yes"}} for i in range(4)]
-
-
-def finished(tenant, eval_id: str, run_id: str, timeout: float = 120):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = tenant.sdk.evals.runs.retrieve(run_id, eval_id=eval_id)
-        if run.status in ("completed", "failed", "canceled"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"eval run {run_id} did not finish")
 
 
 def rate(run) -> str:  # type: ignore[no-untyped-def]

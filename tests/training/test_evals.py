@@ -15,6 +15,7 @@ import pytest
 from test_chat import train_on
 
 from support import Server, Tenant, assert_matches_schema, jsonl
+from support import eval_run_finished as finished
 from test_jobs_train import TINY, upload, wait_for
 
 pytestmark = [pytest.mark.training, pytest.mark.filterwarnings("ignore:The Evals API is deprecated")]
@@ -37,16 +38,6 @@ def slow(seconds: float) -> dict[str, Any]:
     """A python criterion that takes ``seconds`` per item (to catch a run mid-way)."""
     return {"type": "python", "name": "slow", "source": (
         f"import time\ndef grade(sample, item):\n    time.sleep({seconds})\n    return 1.0\n")}
-
-
-def finished(tenant: Tenant, eval_id: str, run_id: str, timeout: float = 240) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = tenant.sdk.evals.runs.retrieve(run_id, eval_id=eval_id)
-        if run.status in ("completed", "failed", "canceled"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"eval run {run_id} did not finish:\n{tenant.server.log()}")
 
 
 def graded(tenant: Tenant, eval_id: str, run_id: str, at_least: int, timeout: float = 120) -> int:

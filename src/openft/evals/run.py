@@ -226,15 +226,9 @@ def _generator(config: EvalRunConfig) -> Generator:
 
 
 def _ref(model: str, weights: ModelWeights, blobs: BlobStore, config: EvalRunConfig) -> ModelRef:
-    """The model's folders on this machine, as the API's ``ModelRegistry.resolve`` finds them."""
-    from openft.serving.types import ModelRef
-    from openft.weights import is_adapter
+    from openft.weights import local_ref
 
-    base = weights.base.local_path(Path(config.models_dir))
-    if weights.adapter_key is None:
-        return ModelRef(model, base)
-    tuned = blobs.folder(weights.adapter_key, Path(config.models_dir).parent / "cache")
-    return ModelRef(model, base, tuned) if is_adapter(tuned) else ModelRef(model, tuned)
+    return local_ref(model, weights.base, weights.adapter_key, blobs, Path(config.models_dir))
 
 
 def _limits(config: EvalRunConfig) -> Any:

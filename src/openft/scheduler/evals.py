@@ -45,21 +45,15 @@ from openft.graders import spec as grader_spec
 from openft.graders.sandbox import SandboxLimits
 from openft.scheduler.executors.local import LocalExecutor, LocalRun
 from openft.scheduler.lease import until, utcnow
+from openft.scheduler.worker import Unstartable
 from openft.store.blobs import BlobStore
 from openft.store.queries import evals as queries
 from openft.store.queries import jobs as job_queries
-from openft.store.queries import models as model_queries
 from openft.store.tables import EvalOutputItem, EvalRun
 from openft.training.records import EvalDoneRecord, EvalItemRecord, EventRecord, FailedRecord
-from openft.weights import resolve_base
+from openft.weights import resolve_tuned
 
 log = logging.getLogger(__name__)
-
-
-class Unstartable(Exception):
-    def __init__(self, message: str, code: str):
-        super().__init__(message)
-        self.code = code
 
 
 class EvalRunner:
@@ -206,7 +200,7 @@ class EvalRunner:
         async with self.sessions() as session:
             evaluation = await queries.read_eval(session, run.org_id, run.eval_id)
             if evaluation is None:
-                raise Unstartable("The eval of this run was deleted.", "eval_not_found")
+                raise Unstartable("The eval of this run was deleted.", code="eval_not_found")
             weights = await self._weights(session, run.org_id, run.model) if run.model else None
             judges = {}
             for criterion in evaluation.testing_criteria:
@@ -227,8 +221,7 @@ class EvalRunner:
         )
 
     async def _weights(self, session: AsyncSession, org_id: str, model: str) -> ModelWeights:
-        tuned = await model_queries.read_tuned_weights(session, org_id, model)
-        base = await resolve_base(session, tuned.base_model if tuned else model, self.settings, known_base=True)
-        if base is None:
-            raise Unstartable(f"The model {model} is no longer available.", "model_not_found")
-        return ModelWeights(base=base, adapter_key=tuned.storage_key if tuned else None)
+        found = await resolve_tuned(session, org_id, model, self.settings)
+        if found is None:
+            raise Unstartable(f"The model {model} is no longer available.", code="model_not_found")
+        return ModelWeights(base=found[0], adapter_key=found[1])

@@ -48,7 +48,7 @@ from openft.store.queries import models as model_queries
 from openft.store.queries import orgs as org_queries
 from openft.store.tables import Job
 from openft.training.config import RunConfig
-from openft.weights import resolve_base
+from openft.weights import resolve_base, resolve_tuned
 
 if TYPE_CHECKING:
     from openft.scheduler.executors.ray import RayExecutor, RayRun
@@ -328,12 +328,10 @@ class Worker:
 
         judges: dict[str, dict[str, object]] = {}
         for _, model in grader_spec.judge_models(job.method.grader):
-            tuned = await model_queries.read_tuned_weights(session, job.org_id, model)
-            base = await resolve_base(session, tuned.base_model if tuned else model, self.settings,
-                                      known_base=True)
-            if base is None:
+            found = await resolve_tuned(session, job.org_id, model, self.settings)
+            if found is None:
                 raise FileNotFoundError(f"judge model {model} is no longer available")
-            judges[model] = {"base": base.to_dict(), "adapter_key": tuned.storage_key if tuned else None}
+            judges[model] = {"base": found[0].to_dict(), "adapter_key": found[1]}
         return judges
 
     def __repr__(self) -> str:  # pragma: no cover

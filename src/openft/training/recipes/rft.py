@@ -221,18 +221,12 @@ def grading_context(config: RunConfig, device: torch.device) -> GradingContext:
     if config.judges:
         from openft.graders.judge import GeneratorJudge
         from openft.serving.generator import Generator
-        from openft.serving.types import ModelRef
-        from openft.weights import BaseWeights, is_adapter
+        from openft.weights import BaseWeights, local_ref
 
         blobs = BlobStore(config.storage_url, config.storage_options)
-        refs = {}
-        for model_id, where in config.judges.items():
-            base = BaseWeights(**where["base"]).local_path(Path(config.models_dir))
-            tuned = config.model_folder(blobs, where["adapter_key"]) if where.get("adapter_key") else None
-            if tuned is not None and not is_adapter(tuned):
-                refs[model_id] = ModelRef(model_id, tuned)  # a full fine-tune judges with its own weights
-            else:
-                refs[model_id] = ModelRef(model_id, base, tuned)
+        refs = {model_id: local_ref(model_id, BaseWeights(**where["base"]), where.get("adapter_key"), blobs,
+                                    Path(config.models_dir))
+                for model_id, where in config.judges.items()}
         judge = GeneratorJudge(Generator(16 * 2**30, device.type), refs, timeout_seconds=600)
     return GradingContext(limits, judge, Path(embedding) if embedding else None)
 
