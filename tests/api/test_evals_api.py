@@ -323,7 +323,7 @@ def test_a_jobs_eval_integration_is_checked_like_a_run(training_server: Server) 
     assert all(j.training_file != training for j in tenant.sdk.fine_tuning.jobs.list(limit=100).data)
 
 
-def test_items_with_nul_surrogates_and_deep_nesting_are_400s_or_kept_not_500s(tenant: Tenant) -> None:
+def test_items_with_nul_surrogates_and_deep_nesting_are_400s_naming_where(tenant: Tenant) -> None:
     """The worst of item text, inline and in a file, on both databases: a NUL
     (PostgreSQL's JSON refuses it), a lone surrogate (not Unicode text), bytes
     that are not UTF-8 and nesting deeper than the decoder takes: each a 400
