@@ -29,8 +29,13 @@ def main() -> None:
 def preflight(settings: Settings, *, worker: bool) -> None:
     """Fail start-up with one clear line when blob storage or the Ray cluster
     cannot be used (rather than a traceback from inside the server)."""
+    from openft.gateway.accounts import ProvidersFileError, read_accounts
     from openft.store.blobs import BlobStore, StorageError
 
+    try:
+        read_accounts(settings.resolved_providers_file)
+    except ProvidersFileError as exc:
+        raise click.ClickException(f"providers file {settings.resolved_providers_file}: {exc}") from None
     try:
         BlobStore(settings.resolved_storage_url, settings.storage_options).check()
     except StorageError as exc:
@@ -256,6 +261,82 @@ async def _register_model(settings: Settings, model_id: str, path: Path) -> None
             await register_local(session, model_id, path)
     finally:
         await engine.dispose()
+
+
+@main.group()
+def providers() -> None:
+    """Provider accounts the gateway routes to (OPENFT_PROVIDERS_FILE)."""
+
+
+@providers.command("add")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["openai-compatible", "openft"]), default="openai-compatible",
+              show_default=True, help="openai-compatible: a server speaking OpenAI's files, fine-tuning and chat "
+              "API; openft: this deployment under another name.")
+@click.option("--base-url", help="The upstream's OpenAI base URL, e.g. https://host/v1.")
+@click.option("--api-key-env", help="Environment variable of the server that holds the upstream's key.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File that holds the upstream's key.")
+@click.option("--org", "organizations", multiple=True, required=True,
+              help="Organisation (name or id) allowed to use the account; repeat it; '*' for all.")
+@click.option("--timeout", "timeout_seconds", type=float, default=60.0, show_default=True,
+              help="Seconds the gateway waits for the upstream at each step.")
+@click.option("--connect-timeout", "connect_timeout_seconds", type=float, default=5.0, show_default=True)
+def providers_add(name: str, kind: str, base_url: str | None, api_key_env: str | None, api_key_file: Path | None,
+                  organizations: tuple[str, ...], timeout_seconds: float, connect_timeout_seconds: float) -> None:
+    """Add or replace the account NAME (the key itself is never written: only where to read it)."""
+    import json
+
+    from openft.gateway.accounts import ProvidersFileError, parse_accounts, read_accounts, write_accounts
+
+    path = load_settings().resolved_providers_file
+    try:
+        accounts = read_accounts(path)
+        body = {"kind": kind, "base_url": base_url, "api_key_env": api_key_env,
+                "api_key_file": str(api_key_file.resolve()) if api_key_file else None,
+                "organizations": list(organizations), "timeout_seconds": timeout_seconds,
+                "connect_timeout_seconds": connect_timeout_seconds}
+        account = parse_accounts(json.dumps({name: {k: v for k, v in body.items() if v is not None}}))[name]
+    except ProvidersFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    write_accounts(path, {**accounts, name: account})
+    click.echo(f"{'Replaced' if name in accounts else 'Added'} provider account {name} ({kind}) in {path}")
+
+
+@providers.command("list")
+def providers_list() -> None:
+    """The accounts, one per line (name, kind, base URL, key source, organisations)."""
+    from openft.gateway.accounts import ProvidersFileError, read_accounts
+
+    path = load_settings().resolved_providers_file
+    try:
+        accounts = read_accounts(path)
+    except ProvidersFileError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    click.echo("openft  openft  (this deployment)  -  *")
+    for name, account in sorted(accounts.items()):
+        source = (f"env:{account.api_key_env}" if account.api_key_env else
+                  f"file:{account.api_key_file}" if account.api_key_file else "-")
+        click.echo(f"{name}  {account.kind}  {account.base_url or '(this deployment)'}  {source}  "
+                   f"{','.join(account.organizations)}")
+
+
+@providers.command("remove")
+@click.argument("name")
+def providers_remove(name: str) -> None:
+    """Remove the account NAME (ids routed to it then answer 404)."""
+    from openft.gateway.accounts import ProvidersFileError, read_accounts, write_accounts
+
+    path = load_settings().resolved_providers_file
+    try:
+        accounts = read_accounts(path)
+    except ProvidersFileError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    if name not in accounts:
+        raise click.ClickException(f"No provider account {name!r} in {path}.")
+    del accounts[name]
+    write_accounts(path, accounts)
+    click.echo(f"Removed provider account {name} from {path}")
 
 
 def _register_client_commands() -> None:

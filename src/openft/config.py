@@ -84,6 +84,19 @@ class Settings(BaseSettings):
         None,
         description='JSON file mapping model ids to local Hugging Face folders: {"my/model": "/path"}.',
     )
+    providers_file: Path | None = Field(
+        None,
+        description="JSON file of the provider accounts the gateway routes to (x-tfy-provider-name, "
+        "account/model); default $OPENFT_HOME/providers.json. Edited by 'openft providers add|remove'; "
+        "a running server re-reads it when it changes.",
+    )
+    gateway_concurrency: int = Field(
+        256, ge=1, description="Requests routed to provider accounts at once (streams included); past it, "
+        "429 with Retry-After."
+    )
+    gateway_concurrency_per_org: int = Field(
+        64, ge=1, description="Of gateway_concurrency, the most one organisation may hold at once."
+    )
     model_aliases: dict[str, str] = Field(
         default_factory=dict,
         description='Model names that stand for another model, for code written against OpenAI: '
@@ -292,6 +305,10 @@ class Settings(BaseSettings):
         fetched once (``BlobStore.folder``); a training process finds the same
         folder beside ``models_dir`` (``RunConfig.cache_dir``)."""
         return self.home / "cache"
+
+    @property
+    def resolved_providers_file(self) -> Path:
+        return self.providers_file or self.home / "providers.json"
 
     @property
     def api_key_file(self) -> Path:

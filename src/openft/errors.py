@@ -91,3 +91,26 @@ class RateLimited(OpenFTError):
     def __init__(self, message: str, *, retry_after: int, code: str = "rate_limit_exceeded"):
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class BadGateway(OpenFTError):
+    """A provider account the request was routed to could not be reached or failed (502)."""
+
+    status_code = 502
+    error_type = "server_error"
+
+
+class GatewayTimeout(OpenFTError):
+    """A provider account did not answer within its timeout (504)."""
+
+    status_code = 504
+    error_type = "server_error"
+
+
+class UpstreamError(OpenFTError):
+    """A provider account's own client error (4xx), passed on with its fields."""
+
+    def __init__(self, status: int, message: str, *, error_type: str, param: str | None, code: str | None):
+        super().__init__(message, param=param, code=code)
+        self.status_code = status
+        self.error_type = error_type

@@ -20,6 +20,7 @@ from openft import __version__, dashboard
 from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
+from openft.api.gateway import GatewayMiddleware
 from openft.api.limits import BodyLimitMiddleware
 from openft.api.routers import chat, evals, files, graders, jobs, models, organization, permissions, webhooks
 from openft.config import Settings
@@ -119,10 +120,12 @@ def create_app(settings: Settings) -> FastAPI:
                 await worker_task
             dispatcher.stop()
             await dispatcher_task
+            await ctx.upstreams.aclose()
             await ctx.engine.dispose()
 
     app = FastAPI(title="openft", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(GatewayMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
                        idle_seconds=settings.body_timeout_seconds)
     app.add_middleware(RequestIdMiddleware)

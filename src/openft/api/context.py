@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from openft.api.gate import FairGate
 from openft.config import Settings
+from openft.gateway.accounts import AccountBook
+from openft.gateway.forward import Upstreams
 from openft.scheduler.executors.warm import Zygote
 from openft.services.auth import Authenticator
 from openft.services.capacity import Capacity
@@ -40,6 +42,12 @@ class AppContext:
     """Job estimates at once, shared fairly between organisations."""
     evals: Capacity = field(init=False)
     """Eval runs' item checks at once, shared fairly between organisations."""
+    providers: AccountBook = field(init=False)
+    """The provider accounts requests may be routed to (``openft.api.gateway``)."""
+    upstreams: Upstreams = field(init=False)
+    """The HTTP client that forwards routed requests."""
+    gateway_capacity: Capacity = field(init=False)
+    """Routed requests at once, shared fairly between organisations."""
     zygote: Zygote | None = None
     """The co-located worker's warm start (set when the worker starts): estimates fork from it."""
     wake_worker: Callable[[], None] = lambda: None
@@ -54,6 +62,10 @@ class AppContext:
         self.estimates = Capacity("estimates", settings.estimate_concurrency, settings.estimate_concurrency_per_org)
         self.evals = Capacity("eval item checks", settings.eval_check_concurrency,
                               settings.eval_check_concurrency_per_org)
+        self.providers = AccountBook(settings.resolved_providers_file)
+        self.upstreams = Upstreams(max_connections=settings.gateway_concurrency)
+        self.gateway_capacity = Capacity("routed requests", settings.gateway_concurrency,
+                                         settings.gateway_concurrency_per_org)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from openft.api.context import AppContext
-from openft.config import BUILTIN_PROVIDER
-from openft.errors import InvalidRequest
+from openft.errors import InvalidRequest, NotFound
 from openft.services.auth import Principal
+from openft.store.queries import orgs
 
 GATEWAY_PREFIX = "/api/llm"
 
@@ -39,20 +39,37 @@ async def get_caller(request: Request) -> Caller:
     assert ctx.authenticator is not None
     principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
     provider = request.headers.get("x-tfy-provider-name")
-    if provider is not None and provider != BUILTIN_PROVIDER:
-        raise InvalidRequest(
-            f"Unknown provider {provider!r}; configured providers: {BUILTIN_PROVIDER}.",
-            param="x-tfy-provider-name",
-            code="unknown_provider",
-        )
+    if provider is not None:
+        await _check_local_provider(ctx, provider, principal.org_id)
     return Caller(
         principal=principal,
         gateway=request.scope["path"].startswith(GATEWAY_PREFIX + "/"),
-        tfy_metadata=_tfy_metadata(request.headers.get("x-tfy-metadata")),
+        tfy_metadata=tfy_metadata(request.headers.get("x-tfy-metadata")),
     )
 
 
-def _tfy_metadata(raw: str | None) -> dict[str, str] | None:
+async def _check_local_provider(ctx: AppContext, name: str, org_id: str) -> None:
+    """A request this deployment answers itself may name this deployment's
+    accounts only (files, fine-tuning and chat requests naming an upstream
+    account never get here: ``openft.api.gateway`` sends them on)."""
+    async with ctx.reader() as db:
+        org_name = await orgs.read_org_name(db, org_id)
+    account = ctx.providers.get(name)
+    if account is None:
+        usable = ", ".join(ctx.providers.usable(org_id, org_name))
+        raise InvalidRequest(f"Unknown provider account {name[:64]!r} in the x-tfy-provider-name header; "
+                             f"this organisation may use: {usable}.", param="x-tfy-provider-name",
+                             code="unknown_provider")
+    if not account.allows(org_id, org_name):
+        raise NotFound("provider_account", name, param="x-tfy-provider-name")
+    if account.upstream:
+        raise InvalidRequest(
+            f"Provider account {name!r} takes files, fine-tuning jobs and chat completions; this route is "
+            "answered by this deployment only: send it without x-tfy-provider-name.",
+            param="x-tfy-provider-name", code="provider_not_routable")
+
+
+def tfy_metadata(raw: str | None) -> dict[str, str] | None:
     if raw is None:
         return None
     try:

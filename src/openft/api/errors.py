@@ -41,6 +41,11 @@ def envelope(
 
 async def _openft_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpenFTError)
+    return error_response(exc)
+
+
+def error_response(exc: OpenFTError) -> JSONResponse:
+    """A domain error's response (also for layers in front of the routes)."""
     headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
     if exc.status_code == 503:
         headers = {"retry-after": "1"}

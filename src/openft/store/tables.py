@@ -378,3 +378,19 @@ class CheckpointPermission(Base):
     owner_org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     grantee_org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RoutedObject(Base):
+    """An upstream object (file, fine-tuning job) an organisation reached
+    through a provider account: later requests naming its id go to that
+    account without ``x-tfy-provider-name`` (``openft.gateway``)."""
+
+    __tablename__ = "routed_objects"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(40))
+    request_metadata: Mapped[dict[str, str] | None] = mapped_column(JSONType)
+    """The ``x-tfy-metadata`` of the request that returned it first."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -2,7 +2,8 @@
 
 An openft extension (the dashboard shows it after sign-in, and scripts can
 check a key with it). It returns only what the key already grants: the
-organisation's id and name.
+organisation's id and name, and the provider accounts it may route to
+(``x-tfy-provider-name``), by name and kind: never an account's address or key.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ router = APIRouter(tags=["Organization"], route_class=OpenFTRoute)
 @router.get("/me")
 async def who_am_i(
     caller: Annotated[Caller, Depends(get_caller)], ctx: Annotated[AppContext, Depends(get_ctx)]
-) -> dict[str, str | None]:
+) -> dict[str, object]:
     async with ctx.reader() as db:
         name = await orgs.read_org_name(db, caller.org_id)
-    return {"object": "organization", "id": caller.org_id, "name": name}
+    providers = [{"name": account_name, "kind": account.kind}
+                 for account_name, account in ctx.providers.usable(caller.org_id, name).items()]
+    return {"object": "organization", "id": caller.org_id, "name": name, "providers": providers}

@@ -1,0 +1,9 @@
+"""The gateway role: files, fine-tuning jobs and chat completions routed to
+provider accounts an operator configured, next to the work this deployment
+does itself.
+
+- ``accounts``: the accounts (the providers file), their organisations and keys;
+- ``forward``: one request to an account and the errors a client sees;
+- ``openft.api.gateway``: the ASGI layer that picks the account of a request
+  (``x-tfy-provider-name``, ``account/model``, or the remembered route of an id).
+"""

@@ -1,0 +1,38 @@
+"""Routes remembered by the gateway: which provider account holds an
+organisation's upstream object (``openft.gateway``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from openft.store.tables import RoutedObject
+
+
+async def read_route(db: AsyncSession | AsyncConnection, org_id: str, object_id: str) -> str | None:
+    """The account that holds ``object_id`` for ``org_id``, if it was reached through one."""
+    return await db.scalar(select(RoutedObject.account).where(
+        RoutedObject.org_id == org_id, RoutedObject.object_id == object_id))
+
+
+async def remember_routes(session: AsyncSession, org_id: str, account: str, objects: Iterable[tuple[str, str]],
+                          metadata: dict[str, str] | None) -> None:
+    """Record (object id, object type) pairs as held by ``account``; the latest
+    account to return an id holds it."""
+    rows = [{"org_id": org_id, "object_id": object_id, "account": account, "object_type": object_type,
+             "request_metadata": metadata, "created_at": datetime.now(UTC)} for object_id, object_type in objects]
+    if not rows:
+        return
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(RoutedObject).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=[RoutedObject.org_id, RoutedObject.object_id],
+        set_={"account": statement.excluded.account},
+        where=RoutedObject.account != statement.excluded.account,
+    )
+    await session.execute(statement)

@@ -1,0 +1,293 @@
+"""The gateway role: files and fine-tuning routed to provider accounts with
+``x-tfy-provider-name``, ids remembered per organisation, upstream errors as
+a gateway gives them, accounts an organisation may not use, and a key that
+never leaves the gateway. The upstream is a second real openft server (API
+only: its jobs stay queued); training through the gateway is
+tests/training/test_gateway.py."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from support import SMOLLM, Server, Tenant, chat_file, free_port
+from test_durability import _GeneratedJsonl
+
+pytestmark = pytest.mark.api
+
+UPSTREAM_KEY_ENV = "EAST_UPSTREAM_KEY"
+
+
+class Seen:
+    """Every response the tests got from the gateway: status, headers and body."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def hook(self, response: httpx.Response) -> None:
+        if "text/event-stream" not in response.headers.get("content-type", "") and \
+                "octet-stream" not in response.headers.get("content-type", ""):
+            response.read()
+            self.texts.append(response.text)
+        self.texts.append(json.dumps(dict(response.headers)))
+
+
+@pytest.fixture(scope="module")
+def seen() -> Seen:
+    return Seen()
+
+
+@pytest.fixture(scope="module")
+def upstream(make_server: Any) -> Server:
+    return make_server("sqlite")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(make_server: Any, upstream: Server, silent_port: int, tmp_path_factory: pytest.TempPathFactory
+            ) -> Server:
+    upstream_key = upstream.new_key("east-team")
+    providers = Path(tmp_path_factory.mktemp("providers")) / "providers.json"
+    env = {"OPENFT_PROVIDERS_FILE": str(providers), "OPENFT_LOG_LEVEL": "info", UPSTREAM_KEY_ENV: upstream_key,
+           "WRONG_KEY": "sk-wrong-key-that-the-upstream-refuses"}
+    server: Server = make_server("sqlite", **env)
+    for name, options in {
+        "east": ["--base-url", f"{upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research"],
+        "down": ["--base-url", f"http://127.0.0.1:{free_port()}/v1", "--api-key-env", UPSTREAM_KEY_ENV,
+                 "--org", "*", "--timeout", "2"],
+        "silent": ["--base-url", f"http://127.0.0.1:{silent_port}/v1", "--api-key-env", UPSTREAM_KEY_ENV,
+                   "--org", "*", "--timeout", "1"],
+        "badkey": ["--base-url", f"{upstream.url}/v1", "--api-key-env", "WRONG_KEY", "--org", "*"],
+        "local-alias": ["--kind", "openft", "--org", "research"],
+    }.items():
+        added = subprocess.run([sys.executable, "-m", "openft", "providers", "add", name, *options],
+                               env=server.env, capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+    server.extra_env["UPSTREAM_KEY"] = upstream_key  # for the tests' own searches, not the server's
+    return server
+
+
+def tenant_of(server: Server, org: str, seen: Seen) -> tuple[Tenant, openai.OpenAI, httpx.Client]:
+    tenant = Tenant(server, org, server.new_key(org))
+    hooks = {"response": [seen.hook]}
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0,
+                        http_client=httpx.Client(event_hooks=hooks, timeout=60))
+    http = httpx.Client(base_url=f"{server.url}/api/llm", headers={"Authorization": f"Bearer {tenant.key}"},
+                        event_hooks=hooks, timeout=60)
+    return tenant, sdk, http
+
+
+@pytest.fixture(scope="module")
+def research(gateway: Server, seen: Seen) -> tuple[Tenant, openai.OpenAI, httpx.Client]:
+    return tenant_of(gateway, "research", seen)
+
+
+@pytest.fixture(scope="module")
+def outsider(gateway: Server, seen: Seen) -> tuple[Tenant, openai.OpenAI, httpx.Client]:
+    return tenant_of(gateway, "outsider", seen)
+
+
+EAST = {"x-tfy-provider-name": "east"}
+
+
+def upstream_sdk(upstream: Server, gateway: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{upstream.url}/v1", api_key=gateway.extra_env["UPSTREAM_KEY"], max_retries=0)
+
+
+def test_files_and_jobs_go_to_the_account_and_their_ids_work_without_the_header(
+        research: Any, upstream: Server, gateway: Server) -> None:
+    _, sdk, _ = research
+    there = upstream_sdk(upstream, gateway)
+    local_file = sdk.files.create(file=("local.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune")
+    uploaded = sdk.files.create(file=("east.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune",
+                                extra_headers=EAST)
+    assert there.files.retrieve(uploaded.id).filename == "east.jsonl"  # it lives upstream
+    assert sdk.files.retrieve(uploaded.id).filename == "east.jsonl"  # found again without the header
+    assert sdk.files.content(uploaded.id).content == chat_file(12)
+    assert [f.id for f in sdk.files.list()] == [local_file.id]  # lists without the header: this deployment's
+    assert uploaded.id in [f.id for f in sdk.files.list(extra_headers=EAST)]
+
+    job = sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=uploaded.id, suffix="east",
+                                      metadata={"team": "a"}, extra_headers=EAST)
+    assert there.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    raw = sdk.fine_tuning.jobs.with_raw_response.retrieve(job.id)
+    assert raw.headers["openft-provider-account"] == "east" and raw.parse().metadata == {"team": "a"}
+    assert sdk.fine_tuning.jobs.pause(job.id).status == "paused"
+    assert there.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert sdk.fine_tuning.jobs.resume(job.id).status == "queued"
+    assert [e.message for e in sdk.fine_tuning.jobs.list_events(job.id)] == \
+        [e.message for e in there.fine_tuning.jobs.list_events(job.id)]
+    assert sdk.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    assert job.id not in [j.id for j in sdk.fine_tuning.jobs.list()]
+    assert job.id in [j.id for j in sdk.fine_tuning.jobs.list(extra_headers=EAST)]
+
+    local_job = sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=local_file.id)  # unaffected
+    assert sdk.fine_tuning.jobs.retrieve(local_job.id).status == "queued"
+    assert "openft-provider-account" not in sdk.fine_tuning.jobs.with_raw_response.retrieve(local_job.id).headers
+    with pytest.raises(openai.NotFoundError):
+        there.fine_tuning.jobs.retrieve(local_job.id)
+
+    assert sdk.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        there.files.retrieve(uploaded.id)
+
+
+def test_curl_on_the_gateway_prefix(research: Any, tmp_path: Path) -> None:
+    tenant, sdk, _ = research
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(chat_file(12))
+    base = f"{tenant.server.url}/api/llm"
+    auth = ["-H", f"Authorization: Bearer {tenant.key}"]
+
+    def curl(*args: str) -> Any:
+        done = subprocess.run(["curl", "-sS", "--max-time", "30", *auth, *args], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    uploaded = curl(f"{base}/files", "-H", "x-tfy-provider-name: east", "-F", "purpose=fine-tune",
+                    "-F", f"file=@{data}")
+    job = curl(f"{base}/fine_tuning/jobs", "-H", "x-tfy-provider-name: east", "-H", "Content-Type: application/json",
+               "-H", 'x-tfy-metadata: {"tfy_log_request": "true"}',
+               "-d", json.dumps({"model": SMOLLM, "training_file": uploaded["id"]}))
+    assert curl(f"{base}/fine_tuning/jobs/{job['id']}")["training_file"] == uploaded["id"]  # no header
+    assert curl(f"{base}/fine_tuning/jobs/{job['id']}/events")["object"] == "list"
+    assert curl(f"{base}/fine_tuning/jobs/{job['id']}/cancel", "-X", "POST")["status"] == "cancelled"
+    assert job["id"] not in [j.id for j in sdk.fine_tuning.jobs.list()]
+
+
+def test_upstream_client_errors_come_back_with_their_fields(research: Any) -> None:
+    _, sdk, http = research
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.fine_tuning.jobs.create(model=SMOLLM, training_file="file-missing",
+                                    hyperparameters={"n_epochs": 0}, extra_headers=EAST)
+    assert bad.value.body["param"] == "hyperparameters.n_epochs" and bad.value.response.headers[
+        "openft-provider-account"] == "east"
+    missing = http.get("/fine_tuning/jobs/ftjob-nothere", headers=EAST)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {"message": "No such fine-tuning job: ftjob-nothere",
+                                       "type": "invalid_request_error", "param": None,
+                                       "code": "fine_tuning_job_not_found"}
+    uploaded = sdk.files.create(file=("e.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune", extra_headers=EAST)
+    job = sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=uploaded.id, extra_headers=EAST)
+    sdk.fine_tuning.jobs.cancel(job.id)
+    conflict = http.post(f"/fine_tuning/jobs/{job.id}/pause")
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"]
+    assert http.get("/files/..%2F..%2Fmodels", headers=EAST).status_code in (400, 404)
+
+
+def test_an_account_an_organisation_may_not_use_is_a_404_and_an_unknown_one_a_400(
+        research: Any, outsider: Any) -> None:
+    _, sdk, http = research
+    _, stranger, stranger_http = outsider
+    mine = sdk.files.create(file=("m.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune", extra_headers=EAST)
+    with pytest.raises(openai.NotFoundError) as hidden:
+        stranger.files.list(extra_headers=EAST)
+    assert hidden.value.body["code"] == "provider_account_not_found"
+    with pytest.raises(openai.NotFoundError):
+        stranger.files.retrieve(mine.id)  # another organisation's routed id is nothing to it
+    unknown = stranger_http.get("/files", headers={"x-tfy-provider-name": "nowhere"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "x-tfy-provider-name"
+    assert "east" not in unknown.json()["error"]["message"]  # not named to whom it is hidden
+    assert [p["name"] for p in http.get("/me").json()["providers"]] == [
+        "openft", "badkey", "down", "east", "local-alias", "silent"]
+    assert [p["name"] for p in stranger_http.get("/me").json()["providers"]] == [
+        "openft", "badkey", "down", "silent"]
+    assert stranger_http.get("/files", headers={"x-tfy-provider-name": "local-alias"}).status_code == 404
+    assert http.get("/files", headers={"x-tfy-provider-name": "local-alias"}).status_code == 200
+    not_routed = http.get("/models", headers=EAST)
+    assert not_routed.status_code == 400 and not_routed.json()["error"]["code"] == "provider_not_routable"
+
+
+def test_an_upload_streams_through_in_flat_memory(research: Any, gateway: Server) -> None:
+    tenant, _, _ = research
+    process = psutil.Process(gateway.process.pid)
+    baseline = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    big = _GeneratedJsonl(64 * 1024 * 1024)
+    try:
+        response = httpx.post(f"{gateway.url}/v1/files", files={"file": ("big.jsonl", big)},
+                              data={"purpose": "fine-tune"}, timeout=300,
+                              headers={"Authorization": f"Bearer {tenant.key}", **EAST})
+    finally:
+        done.set()
+        sampler.join()
+    assert response.status_code == 200, response.text
+    growth = peak - baseline
+    print(f"\nrouted upload of {big.size / 2**20:.0f} MiB: gateway RSS grew {growth / 2**20:.1f} MiB")
+    assert growth < 24 * 1024 * 1024, f"gateway memory grew {growth / 2**20:.1f} MiB"
+    digest = hashlib.sha256()
+    with httpx.stream("GET", f"{gateway.url}/v1/files/{response.json()['id']}/content",
+                      headers={"Authorization": f"Bearer {tenant.key}"}) as stream:
+        for chunk in stream.iter_bytes():
+            digest.update(chunk)
+    assert digest.hexdigest() == big.digest.hexdigest()
+
+
+def test_an_unreachable_or_silent_account_is_a_502_or_504_within_its_timeout(research: Any) -> None:
+    _, sdk, http = research
+    for name, status, bound in (("down", 502, 2.0), ("silent", 504, 3.0), ("badkey", 502, 5.0)):
+        began = time.monotonic()
+        answer = http.get("/fine_tuning/jobs", headers={"x-tfy-provider-name": name})
+        took = time.monotonic() - began
+        error = answer.json()["error"]
+        assert (answer.status_code, took < bound) == (status, True), (name, answer.text, took)
+        assert f"'{name}'" in error["message"] and "127.0.0.1" not in error["message"]
+        assert error["type"] == "server_error" and answer.headers["openft-provider-account"] == name
+    began = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as streamed:
+        sdk.chat.completions.create(model="silent/some-model", messages=[{"role": "user", "content": "hi"}],
+                                    stream=True)
+    assert streamed.value.status_code == 504 and time.monotonic() - began < 3.0
+    assert sdk.fine_tuning.jobs.list().object == "list"  # the local service is untouched
+
+
+def test_a_stopped_upstream_is_a_502_naming_the_account_and_the_key_is_never_shown(
+        research: Any, upstream: Server, gateway: Server, seen: Seen) -> None:
+    _, sdk, http = research
+    uploaded = sdk.files.create(file=("s.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune", extra_headers=EAST)
+    upstream.stop()
+    began = time.monotonic()
+    gone = http.get(f"/files/{uploaded.id}")
+    assert gone.status_code == 502 and time.monotonic() - began < 5.0
+    assert gone.json()["error"]["code"] == "provider_unreachable" and "'east'" in gone.json()["error"]["message"]
+    assert sdk.files.list().object == "list"
+    key = gateway.extra_env["UPSTREAM_KEY"]
+    log = gateway.log()
+    assert "routed account=east route='GET /files/{id}' status=502" in log
+    assert "routed account=east route='POST /files' status=200" in log
+    for secret in (key, key[-12:], "sk-wrong-key-that-the-upstream-refuses", "wrong-key-that"):
+        assert secret not in log
+        assert not [text for text in seen.texts if secret in text]
