@@ -23,9 +23,9 @@ import httpx
 import openai
 import psutil
 import pytest
+from test_durability import _GeneratedJsonl
 
 from support import SMOLLM, Server, Tenant, chat_file, free_port
-from test_durability import _GeneratedJsonl
 
 pytestmark = pytest.mark.api
 
