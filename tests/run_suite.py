@@ -42,7 +42,7 @@ SERVED = [TRAINING + f"test_{name}.py" for name in (
     "jobs_train", "chat", "serving", "recovery", "cli", "integrations", "webhook_delivery", "evals", "sharing")]
 IN_PROCESS = [TRAINING + f"test_{name}.py" for name in (
     "families", "tool_conventions", "sft", "dpo", "rft", "generator", "weights", "export", "data", "continue",
-    "eval_recovery",
+    "eval_recovery", "gateway",
     "early_stopping", "estimate")]
 PHASES: list[list[list[str]]] = [
     [QUICK_START],  # first: nothing else has run yet, not even the teardown of a Ray cluster
