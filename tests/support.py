@@ -356,17 +356,21 @@ def share_bundled_model(server: Server, bundled_model_dir: Path) -> Server:
     return server
 
 
-def run_readme_python(server: Server, marker: str, timeout: float) -> str:
+def run_readme_python(server: Server, marker: str, timeout: float, replace: dict[str, str] | None = None) -> str:
     """Run the Python block of the README or a page of ``docs/`` that contains
     ``marker``, as printed, against ``server`` with its key; its standard
-    output (printed with its time)."""
+    output (printed with its time). ``replace``: text the suite swaps (a
+    model it has for the bundled one)."""
     import re
 
     pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
     [block] = [b for page in pages for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
                if marker in b]
+    for printed, swapped in {"http://127.0.0.1:8000": server.url, **(replace or {})}.items():
+        assert printed in block, printed
+        block = block.replace(printed, swapped)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", server.url)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", block], cwd=REPO,
                             env={**server.env, "OPENFT_API_KEY": server.api_key}, capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr + server.log()

@@ -40,7 +40,8 @@ def settings_table() -> str:
 
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
-        rows.append(f"| `OPENFT_{name.upper()}` | {_default(info.default)} | {_cell(info.description or '')} |")
+        default = info.get_default(call_default_factory=True)
+        rows.append(f"| `OPENFT_{name.upper()}` | {_default(default)} | {_cell(info.description or '')} |")
     return "\n".join(rows)
 
 

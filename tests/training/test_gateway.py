@@ -19,7 +19,7 @@ from typing import Any
 import openai
 import pytest
 
-from support import Server, Tenant, chat_file
+from support import Server, Tenant, chat_file, run_readme_python
 from test_jobs_train import TINY, wait_for
 
 pytestmark = pytest.mark.training
@@ -35,7 +35,7 @@ def routed(training_server: Server, make_training_server: Any) -> tuple[Tenant, 
     key_file.write_text(upstream.new_key("gw-upstream") + "\n")
     added = subprocess.run(
         [sys.executable, "-m", "openft", "providers", "add", "east", "--base-url", f"{upstream.url}/v1",
-         "--api-key-file", str(key_file), "--org", "gw-team", "--timeout", "30"],
+         "--api-key-file", str(key_file), "--org", "gw-team", "--org", "default", "--timeout", "30"],
         env=training_server.env, capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
     tenant = Tenant(training_server, "gw-team", training_server.new_key("gw-team"))
@@ -118,3 +118,13 @@ def test_a_running_upstream_job_pauses_resumes_and_cancels_through_the_gateway(r
     reaches({"running"})
     assert sdk.fine_tuning.jobs.cancel(job.id).status in ("cancelled", "running")
     assert reaches({"cancelled"}) == "cancelled"
+
+
+def test_the_how_to_routes_a_job_and_chats_with_its_model(routed: Any) -> None:
+    """docs/how-to/route-to-providers.md, its Python block as printed (the
+    suite's tiny model stands for the bundled one), by the default organisation."""
+    tenant, _, _ = routed
+    stdout = run_readme_python(tenant.server, 'x-tfy-provider-name": "east"', timeout=300,
+                               replace={"HuggingFaceTB/SmolLM2-135M-Instruct": TINY})
+    status, model = stdout.splitlines()[0].split()
+    assert status == "succeeded" and model.startswith(f"ft:{TINY}:gw-upstream:")

@@ -80,6 +80,8 @@ LAYER_RULES = {
     "openft.serving": ("openft.services", "openft.api", "openft.store", "openft.scheduler"),
     "openft.evals": ("openft.services", "openft.api", "openft.scheduler", "openft.cli"),
     "openft.graders": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training"),
+    "openft.gateway": ("openft.services", "openft.api", "openft.scheduler", "openft.cli", "openft.training",
+                       "openft.serving"),
     "openft.sandbox": ("openft.services", "openft.api", "openft.store", "openft.scheduler", "openft.training",
                        "openft.graders", "openft.serving"),
 }
