@@ -29,14 +29,22 @@ async function failure(response, signedIn = true) {
   return new ApiError(response.status, error);
 }
 
-/** ``path`` under /v1; ``body`` is sent as JSON. Returns the parsed JSON. */
-export async function api(path, { method = "GET", body, signal, key } = {}) {
+/** ``path`` under /v1; ``body`` is sent as JSON; ``provider`` names the
+provider account the request goes to (x-tfy-provider-name). Returns the parsed JSON. */
+export async function api(path, options = {}) {
+  return (await apiRouted(path, options)).body;
+}
+
+/** Like ``api``, and the provider account that answered (the gateway's
+openft-provider-account header), null when this deployment did. */
+export async function apiRouted(path, { method = "GET", body, signal, key, provider } = {}) {
   const init = { method, signal, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (key) init.headers.Authorization = `Bearer ${key}`;
+  if (provider) init.headers["x-tfy-provider-name"] = provider;
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`/v1${path}`, init);
   if (!response.ok) throw await failure(response, !key);
-  return response.json();
+  return { body: await response.json(), account: response.headers.get("openft-provider-account") };
 }
 
 export function query(params) {

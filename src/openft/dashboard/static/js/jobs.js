@@ -1,7 +1,7 @@
 // Jobs: the paginated list (filters by status and metadata) and the live
 // job page (charts, events, checkpoints, actions).
 
-import { api, download, query } from "./api.js";
+import { api, apiRouted, download, query } from "./api.js";
 import { lineChart } from "./chart.js";
 import { jobEvalRuns } from "./evals.js";
 import {
@@ -12,7 +12,7 @@ const STATUSES = ["validating_files", "queued", "running", "paused", "succeeded"
 const POLL_MS = 1000;
 
 // The list's filters and page survive a visit to a job and back.
-const listState = { status: "", metaKey: "", metaValue: "", limit: 20, cursors: [null] };
+const listState = { status: "", metaKey: "", metaValue: "", limit: 20, provider: "", cursors: [null] };
 
 /** Step and total of the newest metrics event (running and paused jobs). */
 async function progressOf(job, signal) {
@@ -36,7 +36,14 @@ export async function jobsPage(main, params, signal) {
   const metaValue = h("input", { id: "filter-meta-value", name: "meta-value", value: state.metaValue, autocomplete: "off" });
   const limit = h("select", { id: "page-size", name: "limit" }, [20, 50, 100].map((n) => h("option", { value: n, text: n })));
   limit.value = String(state.limit);
+  // Jobs on the provider accounts this organisation may route to (the gateway), beside its own.
+  const accounts = (await api("/me", { signal })).providers.filter((p) => p.kind !== "openft");
+  if (!accounts.some((p) => p.name === state.provider)) state.provider = "";
+  const providerSelect = h("select", { id: "filter-provider", name: "provider" },
+    h("option", { value: "", text: "This deployment" }), accounts.map((p) => h("option", { value: p.name, text: p.name })));
+  providerSelect.value = state.provider;
   const form = h("form", { class: "filters", "aria-label": "Filter jobs" },
+    accounts.length > 0 && h("label", { for: "filter-provider", text: "Provider account" }), accounts.length > 0 && providerSelect,
     h("label", { for: "filter-status", text: "Status" }), statusSelect,
     h("label", { for: "filter-meta-key", text: "Metadata key" }), metaKey,
     h("label", { for: "filter-meta-value", text: "value" }), metaValue,
@@ -51,7 +58,8 @@ export async function jobsPage(main, params, signal) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     Object.assign(state, {
-      status: statusSelect.value, metaKey: metaKey.value.trim(), metaValue: metaValue.value, limit: Number(limit.value), cursors: [null],
+      status: statusSelect.value, metaKey: metaKey.value.trim(), metaValue: metaValue.value, limit: Number(limit.value),
+      provider: providerSelect.value, cursors: [null],
     });
     load();
   });
@@ -63,7 +71,7 @@ export async function jobsPage(main, params, signal) {
     clear(body, h("p", { class: "muted", role: "status", text: "Loading jobs…" }));
     let page;
     try {
-      page = await api(`/fine_tuning/jobs${query(filters)}`, { signal });
+      page = await api(`/fine_tuning/jobs${query(filters)}`, { signal, provider: state.provider });
     } catch (error) {
       clear(body, alertBox(error));
       return;
@@ -89,7 +97,7 @@ export async function jobsPage(main, params, signal) {
           progress) };
       });
       clear(body, h("table", { class: "jobs" },
-        h("caption", { class: "visually-hidden", text: "Fine-tuning jobs, newest first" }),
+        h("caption", { class: "visually-hidden", text: `Fine-tuning jobs${state.provider ? ` on ${state.provider}` : ""}, newest first` }),
         tableHead(["Job", "Status", "Model", "Suffix", "Created", "Progress"]),
         h("tbody", {}, rows.map((r) => r.row))));
       performance.mark("openft:jobs-rendered");
@@ -165,6 +173,7 @@ export async function jobPage(main, jobId, signal) {
   let checkpoints = [];
   let evalRuns = [];
   let job;
+  let account = null; // the provider account the job lives on, when the gateway routes it
   const parts = {
     head: h("div", { class: "page-head" }),
     actions: h("div", { class: "actions", role: "group", "aria-label": "Job actions" }),
@@ -215,10 +224,24 @@ export async function jobPage(main, jobId, signal) {
       job.status === "paused" &&
         h("button", { type: "button", text: "Resume", onclick: () => act("resume", `Resume ${job.id}? It is queued and continues from its last saved step.`) }),
       active && h("button", { type: "button", class: "danger", text: "Cancel", onclick: () => act("cancel", `Cancel ${job.id}? This cannot be undone.`) }),
-      job.fine_tuned_model && h("a", { class: "button", href: `#/playground?model=${encodeURIComponent(job.fine_tuned_model)}&compare=${encodeURIComponent(job.model)}`, text: "Try in playground" }),
+      job.fine_tuned_model && h("a", { class: "button", href: `#/playground?model=${encodeURIComponent(routedModel(job.fine_tuned_model))}&compare=${encodeURIComponent(routedModel(job.model))}`, text: "Try in playground" }),
       job.result_files.length > 0 && h("button", { type: "button", text: "Download results CSV",
         onclick: (event) => download(`/files/${job.result_files[0]}/content`, `${job.id}-results.csv`).catch((error) => clear(parts.notice, alertBox(error))) }),
     );
+  }
+
+  // A routed job's models are chatted with as account/model.
+  const routedModel = (model) => (account ? `${account}/${model}` : model);
+
+  async function fetchJob() {
+    const found = await apiRouted(`/fine_tuning/jobs/${jobId}`, { signal });
+    account = found.account;
+    return found.body;
+  }
+
+  async function fetchRuns() {
+    // Eval runs are this deployment's; a routed job's live with its account.
+    return account ? [] : (await api(`/fine_tuning/jobs/${jobId}/eval_runs`, { signal })).data;
   }
 
   let lastActions = null;
@@ -247,6 +270,7 @@ export async function jobPage(main, jobId, signal) {
     clear(parts.facts, h("h2", { id: "facts-h", text: "Overview" }),
       job.error && alertBox(`Failed: ${job.error.message}${job.error.param ? ` [field: ${job.error.param}]` : ""} (${job.error.code})`),
       definitionList([
+        ["Provider account", account ? h("code", { text: account }) : undefined], // only for a routed job
         ["Base model", h("code", { text: job.model })],
         ["Fine-tuned model", job.fine_tuned_model && h("code", { text: job.fine_tuned_model })],
         ["Method", method],
@@ -278,7 +302,7 @@ export async function jobPage(main, jobId, signal) {
             h("td", { text: number(c.metrics.train_loss) }), h("td", { text: number(c.metrics.valid_loss) }),
             h("td", { text: number(c.metrics.full_valid_loss) }),
             h("td", {}, h("code", { text: c.fine_tuned_model_checkpoint })),
-            h("td", {}, h("a", { class: "button small", href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`,
+            h("td", {}, h("a", { class: "button small", href: `#/playground?model=${encodeURIComponent(routedModel(c.fine_tuned_model_checkpoint))}`,
               "aria-label": `Try the checkpoint at step ${c.step_number} in the playground`, text: "Try it" }))))))));
     clear(parts.evals, jobEvalRuns(evalRuns));
     clear(parts.events, h("h2", { id: "events-h" }, "Events ", h("span", { class: "muted", text: `(${events.length})` })),
@@ -288,9 +312,9 @@ export async function jobPage(main, jobId, signal) {
 
   let wake = () => {};
   try {
-    [job] = await Promise.all([api(`/fine_tuning/jobs/${jobId}`, { signal }), fetchNewEvents()]);
+    [job] = await Promise.all([fetchJob(), fetchNewEvents()]);
     checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
-    evalRuns = (await api(`/fine_tuning/jobs/${jobId}/eval_runs`, { signal })).data;
+    evalRuns = await fetchRuns();
   } catch (error) {
     if (!signal.aborted) clear(main, h("h1", { text: "Job" }), alertBox(error), h("a", { href: "#/jobs", text: "Back to jobs" }));
     return;
@@ -312,9 +336,9 @@ export async function jobPage(main, jobId, signal) {
       }
       try {
         await Promise.race([pause(POLL_MS, signal), new Promise((resolve) => { wake = resolve; })]);
-        [job] = await Promise.all([api(`/fine_tuning/jobs/${jobId}`, { signal }), fetchNewEvents()]);
+        [job] = await Promise.all([fetchJob(), fetchNewEvents()]);
         checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
-        evalRuns = (await api(`/fine_tuning/jobs/${jobId}/eval_runs`, { signal })).data;
+        evalRuns = await fetchRuns();
         parts.notice.querySelector(".stale")?.remove();
         render();
       } catch (error) {
