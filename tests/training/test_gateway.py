@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -128,3 +129,33 @@ def test_the_how_to_routes_a_job_and_chats_with_its_model(routed: Any) -> None:
                                replace={"HuggingFaceTB/SmolLM2-135M-Instruct": TINY})
     status, model = stdout.splitlines()[0].split()
     assert status == "succeeded" and model.startswith(f"ft:{TINY}:gw-upstream:")
+
+
+def test_a_client_that_leaves_stops_the_upstream_generation_at_once(routed: Any) -> None:
+    tenant, _, upstream = routed
+    key = (Path(tenant.server.home) / "east.key").read_text().strip()
+
+    def upstream_engine() -> dict[str, int]:
+        stats = httpx.get(f"{upstream.url}/v1/serving/stats", headers={"Authorization": f"Bearer {key}"}).json()
+        [engine] = [s for name, s in stats["engines"].items() if name.startswith("tiny-model")]
+        return engine  # type: ignore[no-any-return]
+
+    def until(ready: Any) -> dict[str, int]:
+        deadline = time.monotonic() + 30
+        while not ready(stats := upstream_engine()):
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.05)  # polling the upstream's counters for a state, bounded by the deadline
+        return stats
+
+    long = {"model": f"east/{TINY}", "messages": ASK, "temperature": 1.0, "seed": 3, "max_tokens": 4096}
+    headers = {"Authorization": f"Bearer {tenant.key}"}
+    httpx.post(f"{tenant.server.url}/v1/chat/completions", headers=headers, timeout=60,
+               json={**long, "max_tokens": 1}).raise_for_status()  # the upstream's model is loaded
+    cancelled = upstream_engine()["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):  # a plain answer the client stops waiting for
+        httpx.post(f"{tenant.server.url}/v1/chat/completions", headers=headers, json=long, timeout=1.0)
+    cancelled = until(lambda s: s["cancelled"] > cancelled and s["running"] == 0)["cancelled"]
+    with httpx.stream("POST", f"{tenant.server.url}/api/llm/chat/completions", headers=headers,
+                      json={**long, "stream": True}, timeout=60) as stream:  # a stream the client closes
+        assert next(stream.iter_lines()).startswith("data: ")
+    until(lambda s: s["cancelled"] > cancelled and s["running"] == 0)
