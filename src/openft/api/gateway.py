@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -90,10 +91,36 @@ class Route:
     """The request body when it was read here (a chat completion), else streamed."""
 
 
+LOCAL = ""
+"""What ``RouteMemory`` holds for an id this deployment answered for itself."""
+
+
+class RouteMemory:
+    """What this process knows of where (organisation, id) pairs live, so a
+    request for a known id costs no database read: the account an upstream
+    id came from (as ``routed_objects`` holds it), or ``LOCAL`` for an id this
+    deployment answered with a 2xx (ids are unique: it stays local). Bounded;
+    the oldest entries go first."""
+
+    def __init__(self, size: int = 100_000):
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def get(self, org_id: str, object_id: str) -> str | None:
+        return self._entries.get((org_id, object_id))
+
+    def put(self, org_id: str, object_id: str, where: str) -> None:
+        self._entries[(org_id, object_id)] = where
+        self._entries.move_to_end((org_id, object_id))
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp):
         self.app = app
         self._org_names: dict[str, str | None] = {}
+        self.memory = RouteMemory()
 
     async def org_name(self, ctx: AppContext, org_id: str) -> str | None:
         """An organisation's name (accounts may list names); names never change, so they are kept."""
@@ -138,9 +165,22 @@ class GatewayMiddleware:
             await error_response(exc)(scope, receive, send)
             return
         if route is None:
-            await self.app(scope, receive, send)
+            object_id = path_object(parts[1])
+            if object_id is None or self.memory.get(principal.org_id, object_id) == LOCAL:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(scope, receive, self._noting_local(send, principal.org_id, object_id))
             return
-        await Forwarding(ctx, scope, receive, send, route, principal.org_id, parts[1], metadata).run()
+        await Forwarding(ctx, scope, receive, send, route, principal.org_id, parts[1], metadata, self.memory).run()
+
+    def _noting_local(self, send: Send, org_id: str, object_id: str) -> Send:
+        """``send``, remembering ``object_id`` as local once this deployment answers it with a 2xx."""
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                self.memory.put(org_id, object_id, LOCAL)
+            await send(message)
+
+        return noting
 
     async def _choose(self, ctx: AppContext, scope: Scope, receive: Receive, rest: str, org_id: str,
                       headers: Headers) -> tuple[Route | None, Receive]:
@@ -166,9 +206,13 @@ class GatewayMiddleware:
         object_id = path_object(rest)
         if object_id is None:
             return None, receive
-        async with ctx.reader() as db:
-            name = await routes.read_route(db, org_id, object_id)
+        name = self.memory.get(org_id, object_id)
         if name is None:
+            async with ctx.reader() as db:
+                name = await routes.read_route(db, org_id, object_id)
+            if name is not None:
+                self.memory.put(org_id, object_id, name)
+        if not name:  # unknown, or this deployment's
             return None, receive
         account = ctx.providers.get(name)
         if account is None or not account.upstream or not account.allows(org_id, await self.org_name(ctx, org_id)):
@@ -206,9 +250,10 @@ class Forwarding:
     """One routed request: sent, answered, logged."""
 
     def __init__(self, ctx: AppContext, scope: Scope, receive: Receive, send: Send, route: Route, org_id: str,
-                 rest: str, metadata: dict[str, str] | None):
+                 rest: str, metadata: dict[str, str] | None, memory: RouteMemory):
         self.ctx, self.scope, self.receive, self.send = ctx, scope, receive, send
         self.route, self.org_id, self.rest, self.metadata = route, org_id, rest, metadata
+        self.memory = memory
         self.body_sent = anyio.Event()
         self.started = False
         self.status = 0
@@ -328,10 +373,14 @@ class Forwarding:
             document = json.loads(body)
         except ValueError:
             return
-        found = list(dict.fromkeys(held_objects(document)))
+        name = self.route.name
+        found = [(object_id, kind) for object_id, kind in dict.fromkeys(held_objects(document))
+                 if self.memory.get(self.org_id, object_id) != name]  # known: no write
         if found:
             async with self.ctx.transaction() as session:
-                await routes.remember_routes(session, self.org_id, self.route.name, found, self.metadata)
+                await routes.remember_routes(session, self.org_id, name, found, self.metadata)
+            for object_id, _ in found:
+                self.memory.put(self.org_id, object_id, name)
 
 
 async def _read_up_to(chunks: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
