@@ -282,8 +282,11 @@ def providers() -> None:
 @click.option("--timeout", "timeout_seconds", type=float, default=60.0, show_default=True,
               help="Seconds the gateway waits for the upstream at each step.")
 @click.option("--connect-timeout", "connect_timeout_seconds", type=float, default=5.0, show_default=True)
+@click.option("--deadline", "deadline_seconds", type=float, default=3600.0, show_default=True,
+              help="Seconds a whole routed request may take, streams and downloads included.")
 def providers_add(name: str, kind: str, base_url: str | None, api_key_env: str | None, api_key_file: Path | None,
-                  organizations: tuple[str, ...], timeout_seconds: float, connect_timeout_seconds: float) -> None:
+                  organizations: tuple[str, ...], timeout_seconds: float, connect_timeout_seconds: float,
+                  deadline_seconds: float) -> None:
     """Add or replace the account NAME (the key itself is never written: only where to read it)."""
     import json
 
@@ -295,7 +298,7 @@ def providers_add(name: str, kind: str, base_url: str | None, api_key_env: str |
         body = {"kind": kind, "base_url": base_url, "api_key_env": api_key_env,
                 "api_key_file": str(api_key_file.resolve()) if api_key_file else None,
                 "organizations": list(organizations), "timeout_seconds": timeout_seconds,
-                "connect_timeout_seconds": connect_timeout_seconds}
+                "connect_timeout_seconds": connect_timeout_seconds, "deadline_seconds": deadline_seconds}
         account = parse_accounts(json.dumps({name: {k: v for k, v in body.items() if v is not None}}))[name]
     except ProvidersFileError as exc:
         raise click.ClickException(str(exc)) from None

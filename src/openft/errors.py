@@ -110,7 +110,10 @@ class GatewayTimeout(OpenFTError):
 class UpstreamError(OpenFTError):
     """A provider account's own client error (4xx), passed on with its fields."""
 
-    def __init__(self, status: int, message: str, *, error_type: str, param: str | None, code: str | None):
+    def __init__(self, status: int, message: str, *, error_type: str, param: str | None, code: str | None,
+                 retry_after: str | None = None):
         super().__init__(message, param=param, code=code)
         self.status_code = status
         self.error_type = error_type
+        self.retry_after = retry_after
+        """The upstream's ``Retry-After`` (a 429's), passed on."""

@@ -8,6 +8,7 @@ tests/training/test_gateway.py."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import socket
@@ -66,9 +67,69 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
+class MockUpstream(http.server.ThreadingHTTPServer):
+    """An upstream that misbehaves on purpose, one way per path: a redirect,
+    a 429 with Retry-After, a plain-text 400 that echoes the gateway's key
+    after 985 characters, an answer that trickles a byte every 0.3 s, JSON
+    nested past any parser's depth."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), MockHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class MockHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def answer(self, status: int, body: bytes, content_type: str = "application/json", **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        kind = self.path.rsplit("/", 1)[-1]
+        if kind == "redirect":
+            self.answer(302, b"", location="http://attacker.invalid/steal")
+        elif kind == "busy":
+            self.answer(429, json.dumps({"error": {"message": "slow down", "type": "requests", "param": None,
+                                                   "code": "rate_limit_exceeded"}}).encode(), retry_after="7")
+        elif kind == "echo":
+            self.answer(400, b"x" * 985 + self.headers["authorization"].encode(), "text/plain")
+        elif kind == "trickle":
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "100")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.3)  # the misbehaviour under test: a byte at a time
+        else:  # nested
+            self.answer(200, b"[" * 100_000 + b"]" * 100_000)
+
+
 @pytest.fixture(scope="module")
-def gateway(make_server: Any, upstream: Server, silent_port: int, tmp_path_factory: pytest.TempPathFactory
-            ) -> Server:
+def mock_upstream() -> Iterator[MockUpstream]:
+    mock = MockUpstream()
+    yield mock
+    mock.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gateway(make_server: Any, upstream: Server, silent_port: int, mock_upstream: MockUpstream,
+            tmp_path_factory: pytest.TempPathFactory) -> Server:
     upstream_key = upstream.new_key("east-team")
     providers = Path(tmp_path_factory.mktemp("providers")) / "providers.json"
     env = {"OPENFT_PROVIDERS_FILE": str(providers), "OPENFT_LOG_LEVEL": "info", UPSTREAM_KEY_ENV: upstream_key,
@@ -82,6 +143,12 @@ def gateway(make_server: Any, upstream: Server, silent_port: int, tmp_path_facto
                    "--org", "*", "--timeout", "1"],
         "badkey": ["--base-url", f"{upstream.url}/v1", "--api-key-env", "WRONG_KEY", "--org", "*"],
         "local-alias": ["--kind", "openft", "--org", "research"],
+        "shared": ["--base-url", f"{upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research",
+                   "--org", "outsider"],
+        "east-fast": ["--base-url", f"{upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research",
+                      "--timeout", "1"],
+        "mock": ["--base-url", f"{mock_upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research",
+                 "--timeout", "1", "--deadline", "2"],
     }.items():
         added = subprocess.run([sys.executable, "-m", "openft", "providers", "add", name, *options],
                                env=server.env, capture_output=True, text=True, timeout=60)
@@ -214,9 +281,9 @@ def test_an_account_an_organisation_may_not_use_is_a_404_and_an_unknown_one_a_40
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "x-tfy-provider-name"
     assert "east" not in unknown.json()["error"]["message"]  # not named to whom it is hidden
     assert [p["name"] for p in http.get("/me").json()["providers"]] == [
-        "openft", "badkey", "down", "east", "local-alias", "silent"]
+        "openft", "badkey", "down", "east", "east-fast", "local-alias", "mock", "shared", "silent"]
     assert [p["name"] for p in stranger_http.get("/me").json()["providers"]] == [
-        "openft", "badkey", "down", "silent"]
+        "openft", "badkey", "down", "shared", "silent"]
     assert stranger_http.get("/files", headers={"x-tfy-provider-name": "local-alias"}).status_code == 404
     assert http.get("/files", headers={"x-tfy-provider-name": "local-alias"}).status_code == 200
     not_routed = http.get("/models", headers=EAST)
@@ -272,6 +339,116 @@ def test_an_unreachable_or_silent_account_is_a_502_or_504_within_its_timeout(res
                                     stream=True)
     assert streamed.value.status_code == 504 and time.monotonic() - began < 3.0
     assert sdk.fine_tuning.jobs.list().object == "list"  # the local service is untouched
+
+
+SHARED = {"x-tfy-provider-name": "shared"}
+
+
+def test_on_a_shared_account_an_organisation_reaches_only_what_it_made_there(research: Any, outsider: Any) -> None:
+    _, sdk, _ = research
+    _, stranger, _ = outsider
+    mine = sdk.files.create(file=("mine.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune", extra_headers=SHARED)
+    job = sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=mine.id, extra_headers=SHARED)
+    assert sdk.files.retrieve(mine.id, extra_headers=SHARED).id == mine.id
+    for attempt in (lambda: stranger.files.retrieve(mine.id, extra_headers=SHARED),
+                    lambda: stranger.files.content(mine.id, extra_headers=SHARED),
+                    lambda: stranger.fine_tuning.jobs.cancel(job.id, extra_headers=SHARED),
+                    lambda: stranger.fine_tuning.jobs.list_events(job.id, extra_headers=SHARED),
+                    lambda: stranger.fine_tuning.jobs.retrieve(job.id)):
+        with pytest.raises(openai.NotFoundError):
+            attempt()
+    theirs = stranger.files.create(file=("theirs.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune",
+                                   extra_headers=SHARED)
+    assert [f.id for f in stranger.files.list(extra_headers=SHARED)] == [theirs.id]  # one upstream, two views
+    assert mine.id in [f.id for f in sdk.files.list(extra_headers=SHARED)]
+    assert theirs.id not in [f.id for f in sdk.files.list(extra_headers=SHARED)]
+    assert [j.id for j in sdk.fine_tuning.jobs.list(extra_headers=SHARED)] == [job.id]
+    assert stranger.fine_tuning.jobs.list(extra_headers=SHARED).data == []
+    with pytest.raises(openai.NotFoundError) as borrowed:
+        stranger.fine_tuning.jobs.create(model=SMOLLM, training_file=mine.id, extra_headers=SHARED)
+    assert borrowed.value.body["param"] == "training_file"
+    with pytest.raises(openai.NotFoundError) as model:
+        stranger.chat.completions.create(model=f"shared/ft:{SMOLLM}:research:x:abc",
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert model.value.body["param"] == "model"
+    assert sdk.fine_tuning.jobs.retrieve(job.id).status == "queued"  # untouched by the stranger
+
+
+def test_hostile_requests_are_clear_errors_never_500s(research: Any, gateway: Server) -> None:
+    tenant, _, http = research
+    huge = json.dumps({"k": "v" * 5000})
+    too_many = json.dumps({f"k{i}": "v" for i in range(17)})
+    for metadata in (huge, too_many):
+        refused = http.get("/files", headers={**EAST, "x-tfy-metadata": metadata})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "x-tfy-metadata"
+    odd = http.get("/files", headers={**EAST, "user-agent": "caf\xe9".encode("latin-1")})  # type: ignore[dict-item]
+    assert odd.status_code == 200 and odd.headers["openft-provider-account"] == "east"
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "east/m", "messages": [{"role": "user", "content": "'
+        for _ in range(5):
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    too_large = httpx.post(f"{gateway.url}/v1/chat/completions", content=chunks(), timeout=60,
+                           headers={"Authorization": f"Bearer {tenant.key}", "content-type": "application/json"})
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+    not_json = http.post("/chat/completions", content=b'{"model": "east/m", "temperature": NaN, "messages": []}',
+                         headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and "openft-provider-account" not in not_json.headers
+
+
+def test_a_client_that_leaves_mid_body_creates_nothing_upstream(research: Any, upstream: Server,
+                                                                gateway: Server) -> None:
+    tenant, _, _ = research
+    there = upstream_sdk(upstream, gateway)
+    before = len(there.fine_tuning.jobs.list(limit=100).data)
+    with socket.create_connection(("127.0.0.1", gateway.port)) as raw:
+        raw.sendall(b"POST /v1/fine_tuning/jobs HTTP/1.1\r\nHost: gateway\r\n"
+                    b"Authorization: Bearer " + tenant.key.encode() + b"\r\nx-tfy-provider-name: east\r\n"
+                    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"6\r\n{\"mode\r\n")
+    wait_for_log(gateway, "route='POST /fine_tuning/jobs' status=- (client-gone)")
+    assert len(there.fine_tuning.jobs.list(limit=100).data) == before
+
+
+def test_a_client_that_stops_reading_is_let_go_within_the_timeout(research: Any, gateway: Server) -> None:
+    _, sdk, _ = research
+    fast = {"x-tfy-provider-name": "east-fast"}
+    big = sdk.files.create(file=("big.jsonl", _GeneratedJsonl(16 * 1024 * 1024)), purpose="fine-tune",
+                           extra_headers=fast)
+    with socket.socket() as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", gateway.port))
+        raw.sendall(f"GET /v1/files/{big.id}/content HTTP/1.1\r\nHost: gateway\r\n"
+                    f"Authorization: Bearer {research[0].key}\r\nx-tfy-provider-name: east-fast\r\n\r\n".encode())
+        wait_for_log(gateway, "route='GET /files/{id}/content' status=200 (client-gone)")  # never read
+
+
+def test_misbehaving_upstreams_get_the_errors_a_gateway_gives(research: Any, gateway: Server) -> None:
+    _, _, http = research
+    mock = {"x-tfy-provider-name": "mock"}
+    redirect = http.get("/files/redirect", headers=mock)
+    assert redirect.status_code == 502 and "attacker" not in redirect.text and "location" not in redirect.headers
+    busy = http.get("/files/busy", headers=mock)
+    assert (busy.status_code, busy.headers["retry-after"], busy.json()["error"]["code"]) == (
+        429, "7", "rate_limit_exceeded")
+    echo = http.get("/files/echo", headers=mock)
+    key = gateway.extra_env["UPSTREAM_KEY"]
+    assert echo.status_code == 400 and key[:8] not in echo.text and "Bearer [reda" in echo.text
+    began = time.monotonic()
+    trickle = http.get("/files/trickle", headers=mock)
+    assert trickle.status_code == 504 and time.monotonic() - began < 4
+    assert trickle.json()["error"]["code"] == "provider_timeout"
+    nested = http.get("/files/nested", headers=mock)
+    assert nested.status_code == 200 and len(nested.content) == 200_000
+
+
+def wait_for_log(server: Server, line: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in server.log():
+        assert time.monotonic() < deadline, f"never logged: {line}\n{server.log()[-3000:]}"
+        time.sleep(0.05)  # polling the server's log for a line, bounded by the deadline
 
 
 def test_a_stopped_upstream_is_a_502_naming_the_account_and_the_key_is_never_shown(

@@ -75,6 +75,11 @@ def test_an_upstream_job_trains_reports_and_answers_through_the_gateway(routed: 
     assert [c.step_number for c in checkpoints] == [6, 3]
 
     model = current.fine_tuned_model
+    neighbour = openai.OpenAI(base_url=f"{tenant.server.url}/v1", api_key=tenant.server.api_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # "east" is shared with the default organisation: not its job
+        neighbour.fine_tuning.jobs.retrieve(job.id, extra_headers=EAST)
+    with pytest.raises(openai.NotFoundError):  # nor its model
+        greedy(neighbour, f"east/{model}")
     direct = greedy(there, model)
     assert greedy(sdk, f"east/{model}") == direct
     streamed = sdk.chat.completions.create(model=f"east/{checkpoints[0].fine_tuned_model_checkpoint}",

@@ -69,16 +69,26 @@ async def _check_local_provider(ctx: AppContext, name: str, org_id: str) -> None
             param="x-tfy-provider-name", code="provider_not_routable")
 
 
+TFY_METADATA_MAX_BYTES = 4096
+TFY_METADATA_MAX_PAIRS = 16
+
+
 def tfy_metadata(raw: str | None) -> dict[str, str] | None:
+    """The ``x-tfy-metadata`` header: a JSON object of strings, at most 4 KiB and 16 pairs."""
     if raw is None:
         return None
+    if len(raw) > TFY_METADATA_MAX_BYTES:
+        raise InvalidRequest(f"The x-tfy-metadata header is longer than {TFY_METADATA_MAX_BYTES} characters.",
+                             param="x-tfy-metadata", code="invalid_metadata_header")
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         value = None
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()) \
+            or len(value) > TFY_METADATA_MAX_PAIRS:
         raise InvalidRequest(
-            "The x-tfy-metadata header must be a JSON object whose values are strings.",
+            f"The x-tfy-metadata header must be a JSON object of at most {TFY_METADATA_MAX_PAIRS} pairs whose "
+            "values are strings.",
             param="x-tfy-metadata",
             code="invalid_metadata_header",
         )

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openft.errors import OpenFTError, RateLimited, error_body
+from openft.errors import OpenFTError, RateLimited, UpstreamError, error_body
 
 log = logging.getLogger("openft.api")
 
@@ -51,6 +51,8 @@ def error_response(exc: OpenFTError) -> JSONResponse:
         headers = {"retry-after": "1"}
     if isinstance(exc, RateLimited):
         headers = {"retry-after": str(exc.retry_after)}
+    if isinstance(exc, UpstreamError) and exc.retry_after:
+        headers = {"retry-after": exc.retry_after}
     return envelope(
         exc.status_code,
         exc.message,

@@ -60,8 +60,11 @@ class ProviderAccount(BaseModel):
     api_key_env: str | None = Field(None, description="Environment variable of the server holding the key.")
     api_key_file: Path | None = Field(None, description="File holding the key (its whole content, stripped).")
     organizations: tuple[str, ...] = Field((), description="Organisation names or ids allowed; '*' for all.")
-    timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Bound on each wait for the upstream.")
+    timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Bound on each wait for the upstream, and "
+                                   "on each wait for the client to take the next piece of an answer.")
     connect_timeout_seconds: float = Field(5.0, gt=0, le=300, description="Bound on connecting to it.")
+    deadline_seconds: float = Field(3600.0, gt=0, le=86400, description="Bound on a whole routed request, "
+                                    "streams and downloads included.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ProviderAccount:
@@ -78,6 +81,13 @@ class ProviderAccount(BaseModel):
     @property
     def upstream(self) -> bool:
         return self.kind != "openft"
+
+    @property
+    def shared(self) -> bool:
+        """Whether several organisations may use it (``*``, or more than one
+        named): each then reaches only the upstream objects it made or was
+        given through the gateway, since they all share the upstream's key."""
+        return len(self.organizations) != 1 or self.organizations[0] == ALL_ORGANIZATIONS
 
     def allows(self, org_id: str, org_name: str | None) -> bool:
         allowed = self.organizations
@@ -147,7 +157,11 @@ def write_accounts(path: Path, accounts: dict[str, ProviderAccount]) -> None:
 
 @dataclass(frozen=True)
 class Stamp:
+    """What tells a changed file: a rewrite by rename is a new inode, an edit in place a new ctime."""
+
+    inode: int
     mtime_ns: int
+    ctime_ns: int
     size: int
 
 
@@ -167,7 +181,7 @@ class AccountBook:
             found = self.path.stat()
         except FileNotFoundError:
             return None
-        return Stamp(found.st_mtime_ns, found.st_size)
+        return Stamp(found.st_ino, found.st_mtime_ns, found.st_ctime_ns, found.st_size)
 
     def _refresh(self) -> dict[str, ProviderAccount]:
         stamp = self._current_stamp()

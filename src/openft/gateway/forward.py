@@ -26,7 +26,10 @@ from openft.gateway.accounts import CredentialMissing, ProviderAccount
 SEGMENT = re.compile(r"[A-Za-z0-9_.:~-]{1,256}")
 """What a path segment sent upstream may hold (ids such as ``ft:model:org::id``); ``.`` and ``..`` never."""
 REQUEST_HEADERS = ("content-type", "content-length", "accept", "idempotency-key", "openai-beta", "user-agent")
-RESPONSE_HEADERS = ("content-type", "content-length", "content-disposition", "retry-after", "cache-control")
+RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "content-disposition", "retry-after",
+                    "cache-control")
+MODEL_ID = re.compile(r"[!-~]{1,256}")
+"""A model id an upstream names (``ft:base/name:org:suffix:id``, a checkpoint's): printable ASCII, no spaces."""
 ERROR_BODY_LIMIT = 64 * 1024
 REDACTED = "[redacted]"
 
@@ -125,7 +128,7 @@ class Upstreams:
                              code="provider_misconfigured") from None
         url = account.base_url.rstrip("/") + upstream_path(outbound.path)
         query = upstream_query(outbound.query)
-        headers = {k: v for k, v in outbound.headers.items() if k in REQUEST_HEADERS}
+        headers = {k: v for k, v in outbound.headers.items() if k in REQUEST_HEADERS and _plain(v)}
         headers.update({"authorization": f"Bearer {key}", "accept-encoding": "identity"})
         timeout = httpx.Timeout(account.timeout_seconds, connect=account.connect_timeout_seconds)
         request = self._client.build_request(outbound.method, url + (f"?{query}" if query else ""),
@@ -136,7 +139,11 @@ class Upstreams:
             raise _timed_out(name, account) from None
         except httpx.HTTPError:
             raise BadGateway(f"Provider account '{name}' could not be reached.", code="provider_unreachable") from None
-        if response.status_code < 400:
+        if 300 <= response.status_code < 400:  # not followed: it could name any address
+            await response.aclose()
+            raise BadGateway(f"Provider account '{name}' answered with a redirect (HTTP {response.status_code}); "
+                             "the operator must fix the account's base URL.", code="provider_error")
+        if response.status_code < 300:
             return UpstreamResponse(
                 status=response.status_code,
                 headers=[(k, v) for k, v in response.headers.items() if k in RESPONSE_HEADERS],
@@ -151,7 +158,8 @@ class Upstreams:
             body = b""
         finally:
             await response.aclose()
-        raise failure(name, response.status_code, body, key, response.headers.get("x-request-id"))
+        raise failure(name, response.status_code, body, key, response.headers.get("x-request-id"),
+                      retry_after=response.headers.get("retry-after"))
 
 
 async def _bounded_read(response: httpx.Response, limit: int) -> bytes:
@@ -163,7 +171,13 @@ async def _bounded_read(response: httpx.Response, limit: int) -> bytes:
     return bytes(held)
 
 
-def failure(name: str, status: int, body: bytes, key: str, upstream_request_id: str | None) -> OpenFTError:
+def _plain(value: str) -> bool:
+    """A header value an HTTP/1.1 request line may carry as is (visible ASCII and spaces)."""
+    return value.isascii() and value.isprintable()
+
+
+def failure(name: str, status: int, body: bytes, key: str, upstream_request_id: str | None,
+            retry_after: str | None = None) -> OpenFTError:
     """What a client sees of an upstream's error answer (see the module's docstring)."""
     reference = f" (its request id: {upstream_request_id})" if upstream_request_id else ""
     if status == 401:
@@ -172,37 +186,46 @@ def failure(name: str, status: int, body: bytes, key: str, upstream_request_id: 
     if status >= 500:
         error = GatewayTimeout if status == 504 else BadGateway
         return error(f"Provider account '{name}' failed with HTTP {status}{reference}.", code="provider_error")
-    fields = _error_fields(body)
+    fields = _error_fields(scrub(body.decode("utf-8", "replace"), key))  # scrubbed whole, before any cut
     message = scrub(str(fields.get("message") or f"Provider account '{name}' answered HTTP {status}."), key)
-    return UpstreamError(
+    return UpstreamError(  # scrubbed again once decoded: JSON may spell the key with \u escapes
         status, message[:4000],
-        error_type=scrub(_text(fields.get("type")) or "invalid_request_error", key),
-        param=_scrubbed(_text(fields.get("param")), key),
-        code=_scrubbed(_text(fields.get("code")), key),
+        error_type=scrub(_text(fields.get("type")) or "invalid_request_error", key)[:200],
+        param=_cut(_text(fields.get("param")), key), code=_cut(_text(fields.get("code")), key),
+        retry_after=retry_after if status == 429 and retry_after and retry_after.isdigit() else None,
     )
 
 
-def _error_fields(body: bytes) -> dict[str, object]:
+def _error_fields(text: str) -> dict[str, object]:
+    """The error's fields: OpenAI's envelope, a bare ``message`` or ``detail``, or the text itself."""
     try:
-        document = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", "replace").strip()
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        text = text.strip()
         return {"message": text[:1000]} if text else {}
-    error = document.get("error") if isinstance(document, dict) else None
-    return error if isinstance(error, dict) else {}
+    if not isinstance(document, dict):
+        return {}
+    error = document.get("error")
+    if isinstance(error, dict):
+        return error
+    for name in ("message", "detail", "error"):
+        if isinstance(document.get(name), str):
+            return {"message": document[name]}
+    return {}
 
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None if value is None else str(value)
 
 
-def _scrubbed(value: str | None, key: str) -> str | None:
-    return None if value is None else scrub(value, key)
+def _cut(value: str | None, key: str) -> str | None:
+    return None if value is None else scrub(value, key)[:200]
 
 
 def held_objects(document: object) -> Iterable[tuple[str, str]]:
-    """(id, type) of the files and fine-tuning jobs an upstream answer names:
-    the object itself or a list's items, and a job's result files."""
+    """(id, type) of what an upstream answer gives: a file, a job with its
+    result files and fine-tuned model, a list's checkpoints' models (the
+    ``model`` type names what chat may reach on a shared account)."""
     if not isinstance(document, dict):
         return
     items = document.get("data") if document.get("object") == "list" else [document]
@@ -217,6 +240,14 @@ def held_objects(document: object) -> Iterable[tuple[str, str]]:
             for result in item.get("result_files") or []:
                 if _is_id(result):
                     yield result, "file"
+            if _is_model(item.get("fine_tuned_model")):
+                yield item["fine_tuned_model"], "model"
+        elif kind == "fine_tuning.job.checkpoint" and _is_model(item.get("fine_tuned_model_checkpoint")):
+            yield item["fine_tuned_model_checkpoint"], "model"
+
+
+def _is_model(value: object) -> bool:
+    return isinstance(value, str) and bool(MODEL_ID.fullmatch(value))
 
 
 def _is_id(value: object) -> bool:

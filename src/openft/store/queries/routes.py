@@ -20,6 +20,16 @@ async def read_route(db: AsyncSession | AsyncConnection, org_id: str, object_id:
         RoutedObject.org_id == org_id, RoutedObject.object_id == object_id))
 
 
+async def read_routes(db: AsyncSession | AsyncConnection, org_id: str, object_ids: list[str]) -> dict[str, str]:
+    """The accounts of those of ``object_ids`` that ``org_id`` reached through one."""
+    found: dict[str, str] = {}
+    for start in range(0, len(object_ids), 500):
+        rows = await db.execute(select(RoutedObject.object_id, RoutedObject.account).where(
+            RoutedObject.org_id == org_id, RoutedObject.object_id.in_(object_ids[start:start + 500])))
+        found.update((object_id, account) for object_id, account in rows)
+    return found
+
+
 async def remember_routes(session: AsyncSession, org_id: str, account: str, objects: Iterable[tuple[str, str]],
                           metadata: dict[str, str] | None) -> None:
     """Record (object id, object type) pairs as held by ``account``; the latest
