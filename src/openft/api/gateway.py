@@ -348,7 +348,7 @@ class Forwarding:
         self.memory = memory
         self.body_sent = anyio.Event()
         self.started = False
-        self.status = 0
+        self.http_status = 0
         self.sent_bytes = 0
         self.first_byte: float | None = None
         self.outcome = ""
@@ -383,7 +383,7 @@ class Forwarding:
             first = (self.first_byte - begun) * 1000 if self.first_byte else total
             log.info("routed account=%s route=%r status=%s%s first_byte_ms=%.0f total_ms=%.0f bytes=%d org=%s "
                      "request_id=%s metadata=%s", self.route.name, route_template(self.scope["method"], self.rest),
-                     self.status or "-", f" ({self.outcome})" if self.outcome else "", first, total,
+                     self.http_status or "-", f" ({self.outcome})" if self.outcome else "", first, total,
                      self.sent_bytes, self.org_id, self.scope.get("openft.request_id"),
                      json.dumps(self.metadata) if self.metadata else "-")
 
@@ -391,7 +391,7 @@ class Forwarding:
         if self.started:  # mid-answer: the connection ends without finishing the body
             self.outcome = f"cut: {failed.status_code}"
             return
-        self.status = failed.status_code
+        self.http_status = failed.status_code
         if isinstance(failed, OpenFTError):
             response = error_response(failed)
         else:
@@ -469,7 +469,7 @@ class Forwarding:
             response_headers.append((b"openft-upstream-request-id", answer.upstream_request_id.encode()))
         self.first_byte = time.monotonic()
         await self._send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
-        self.started, self.status = True, answer.status
+        self.started, self.http_status = True, answer.status
         for chunk in held:
             await self._body(chunk)
         try:
