@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-start clean
+.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-start clean
 
 setup: $(STAMP)
 
@@ -91,6 +91,9 @@ bench-rft: $(STAMP)
 
 bench-evals: $(STAMP)
 	$(BIN)/python bench/evals.py
+
+bench-gateway: $(STAMP)
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
