@@ -243,6 +243,7 @@ def test_curl_on_the_gateway_prefix(research: Any, tmp_path: Path) -> None:
                "-d", json.dumps({"model": SMOLLM, "training_file": uploaded["id"]}))
     assert curl(f"{base}/fine_tuning/jobs/{job['id']}")["training_file"] == uploaded["id"]  # no header
     assert curl(f"{base}/fine_tuning/jobs/{job['id']}/events")["object"] == "list"
+    assert curl(f"{base}/fine_tuning/jobs/{job['id']}/checkpoints")["data"] == []
     assert curl(f"{base}/fine_tuning/jobs/{job['id']}/cancel", "-X", "POST")["status"] == "cancelled"
     assert job["id"] not in [j.id for j in sdk.fine_tuning.jobs.list()]
 
