@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -494,3 +498,59 @@ def texts_checking_calls(reply: Any, tools: list[dict[str, Any]]) -> list[str]:
         for call in choice.message.tool_calls:
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
     return texts
+
+
+class GeneratedJsonl(io.RawIOBase):
+    """A large JSONL upload produced on the fly (the client never holds it either), with its digest."""
+
+    def __init__(self, total_bytes: int):
+        self.line = json.dumps(chat_example(7)).encode() + b"\n"
+        self.lines = total_bytes // len(self.line)
+        self.sent = 0
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        count = min(max(size, len(self.line)) // len(self.line), self.lines - self.sent)
+        self.sent += count
+        data = self.line * count
+        self.digest.update(data)
+        return data
+
+    @property
+    def size(self) -> int:
+        return self.lines * len(self.line)
+
+
+def rss_growth_during(pid: int, action: Callable[[], Any]) -> tuple[Any, int]:
+    """``action()``'s result, and how far process ``pid``'s resident memory rose above where it
+    started while it ran (sampled every 20 ms)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    baseline = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        sampler.join()
+    return result, peak - baseline
+
+
+def wait_for_log(server: Server, line: str, timeout: float = 15) -> None:
+    """Until ``line`` is in the server's log (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while line not in server.log():
+        assert time.monotonic() < deadline, f"never logged: {line}\n{server.log()[-3000:]}"
+        time.sleep(0.05)  # polling the server's log for a line, bounded by the deadline

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import psutil
 import pytest
 
-from support import SMOLLM, Server, Tenant, chat_example, chat_file
+from support import SMOLLM, GeneratedJsonl, Server, Tenant, chat_file, rss_growth_during
 
 pytestmark = pytest.mark.api
 
@@ -54,57 +51,16 @@ def test_restart_keeps_every_object(make_server, kind: str) -> None:
     assert sdk.fine_tuning.jobs.resume(paused).status == "queued"
 
 
-class _GeneratedJsonl(io.RawIOBase):
-    """A large JSONL file produced on the fly (never held by the client either)."""
-
-    def __init__(self, total_bytes: int):
-        self.line = json.dumps(chat_example(7)).encode() + b"\n"
-        self.lines = total_bytes // len(self.line)
-        self.sent = 0
-        self.digest = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        count = min(max(size, len(self.line)) // len(self.line), self.lines - self.sent)
-        self.sent += count
-        data = self.line * count
-        self.digest.update(data)
-        return data
-
-    @property
-    def size(self) -> int:
-        return self.lines * len(self.line)
-
-
 def test_upload_memory_stays_flat(make_server) -> None:
     server: Server = make_server("sqlite")
     tenant = Tenant(server, "default", server.api_key)
-    process = psutil.Process(server.process.pid)
     tenant.sdk.files.create(file=("warm.jsonl", io.BytesIO(chat_file(50))), purpose="fine-tune")
-    baseline = process.memory_info().rss
-    peak = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.02):
-            peak = max(peak, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    big = _GeneratedJsonl(128 * 1024 * 1024)
-    try:
-        with tenant.http() as http:
-            response = http.post("/files", files={"file": ("big.jsonl", big)}, data={"purpose": "fine-tune"},
-                                 timeout=300)
-    finally:
-        done.set()
-        sampler.join()
+    big = GeneratedJsonl(128 * 1024 * 1024)
+    with tenant.http() as http:
+        response, growth = rss_growth_during(server.process.pid, lambda: http.post(
+            "/files", files={"file": ("big.jsonl", big)}, data={"purpose": "fine-tune"}, timeout=300))
     assert response.status_code == 200, response.text
     assert response.json()["bytes"] == big.size
-    growth = peak - baseline
     print(f"\nupload of {big.size / 2**20:.0f} MiB: server RSS grew {growth / 2**20:.1f} MiB")
     assert growth < 32 * 1024 * 1024, f"server memory grew {growth / 2**20:.1f} MiB"
     downloaded = hashlib.sha256()

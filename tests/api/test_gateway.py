@@ -22,9 +22,7 @@ from typing import Any
 
 import httpx
 import openai
-import psutil
 import pytest
-from test_durability import _GeneratedJsonl
 
 from support import SMOLLM, Server, Tenant, chat_file, free_port
 
@@ -223,7 +221,7 @@ def test_files_and_jobs_go_to_the_account_and_their_ids_work_without_the_header(
         there.files.retrieve(uploaded.id)
 
 
-def test_curl_on_the_gateway_prefix(research: Any, tmp_path: Path) -> None:
+def test_curl_on_the_gateway_prefix(research: Any, upstream: Server, tmp_path: Path) -> None:
     tenant, sdk, _ = research
     data = tmp_path / "train.jsonl"
     data.write_bytes(chat_file(12))
@@ -245,6 +243,10 @@ def test_curl_on_the_gateway_prefix(research: Any, tmp_path: Path) -> None:
     assert curl(f"{base}/fine_tuning/jobs/{job['id']}/events")["object"] == "list"
     assert curl(f"{base}/fine_tuning/jobs/{job['id']}/checkpoints")["data"] == []
     assert curl(f"{base}/fine_tuning/jobs/{job['id']}/cancel", "-X", "POST")["status"] == "cancelled"
+    wait_for_log(tenant.server, 'metadata={"tfy_log_request": "true"}')  # recorded with the routed request
+    there = upstream_sdk(upstream, tenant.server)  # and passed on: an openft upstream records it on the job
+    created = list(there.fine_tuning.jobs.list_events(job["id"], limit=100))[-1]
+    assert created.data == {"x_tfy_metadata": {"tfy_log_request": "true"}}
     assert job["id"] not in [j.id for j in sdk.fine_tuning.jobs.list()]
 
 
@@ -265,7 +267,8 @@ def test_upstream_client_errors_come_back_with_their_fields(research: Any) -> No
     sdk.fine_tuning.jobs.cancel(job.id)
     conflict = http.post(f"/fine_tuning/jobs/{job.id}/pause")
     assert conflict.status_code == 409 and conflict.json()["error"]["code"]
-    assert http.get("/files/..%2F..%2Fmodels", headers=EAST).status_code in (400, 404)
+    traversal = http.get("/files/..%2F..%2Fmodels", headers=EAST)
+    assert (traversal.status_code, traversal.json()["error"]["param"]) == (400, "path")
 
 
 def test_an_account_an_organisation_may_not_use_is_a_404_and_an_unknown_one_a_400(
@@ -293,29 +296,13 @@ def test_an_account_an_organisation_may_not_use_is_a_404_and_an_unknown_one_a_40
 
 def test_an_upload_streams_through_in_flat_memory(research: Any, gateway: Server) -> None:
     tenant, _, _ = research
-    process = psutil.Process(gateway.process.pid)
-    baseline = peak = process.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.02):
-            peak = max(peak, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    big = _GeneratedJsonl(64 * 1024 * 1024)
-    try:
-        response = httpx.post(f"{gateway.url}/v1/files", files={"file": ("big.jsonl", big)},
-                              data={"purpose": "fine-tune"}, timeout=300,
-                              headers={"Authorization": f"Bearer {tenant.key}", **EAST})
-    finally:
-        done.set()
-        sampler.join()
+    big = GeneratedJsonl(64 * 1024 * 1024)
+    response, growth = rss_growth_during(gateway.process.pid, lambda: httpx.post(
+        f"{gateway.url}/v1/files", files={"file": ("big.jsonl", big)}, data={"purpose": "fine-tune"}, timeout=300,
+        headers={"Authorization": f"Bearer {tenant.key}", **EAST}))
     assert response.status_code == 200, response.text
-    growth = peak - baseline
     print(f"\nrouted upload of {big.size / 2**20:.0f} MiB: gateway RSS grew {growth / 2**20:.1f} MiB")
-    assert growth < 24 * 1024 * 1024, f"gateway memory grew {growth / 2**20:.1f} MiB"
+    assert growth < big.size / 2, f"gateway memory grew {growth / 2**20:.1f} MiB"
     digest = hashlib.sha256()
     with httpx.stream("GET", f"{gateway.url}/v1/files/{response.json()['id']}/content",
                       headers={"Authorization": f"Bearer {tenant.key}"}) as stream:
@@ -326,19 +313,22 @@ def test_an_upload_streams_through_in_flat_memory(research: Any, gateway: Server
 
 def test_an_unreachable_or_silent_account_is_a_502_or_504_within_its_timeout(research: Any) -> None:
     _, sdk, http = research
-    for name, status, bound in (("down", 502, 2.0), ("silent", 504, 3.0), ("badkey", 502, 5.0)):
+    # Bounds far from a hang (the client waits 60 s): the silent account's own timeout is 1 s.
+    for name, status, code in (("down", 502, "provider_unreachable"), ("silent", 504, "provider_timeout"),
+                               ("badkey", 502, "provider_auth_failed")):
         began = time.monotonic()
         answer = http.get("/fine_tuning/jobs", headers={"x-tfy-provider-name": name})
         took = time.monotonic() - began
         error = answer.json()["error"]
-        assert (answer.status_code, took < bound) == (status, True), (name, answer.text, took)
+        assert (answer.status_code, error["code"], took < 20) == (status, code, True), (name, answer.text, took)
         assert f"'{name}'" in error["message"] and "127.0.0.1" not in error["message"]
         assert error["type"] == "server_error" and answer.headers["openft-provider-account"] == name
+    assert "within 1 s" in http.get("/files", headers={"x-tfy-provider-name": "silent"}).json()["error"]["message"]
     began = time.monotonic()
     with pytest.raises(openai.APIStatusError) as streamed:
         sdk.chat.completions.create(model="silent/some-model", messages=[{"role": "user", "content": "hi"}],
                                     stream=True)
-    assert streamed.value.status_code == 504 and time.monotonic() - began < 3.0
+    assert streamed.value.status_code == 504 and time.monotonic() - began < 20
     assert sdk.fine_tuning.jobs.list().object == "list"  # the local service is untouched
 
 
@@ -372,6 +362,22 @@ def test_on_a_shared_account_an_organisation_reaches_only_what_it_made_there(res
         stranger.chat.completions.create(model=f"shared/ft:{SMOLLM}:research:x:abc",
                                          messages=[{"role": "user", "content": "hi"}])
     assert model.value.body["param"] == "model"
+    with pytest.raises(openai.NotFoundError) as estimated:
+        stranger.post("/fine_tuning/jobs/estimate", cast_to=object, body={"model": SMOLLM, "training_file": mine.id},
+                      options={"headers": SHARED})
+    assert estimated.value.body["param"] == "training_file"
+    with pytest.raises(openai.NotFoundError):  # a checkpoint it was not given
+        stranger.fine_tuning.checkpoints.permissions.retrieve(f"ft:{SMOLLM}:research:x:abc:ckpt-step-3",
+                                                              extra_headers=SHARED)
+    with pytest.raises(openai.BadRequestError) as unchecked:  # a route the gateway cannot narrow to its own
+        stranger.fine_tuning.alpha.graders.validate(
+            grader={"type": "string_check", "name": "g", "input": "a", "reference": "a", "operation": "eq"},
+            extra_headers=SHARED)
+    assert unchecked.value.body["code"] == "provider_not_routable"
+    with httpx.Client(base_url=f"{stranger.base_url}", headers={"Authorization": f"Bearer {stranger.api_key}"}) as raw:
+        page = raw.get("files", headers=SHARED).json()
+    assert [f["id"] for f in page["data"]] == [theirs.id]
+    assert (page["first_id"], page["last_id"]) == (theirs.id, theirs.id)  # no other organisation's id as a cursor
     assert sdk.fine_tuning.jobs.retrieve(job.id).status == "queued"  # untouched by the stranger
 
 
@@ -404,11 +410,14 @@ def test_a_client_that_leaves_mid_body_creates_nothing_upstream(research: Any, u
     tenant, _, _ = research
     there = upstream_sdk(upstream, gateway)
     before = len(there.fine_tuning.jobs.list(limit=100).data)
+    training = research[1].files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune",
+                                        extra_headers=EAST).id
+    whole = json.dumps({"model": SMOLLM, "training_file": training}).encode()  # a job the upstream would create
     with socket.create_connection(("127.0.0.1", gateway.port)) as raw:
         raw.sendall(b"POST /v1/fine_tuning/jobs HTTP/1.1\r\nHost: gateway\r\n"
                     b"Authorization: Bearer " + tenant.key.encode() + b"\r\nx-tfy-provider-name: east\r\n"
                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"6\r\n{\"mode\r\n")
+                    + f"{len(whole):x}\r\n".encode() + whole + b"\r\n")  # and the body's last chunk never comes
     wait_for_log(gateway, "route='POST /fine_tuning/jobs' status=- (client-gone)")
     assert len(there.fine_tuning.jobs.list(limit=100).data) == before
 
@@ -416,7 +425,7 @@ def test_a_client_that_leaves_mid_body_creates_nothing_upstream(research: Any, u
 def test_a_client_that_stops_reading_is_let_go_within_the_timeout(research: Any, gateway: Server) -> None:
     _, sdk, _ = research
     fast = {"x-tfy-provider-name": "east-fast"}
-    big = sdk.files.create(file=("big.jsonl", _GeneratedJsonl(16 * 1024 * 1024)), purpose="fine-tune",
+    big = sdk.files.create(file=("big.jsonl", GeneratedJsonl(16 * 1024 * 1024)), purpose="fine-tune",
                            extra_headers=fast)
     with socket.socket() as raw:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -445,13 +454,6 @@ def test_misbehaving_upstreams_get_the_errors_a_gateway_gives(research: Any, gat
     assert nested.status_code == 200 and len(nested.content) == 200_000
 
 
-def wait_for_log(server: Server, line: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in server.log():
-        assert time.monotonic() < deadline, f"never logged: {line}\n{server.log()[-3000:]}"
-        time.sleep(0.05)  # polling the server's log for a line, bounded by the deadline
-
-
 def test_a_stopped_upstream_is_a_502_naming_the_account_and_the_key_is_never_shown(
         research: Any, upstream: Server, gateway: Server, seen: Seen) -> None:
     _, sdk, http = research
@@ -459,7 +461,7 @@ def test_a_stopped_upstream_is_a_502_naming_the_account_and_the_key_is_never_sho
     upstream.stop()
     began = time.monotonic()
     gone = http.get(f"/files/{uploaded.id}")
-    assert gone.status_code == 502 and time.monotonic() - began < 5.0
+    assert gone.status_code == 502 and time.monotonic() - began < 20  # refused at once; the account waits 60 s
     assert gone.json()["error"]["code"] == "provider_unreachable" and "'east'" in gone.json()["error"]["message"]
     assert sdk.files.list().object == "list"
     key = gateway.extra_env["UPSTREAM_KEY"]

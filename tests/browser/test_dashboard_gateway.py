@@ -1,7 +1,8 @@
 """The dashboard on a gateway: the jobs list shows a provider account's jobs
-when the account is chosen, a routed job's page names the account it lives
-on, and its actions reach the upstream. Both servers are API-only openft
-servers (the routed job stays queued upstream)."""
+when the account is chosen (one made on the upstream itself, whose id the
+gateway never saw), that job's page names the account it lives on, and its
+actions reach the upstream. Both servers are API-only openft servers (the
+job stays queued upstream)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def test_a_routed_job_is_listed_under_its_account_and_its_page_names_it(make_ser
     providers.write_text(json.dumps({"east": {
         "kind": "openai-compatible", "base_url": f"{upstream.url}/v1", "api_key_env": "EAST_KEY",
         "organizations": [tenant.org]}}))
-    training = tenant.sdk.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune",
-                                       extra_headers=EAST)
-    routed = tenant.sdk.fine_tuning.jobs.create(model=SMOLLM, training_file=training.id, suffix="east",
-                                                extra_headers=EAST)
+    there = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key=upstream_key, max_retries=0)
+    training = there.files.create(file=("t.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune")
+    # Made on the upstream itself: the gateway never saw its id, which the page must reach through the account.
+    routed = there.fine_tuning.jobs.create(model=SMOLLM, training_file=training.id, suffix="east")
     local = tenant.sdk.fine_tuning.jobs.create(
         model=SMOLLM, suffix="home", training_file=tenant.sdk.files.create(
             file=("l.jsonl", io.BytesIO(chat_file(12))), purpose="fine-tune").id)
@@ -63,7 +64,6 @@ def test_a_routed_job_is_listed_under_its_account_and_its_page_names_it(make_ser
     page.locator("dialog#confirm #confirm-ok").click()
     page.locator(".page-head .badge.status-paused").wait_for()
     tab.screenshot("paused-upstream")
-    there = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key=upstream_key, max_retries=0)
     assert there.fine_tuning.jobs.retrieve(routed.id).status == "paused"
 
     page.goto(f"{gateway.url}/#/jobs/{local.id}")

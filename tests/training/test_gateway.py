@@ -104,18 +104,14 @@ def test_an_upstream_job_trains_reports_and_answers_through_the_gateway(routed: 
 
 
 def test_a_running_upstream_job_pauses_resumes_and_cancels_through_the_gateway(routed: Any) -> None:
-    _, sdk, _ = routed
+    tenant, sdk, _ = routed
     training = sdk.files.create(file=("long.jsonl", io.BytesIO(chat_file(40))), purpose="fine-tune",
                                 extra_headers=EAST)
     job = sdk.fine_tuning.jobs.create(model=TINY, training_file=training.id, extra_headers=EAST,
                                       hyperparameters={"n_epochs": 10, "batch_size": 1})
 
-    def reaches(statuses: set[str]) -> str:
-        deadline = time.monotonic() + 120
-        while (status := sdk.fine_tuning.jobs.retrieve(job.id).status) not in statuses:
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)  # polling the job's state through the gateway, bounded by the deadline
-        return status
+    def reaches(statuses: set[str]) -> str:  # the job's id, without the header, through the gateway
+        return wait_for(tenant, job.id, statuses, timeout=120).status  # type: ignore[no-any-return]
 
     reaches({"running"})
     sdk.fine_tuning.jobs.pause(job.id)

@@ -19,6 +19,7 @@ from openft.services.chat import ChatService
 from openft.services.graders import GraderService
 from openft.services.models import ModelRegistry
 from openft.store.blobs import BlobStore
+from openft.store.queries import orgs
 
 
 @dataclass
@@ -52,6 +53,18 @@ class AppContext:
     """The co-located worker's warm start (set when the worker starts): estimates fork from it."""
     wake_worker: Callable[[], None] = lambda: None
     """Tells the co-located worker a job was queued (a no-op without one)."""
+
+    _org_names: dict[str, str | None] = field(default_factory=dict, init=False)
+
+    async def org_name(self, org_id: str) -> str | None:
+        """An organisation's name (provider accounts may list names); names never change, so they are kept."""
+        if org_id not in self._org_names:
+            async with self.reader() as db:
+                name = await orgs.read_org_name(db, org_id)
+            if len(self._org_names) > 10_000:
+                self._org_names.clear()
+            self._org_names[org_id] = name
+        return self._org_names[org_id]
 
     def __post_init__(self) -> None:
         if self.gate is None:

@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from openft.api.context import AppContext
-from openft.errors import InvalidRequest, NotFound
+from openft.errors import InvalidRequest
+from openft.gateway.accounts import HEADER
 from openft.services.auth import Principal
-from openft.store.queries import orgs
 
 GATEWAY_PREFIX = "/api/llm"
 
@@ -38,7 +38,7 @@ async def get_caller(request: Request) -> Caller:
     ctx: AppContext = request.app.state.ctx
     assert ctx.authenticator is not None
     principal = await ctx.authenticator.authenticate(request.headers.get("authorization"))
-    provider = request.headers.get("x-tfy-provider-name")
+    provider = request.headers.get(HEADER)
     if provider is not None:
         await _check_local_provider(ctx, provider, principal.org_id)
     return Caller(
@@ -52,21 +52,12 @@ async def _check_local_provider(ctx: AppContext, name: str, org_id: str) -> None
     """A request this deployment answers itself may name this deployment's
     accounts only (files, fine-tuning and chat requests naming an upstream
     account never get here: ``openft.api.gateway`` sends them on)."""
-    async with ctx.reader() as db:
-        org_name = await orgs.read_org_name(db, org_id)
-    account = ctx.providers.get(name)
-    if account is None:
-        usable = ", ".join(ctx.providers.usable(org_id, org_name))
-        raise InvalidRequest(f"Unknown provider account {name[:64]!r} in the x-tfy-provider-name header; "
-                             f"this organisation may use: {usable}.", param="x-tfy-provider-name",
-                             code="unknown_provider")
-    if not account.allows(org_id, org_name):
-        raise NotFound("provider_account", name, param="x-tfy-provider-name")
+    account = ctx.providers.resolve(name, org_id, await ctx.org_name(org_id))
     if account.upstream:
         raise InvalidRequest(
             f"Provider account {name!r} takes files, fine-tuning jobs and chat completions; this route is "
-            "answered by this deployment only: send it without x-tfy-provider-name.",
-            param="x-tfy-provider-name", code="provider_not_routable")
+            f"answered by this deployment only: send it without {HEADER}.", param=HEADER,
+            code="provider_not_routable")
 
 
 TFY_METADATA_MAX_BYTES = 4096

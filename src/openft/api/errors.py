@@ -95,11 +95,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
     else:
-        message = str(exc.detail)
+        return http_exception_response(exc)
     return envelope(
         exc.status_code, message, code=getattr(exc, "code", None), param=getattr(exc, "param", None),
         headers=getattr(exc, "headers", None),
     )
+
+
+def http_exception_response(exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTPException raised with its own message (the body limits' 413 and 408, a strict body's 400),
+    also for layers in front of the routes."""
+    return envelope(exc.status_code, str(exc.detail), code=getattr(exc, "code", None),
+                    param=getattr(exc, "param", None), headers=getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -34,10 +34,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openft.config import BUILTIN_PROVIDER
+from openft.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("openft.gateway")
 
 AccountKind = Literal["openft", "openai-compatible"]
+HEADER = "x-tfy-provider-name"
+"""The request header that names the account (TrueFoundry's)."""
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ALL_ORGANIZATIONS = "*"
 
@@ -202,6 +205,18 @@ class AccountBook:
 
     def upstream_names(self) -> frozenset[str]:
         return frozenset(name for name, account in self._refresh().items() if account.upstream)
+
+    def resolve(self, name: str, org_id: str, org_name: str | None) -> ProviderAccount:
+        """The account ``name`` for this organisation: unknown is a 400 naming the header, one it may not
+        use a 404 (like any object it cannot see)."""
+        account = self.get(name)
+        if account is None:
+            usable = ", ".join(self.usable(org_id, org_name))
+            raise InvalidRequest(f"Unknown provider account {name[:64]!r} in the {HEADER} header; "
+                                 f"this organisation may use: {usable}.", param=HEADER, code="unknown_provider")
+        if not account.allows(org_id, org_name):
+            raise NotFound("provider_account", name, param=HEADER)
+        return account
 
     def usable(self, org_id: str, org_name: str | None) -> dict[str, ProviderAccount]:
         """The accounts this organisation may use, this deployment's first."""

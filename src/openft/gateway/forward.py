@@ -22,10 +22,13 @@ import httpx
 
 from openft.errors import BadGateway, GatewayTimeout, InvalidRequest, OpenFTError, UpstreamError
 from openft.gateway.accounts import CredentialMissing, ProviderAccount
+from openft.gateway.memory import ObjectRef
 
 SEGMENT = re.compile(r"[A-Za-z0-9_.:~-]{1,256}")
 """What a path segment sent upstream may hold (ids such as ``ft:model:org::id``); ``.`` and ``..`` never."""
-REQUEST_HEADERS = ("content-type", "content-length", "accept", "idempotency-key", "openai-beta", "user-agent")
+REQUEST_HEADERS = ("content-type", "content-length", "accept", "idempotency-key", "openai-beta", "user-agent",
+                   "x-tfy-metadata")
+"""The client's headers an upstream sees (when they are plain ASCII); never its key, cookies or host."""
 RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "content-disposition", "retry-after",
                     "cache-control")
 MODEL_ID = re.compile(r"[!-~]{1,256}")
@@ -37,7 +40,8 @@ REDACTED = "[redacted]"
 @dataclass(frozen=True)
 class Outbound:
     """What goes upstream: the method, the path after the API prefix, the
-    query string, the client's headers and its body."""
+    query string, the client's headers (filtered here) and its body: bytes
+    (read by the gateway, or none) or the client's stream."""
 
     method: str
     path: str
@@ -69,7 +73,7 @@ def scrub(text: str, secret: str) -> str:
 
 @dataclass
 class UpstreamResponse:
-    """An upstream's 2xx or 3xx answer, its body not yet read."""
+    """An upstream's 2xx answer, its body not yet read."""
 
     status: int
     headers: list[tuple[str, str]]
@@ -86,8 +90,16 @@ class UpstreamResponse:
     def is_event_stream(self) -> bool:
         return any(k == "content-type" and v.startswith("text/event-stream") for k, v in self.headers)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; a failure part way is a BadGateway or GatewayTimeout."""
+    _body: AsyncIterator[bytes] | None = None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, one iterator however often asked (a reader may stop and another go on);
+        a failure part way is a BadGateway or GatewayTimeout."""
+        if self._body is None:
+            self._body = self._read()
+        return self._body
+
+    async def _read(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.aiter_raw():
                 yield chunk
@@ -128,7 +140,9 @@ class Upstreams:
                              code="provider_misconfigured") from None
         url = account.base_url.rstrip("/") + upstream_path(outbound.path)
         query = upstream_query(outbound.query)
-        headers = {k: v for k, v in outbound.headers.items() if k in REQUEST_HEADERS and _plain(v)}
+        framing = ("content-length",) if isinstance(outbound.body, bytes) else ()  # httpx frames what it holds
+        headers = {k: v for k, v in outbound.headers.items()
+                   if k in REQUEST_HEADERS and k not in framing and _plain(v)}
         headers.update({"authorization": f"Bearer {key}", "accept-encoding": "identity"})
         timeout = httpx.Timeout(account.timeout_seconds, connect=account.connect_timeout_seconds)
         request = self._client.build_request(outbound.method, url + (f"?{query}" if query else ""),
@@ -222,7 +236,7 @@ def _cut(value: str | None, key: str) -> str | None:
     return None if value is None else scrub(value, key)[:200]
 
 
-def held_objects(document: object) -> Iterable[tuple[str, str]]:
+def held_objects(document: object) -> Iterable[ObjectRef]:
     """(id, type) of what an upstream answer gives: a file, a job with its
     result files and fine-tuned model, a list's checkpoints' models (the
     ``model`` type names what chat may reach on a shared account)."""
@@ -234,16 +248,16 @@ def held_objects(document: object) -> Iterable[tuple[str, str]]:
             continue
         kind, object_id = item.get("object"), item.get("id")
         if kind == "file" and _is_id(object_id):
-            yield object_id, "file"  # type: ignore[misc]
+            yield ObjectRef(object_id, "file")  # type: ignore[arg-type]
         elif kind == "fine_tuning.job" and _is_id(object_id):
-            yield object_id, "fine_tuning.job"  # type: ignore[misc]
+            yield ObjectRef(object_id, "fine_tuning.job")  # type: ignore[arg-type]
             for result in item.get("result_files") or []:
                 if _is_id(result):
-                    yield result, "file"
+                    yield ObjectRef(result, "file")
             if _is_model(item.get("fine_tuned_model")):
-                yield item["fine_tuned_model"], "model"
+                yield ObjectRef(item["fine_tuned_model"], "model")
         elif kind == "fine_tuning.job.checkpoint" and _is_model(item.get("fine_tuned_model_checkpoint")):
-            yield item["fine_tuned_model_checkpoint"], "model"
+            yield ObjectRef(item["fine_tuned_model_checkpoint"], "model")
 
 
 def _is_model(value: object) -> bool:

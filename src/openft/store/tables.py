@@ -390,7 +390,4 @@ class RoutedObject(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
     object_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     account: Mapped[str] = mapped_column(String(64))
-    object_type: Mapped[str] = mapped_column(String(40))
-    request_metadata: Mapped[dict[str, str] | None] = mapped_column(JSONType)
-    """The ``x-tfy-metadata`` of the request that returned it first."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

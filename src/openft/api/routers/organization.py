@@ -11,21 +11,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import Response
 
 from openft.api.context import AppContext
-from openft.api.deps import Caller, get_caller, get_ctx
+from openft.api.deps import Caller, get_caller, get_ctx, wire
 from openft.api.routing import OpenFTRoute
-from openft.store.queries import orgs
+from openft.schemas.organization import Organization, ProviderRef
 
 router = APIRouter(tags=["Organization"], route_class=OpenFTRoute)
 
 
-@router.get("/me")
+@router.get("/me", response_model=Organization)
 async def who_am_i(
     caller: Annotated[Caller, Depends(get_caller)], ctx: Annotated[AppContext, Depends(get_ctx)]
-) -> dict[str, object]:
-    async with ctx.reader() as db:
-        name = await orgs.read_org_name(db, caller.org_id)
-    providers = [{"name": account_name, "kind": account.kind}
+) -> Response:
+    name = await ctx.org_name(caller.org_id)
+    providers = [ProviderRef(name=account_name, kind=account.kind)
                  for account_name, account in ctx.providers.usable(caller.org_id, name).items()]
-    return {"object": "organization", "id": caller.org_id, "name": name, "providers": providers}
+    return wire(Organization(id=caller.org_id, name=name, providers=providers))

@@ -3,7 +3,6 @@ organisation's upstream object (``openft.gateway``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -12,12 +11,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from openft.store.tables import RoutedObject
-
-
-async def read_route(db: AsyncSession | AsyncConnection, org_id: str, object_id: str) -> str | None:
-    """The account that holds ``object_id`` for ``org_id``, if it was reached through one."""
-    return await db.scalar(select(RoutedObject.account).where(
-        RoutedObject.org_id == org_id, RoutedObject.object_id == object_id))
 
 
 async def read_routes(db: AsyncSession | AsyncConnection, org_id: str, object_ids: list[str]) -> dict[str, str]:
@@ -30,12 +23,10 @@ async def read_routes(db: AsyncSession | AsyncConnection, org_id: str, object_id
     return found
 
 
-async def remember_routes(session: AsyncSession, org_id: str, account: str, objects: Iterable[tuple[str, str]],
-                          metadata: dict[str, str] | None) -> None:
-    """Record (object id, object type) pairs as held by ``account``; the latest
-    account to return an id holds it."""
-    rows = [{"org_id": org_id, "object_id": object_id, "account": account, "object_type": object_type,
-             "request_metadata": metadata, "created_at": datetime.now(UTC)} for object_id, object_type in objects]
+async def remember_routes(session: AsyncSession, org_id: str, account: str, object_ids: list[str]) -> None:
+    """Record ``object_ids`` as held by ``account``; the latest account to return an id holds it."""
+    rows = [{"org_id": org_id, "object_id": object_id, "account": account, "created_at": datetime.now(UTC)}
+            for object_id in object_ids]
     if not rows:
         return
     insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert

@@ -56,9 +56,10 @@ export function query(params) {
   return text ? `?${text}` : "";
 }
 
-/** Fetches a file's bytes with the key and saves them under ``filename``. */
-export async function download(path, filename) {
-  const response = await fetch(`/v1${path}`, { headers: headers() });
+/** Fetches a file's bytes with the key and saves them under ``filename``
+(from the provider account ``provider`` when given). */
+export async function download(path, filename, provider) {
+  const response = await fetch(`/v1${path}`, { headers: headers(provider ? { "x-tfy-provider-name": provider } : {}) });
   if (!response.ok) throw await failure(response);
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");

@@ -18,7 +18,7 @@ const who = document.getElementById("who");
 let current = null;
 
 const ROUTES = [
-  [/^\/jobs\/([\w-]+)$/, (match, params, signal) => jobPage(main, match[1], signal), "Job"],
+  [/^\/jobs\/([\w-]+)$/, (match, params, signal) => jobPage(main, match[1], signal, params), "Job"],
   [/^\/jobs$/, (match, params, signal) => jobsPage(main, params, signal), "Jobs"],
   [/^\/new$/, (match, params, signal) => newJobPage(main, params, signal), "New job"],
   [/^\/files$/, (match, params, signal) => filesPage(main, params, signal), "Files"],

@@ -15,8 +15,8 @@ const POLL_MS = 1000;
 const listState = { status: "", metaKey: "", metaValue: "", limit: 20, provider: "", cursors: [null] };
 
 /** Step and total of the newest metrics event (running and paused jobs). */
-async function progressOf(job, signal) {
-  const events = await api(`/fine_tuning/jobs/${job.id}/events?limit=20`, { signal });
+async function progressOf(job, signal, provider) {
+  const events = await api(`/fine_tuning/jobs/${job.id}/events?limit=20`, { signal, provider });
   const latest = events.data.find((e) => e.type === "metrics" && e.data.total_steps);
   return latest ? { step: latest.data.step, total: latest.data.total_steps } : null;
 }
@@ -89,7 +89,7 @@ export async function jobsPage(main, params, signal) {
         const progress = h("td", { class: "progress-cell", dataset: { job: job.id } },
           job.status === "succeeded" && job.trained_tokens ? `${job.trained_tokens.toLocaleString()} tokens` : "—");
         return { job, progress, row: h("tr", {},
-          h("td", {}, h("a", { href: `#/jobs/${job.id}`, text: job.id })),
+          h("td", {}, h("a", { href: `#/jobs/${job.id}${state.provider ? query({ provider: state.provider }) : ""}`, text: job.id })),
           h("td", {}, statusBadge(job.status)),
           h("td", { class: "model", text: job.fine_tuned_model || job.model }),
           h("td", { text: job.user_provided_suffix || "—" }),
@@ -103,7 +103,7 @@ export async function jobsPage(main, params, signal) {
       performance.mark("openft:jobs-rendered");
       for (const { job, progress } of rows) {
         if (job.status !== "running" && job.status !== "paused") continue;
-        progressOf(job, signal).then((p) => {
+        progressOf(job, signal, state.provider).then((p) => {
           const left = timeLeft(job);
           clear(progress, p ? `step ${p.step}/${p.total}` : "starting", left ? ` · ${left} left` : "");
         }).catch(() => {});
@@ -159,15 +159,18 @@ function definitionList(entries) {
   ]));
 }
 
-function fileLink(fileId, label) {
+function fileLink(fileId, label, provider) {
   if (!fileId) return null;
   return h("span", {}, h("code", { text: fileId }), " ",
     h("button", { type: "button", class: "link", text: `Download ${label}`,
-      onclick: (event) => download(`/files/${fileId}/content`, `${fileId}.jsonl`)
+      onclick: (event) => download(`/files/${fileId}/content`, `${fileId}.jsonl`, provider)
         .catch((error) => event.target.after(alertBox(error))) }));
 }
 
-export async function jobPage(main, jobId, signal) {
+export async function jobPage(main, jobId, signal, params) {
+  // Opened from a provider account's list: every call names the account (an id seen only
+  // in a list is not remembered by the gateway).
+  const provider = params?.get("provider") || undefined;
   const events = [];
   const seen = new Set();
   let checkpoints = [];
@@ -191,7 +194,7 @@ export async function jobPage(main, jobId, signal) {
     const fresh = [];
     let after = null;
     for (;;) {
-      const page = await api(`/fine_tuning/jobs/${jobId}/events${query({ limit: 100, after })}`, { signal });
+      const page = await api(`/fine_tuning/jobs/${jobId}/events${query({ limit: 100, after })}`, { signal, provider });
       let reachedSeen = false;
       for (const event of page.data) {
         if (seen.has(event.id)) { reachedSeen = true; break; }
@@ -208,7 +211,7 @@ export async function jobPage(main, jobId, signal) {
     if (!(await confirmAction(question, action[0].toUpperCase() + action.slice(1) + " job"))) return;
     clear(parts.notice);
     try {
-      job = await api(`/fine_tuning/jobs/${jobId}/${action}`, { method: "POST", signal });
+      job = await api(`/fine_tuning/jobs/${jobId}/${action}`, { method: "POST", signal, provider });
       render();
       wake();
     } catch (error) {
@@ -226,7 +229,7 @@ export async function jobPage(main, jobId, signal) {
       active && h("button", { type: "button", class: "danger", text: "Cancel", onclick: () => act("cancel", `Cancel ${job.id}? This cannot be undone.`) }),
       job.fine_tuned_model && h("a", { class: "button", href: `#/playground?model=${encodeURIComponent(routedModel(job.fine_tuned_model))}&compare=${encodeURIComponent(routedModel(job.model))}`, text: "Try in playground" }),
       job.result_files.length > 0 && h("button", { type: "button", text: "Download results CSV",
-        onclick: (event) => download(`/files/${job.result_files[0]}/content`, `${job.id}-results.csv`).catch((error) => clear(parts.notice, alertBox(error))) }),
+        onclick: (event) => download(`/files/${job.result_files[0]}/content`, `${job.id}-results.csv`, account).catch((error) => clear(parts.notice, alertBox(error))) }),
     );
   }
 
@@ -234,7 +237,7 @@ export async function jobPage(main, jobId, signal) {
   const routedModel = (model) => (account ? `${account}/${model}` : model);
 
   async function fetchJob() {
-    const found = await apiRouted(`/fine_tuning/jobs/${jobId}`, { signal });
+    const found = await apiRouted(`/fine_tuning/jobs/${jobId}`, { signal, provider });
     account = found.account;
     return found.body;
   }
@@ -281,8 +284,8 @@ export async function jobPage(main, jobId, signal) {
         ["Trained tokens", job.trained_tokens?.toLocaleString() ?? null],
         ["Suffix", job.user_provided_suffix],
         ["Seed", String(job.seed)],
-        ["Training file", fileLink(job.training_file, "training file")],
-        ["Validation file", fileLink(job.validation_file, "validation file")],
+        ["Training file", fileLink(job.training_file, "training file", account)],
+        ["Validation file", fileLink(job.validation_file, "validation file", account)],
         ["Metadata", job.metadata ? Object.entries(job.metadata).map(([k, v]) => `${k}=${v}`).join(", ") : null],
       ]));
     const marks = checkpoints.map((c) => ({ x: c.step_number, label: `checkpoint at step ${c.step_number}` }));
@@ -313,7 +316,7 @@ export async function jobPage(main, jobId, signal) {
   let wake = () => {};
   try {
     [job] = await Promise.all([fetchJob(), fetchNewEvents()]);
-    checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
+    checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal, provider })).data;
     evalRuns = await fetchRuns();
   } catch (error) {
     if (!signal.aborted) clear(main, h("h1", { text: "Job" }), alertBox(error), h("a", { href: "#/jobs", text: "Back to jobs" }));
@@ -337,7 +340,7 @@ export async function jobPage(main, jobId, signal) {
       try {
         await Promise.race([pause(POLL_MS, signal), new Promise((resolve) => { wake = resolve; })]);
         [job] = await Promise.all([fetchJob(), fetchNewEvents()]);
-        checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal })).data;
+        checkpoints = (await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`, { signal, provider })).data;
         evalRuns = await fetchRuns();
         parts.notice.querySelector(".stale")?.remove();
         render();

@@ -7,14 +7,11 @@ Create Date: 2026-12-06
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
-
-JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
 
 def upgrade() -> None:
@@ -23,8 +20,6 @@ def upgrade() -> None:
         sa.Column("org_id", sa.String(40), nullable=False),
         sa.Column("object_id", sa.String(256), nullable=False),
         sa.Column("account", sa.String(64), nullable=False),
-        sa.Column("object_type", sa.String(40), nullable=False),
-        sa.Column("request_metadata", JSON, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("org_id", "object_id", name="pk_routed_objects"),
         sa.ForeignKeyConstraint(["org_id"], ["organizations.id"], name="fk_routed_objects_org_id_organizations",
