@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from support import SMOLLM, Server, Tenant, chat_file, free_port
+from support import SMOLLM, GeneratedJsonl, Server, Tenant, chat_file, free_port, rss_growth_during, wait_for_log
 
 pytestmark = pytest.mark.api
 

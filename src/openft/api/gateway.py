@@ -412,7 +412,8 @@ class Forwarding:
         self.body_sent.set()
 
     def _client_sends_a_body(self) -> bool:
-        return any((k == b"content-length" and v != b"0") or k == b"transfer-encoding" for k, v in self.scope["headers"])
+        headers = self.scope["headers"]
+        return any((k == b"content-length" and v != b"0") or k == b"transfer-encoding" for k, v in headers)
 
     async def _exchange(self) -> None:
         body: bytes | AsyncIterator[bytes] = b""
