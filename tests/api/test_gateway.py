@@ -367,7 +367,7 @@ def test_on_a_shared_account_an_organisation_reaches_only_what_it_made_there(res
                       options={"headers": SHARED})
     assert estimated.value.body["param"] == "training_file"
     with pytest.raises(openai.NotFoundError):  # a checkpoint it was not given
-        stranger.fine_tuning.checkpoints.permissions.retrieve(f"ft:{SMOLLM}:research:x:abc:ckpt-step-3",
+        stranger.fine_tuning.checkpoints.permissions.list(f"ft:{SMOLLM}:research:x:abc:ckpt-step-3",
                                                               extra_headers=SHARED)
     with pytest.raises(openai.BadRequestError) as unchecked:  # a route the gateway cannot narrow to its own
         stranger.fine_tuning.alpha.graders.validate(
@@ -452,6 +452,25 @@ def test_misbehaving_upstreams_get_the_errors_a_gateway_gives(research: Any, gat
     assert trickle.json()["error"]["code"] == "provider_timeout"
     nested = http.get("/files/nested", headers=mock)
     assert nested.status_code == 200 and len(nested.content) == 200_000
+
+
+def test_providers_list_names_where_keys_come_from_and_remove_takes_an_account_out(
+        research: Any, gateway: Server) -> None:
+    _, _, http = research
+
+    def providers(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "openft", "providers", *args], env=gateway.env,
+                              capture_output=True, text=True, timeout=60)
+
+    listed = providers("list").stdout
+    assert "east  openai-compatible  " in listed and f"env:{UPSTREAM_KEY_ENV}  research" in listed
+    assert gateway.extra_env["UPSTREAM_KEY"] not in listed
+    assert providers("remove", "nowhere").returncode != 0
+    assert providers("remove", "badkey").returncode == 0
+    assert "badkey" not in [p["name"] for p in http.get("/me").json()["providers"]]  # the server re-read it
+    refused = providers("add", "bad name", "--base-url", "http://127.0.0.1:1/v1", "--api-key-env", "K",
+                        "--org", "*")
+    assert refused.returncode != 0 and "account name 'bad name'" in refused.stderr
 
 
 def test_a_stopped_upstream_is_a_502_naming_the_account_and_the_key_is_never_shown(
