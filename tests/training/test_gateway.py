@@ -80,6 +80,10 @@ def test_an_upstream_job_trains_reports_and_answers_through_the_gateway(routed: 
         neighbour.fine_tuning.jobs.retrieve(job.id, extra_headers=EAST)
     with pytest.raises(openai.NotFoundError):  # nor its model
         greedy(neighbour, f"east/{model}")
+    checkpoint = checkpoints[0].fine_tuned_model_checkpoint
+    assert sdk.fine_tuning.checkpoints.permissions.list(checkpoint, extra_headers=EAST).data == []
+    with pytest.raises(openai.NotFoundError):  # nor its checkpoints' permissions
+        neighbour.fine_tuning.checkpoints.permissions.list(checkpoint, extra_headers=EAST)
     direct = greedy(there, model)
     assert greedy(sdk, f"east/{model}") == direct
     streamed = sdk.chat.completions.create(model=f"east/{checkpoints[0].fine_tuned_model_checkpoint}",

@@ -134,3 +134,15 @@ def test_the_ids_an_answer_names_are_its_files_jobs_and_result_files() -> None:
                                                                                "id": "ftevent-1"}, "odd"]}
     assert list(held_objects(listing)) == [("file-a", "file")]
     assert list(held_objects([job])) == [] and list(held_objects({"object": "list", "data": 3})) == []
+
+
+def test_the_object_a_routed_path_names() -> None:
+    from openft.api.gateway import named_object, route_template
+
+    checkpoint = "ft:org/base:team:suffix:abc:ckpt-step-6"
+    assert named_object("/files/file-1/content") == ("file-1", "file")
+    assert named_object("/fine_tuning/jobs/ftjob-1/events") == ("ftjob-1", "fine_tuning.job")
+    assert named_object("/fine_tuning/jobs/estimate") is None and named_object("/files") is None
+    assert named_object(f"/fine_tuning/checkpoints/{checkpoint}/permissions") == (checkpoint, "model")
+    assert named_object(f"/fine_tuning/checkpoints/{checkpoint}/permissions/cp-1") == (checkpoint, "model")
+    assert route_template("GET", "/fine_tuning/jobs/ftjob-1/events") == "GET /fine_tuning/jobs/{id}/events"

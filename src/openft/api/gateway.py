@@ -110,8 +110,10 @@ def named_object(rest: str) -> ObjectRef | None:
         return ObjectRef(parts[1], "file")
     if parts[:2] == ["fine_tuning", "jobs"] and len(parts) > 2 and parts[2] != "estimate":
         return ObjectRef(parts[2], "fine_tuning.job")
-    if parts[:2] == ["fine_tuning", "checkpoints"] and len(parts) > 2:
-        return ObjectRef(parts[2], "model")
+    if parts[:2] == ["fine_tuning", "checkpoints"] and "permissions" in parts[3:]:
+        # The checkpoint's model id may hold slashes (ft:org/base:...): it runs up to "permissions".
+        end = len(parts) - 1 - parts[::-1].index("permissions") if parts[-1] == "permissions" else len(parts) - 2
+        return ObjectRef("/".join(parts[2:end]), "model")
     return None
 
 
