@@ -97,8 +97,17 @@ class MockHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        kind = self.path.rsplit("/", 1)[-1]
-        if kind == "redirect":
+        kind = self.path.split("?")[0].rsplit("/", 1)[-1]
+        if kind == "files":  # a list, but not JSON
+            self.answer(200, b"file-of-another-organisation", "text/plain")
+        elif kind == "utf8":  # a header value in UTF-8 bytes
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self._headers_buffer.append('content-disposition: attachment; filename="训练.jsonl"\r\n'.encode())
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+        elif kind == "redirect":
             self.answer(302, b"", location="http://attacker.invalid/steal")
         elif kind == "busy":
             self.answer(429, json.dumps({"error": {"message": "slow down", "type": "requests", "param": None,
@@ -129,9 +138,11 @@ def mock_upstream() -> Iterator[MockUpstream]:
 def gateway(make_server: Any, upstream: Server, silent_port: int, mock_upstream: MockUpstream,
             tmp_path_factory: pytest.TempPathFactory) -> Server:
     upstream_key = upstream.new_key("east-team")
+    # One upstream key per account on it: each is an organisation of its own upstream.
+    keys = {"SHARED_UPSTREAM_KEY": upstream.new_key("shared-team"), "FAST_UPSTREAM_KEY": upstream.new_key("fast-team")}
     providers = Path(tmp_path_factory.mktemp("providers")) / "providers.json"
     env = {"OPENFT_PROVIDERS_FILE": str(providers), "OPENFT_LOG_LEVEL": "info", UPSTREAM_KEY_ENV: upstream_key,
-           "WRONG_KEY": "sk-wrong-key-that-the-upstream-refuses"}
+           "WRONG_KEY": "sk-wrong-key-that-the-upstream-refuses", **keys}
     server: Server = make_server("sqlite", **env)
     for name, options in {
         "east": ["--base-url", f"{upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research"],
@@ -141,10 +152,12 @@ def gateway(make_server: Any, upstream: Server, silent_port: int, mock_upstream:
                    "--org", "*", "--timeout", "1"],
         "badkey": ["--base-url", f"{upstream.url}/v1", "--api-key-env", "WRONG_KEY", "--org", "*"],
         "local-alias": ["--kind", "openft", "--org", "research"],
-        "shared": ["--base-url", f"{upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research",
+        "shared": ["--base-url", f"{upstream.url}/v1", "--api-key-env", "SHARED_UPSTREAM_KEY", "--org", "research",
                    "--org", "outsider"],
-        "east-fast": ["--base-url", f"{upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research",
+        "east-fast": ["--base-url", f"{upstream.url}/v1", "--api-key-env", "FAST_UPSTREAM_KEY", "--org", "research",
                       "--timeout", "1"],
+        "mock-shared": ["--base-url", f"{mock_upstream.url}/v1", "--api-key-env", "SHARED_UPSTREAM_KEY",
+                        "--org", "research", "--org", "outsider"],
         "mock": ["--base-url", f"{mock_upstream.url}/v1", "--api-key-env", UPSTREAM_KEY_ENV, "--org", "research",
                  "--timeout", "1", "--deadline", "2"],
     }.items():
@@ -152,6 +165,7 @@ def gateway(make_server: Any, upstream: Server, silent_port: int, mock_upstream:
                                env=server.env, capture_output=True, text=True, timeout=60)
         assert added.returncode == 0, added.stderr
     server.extra_env["UPSTREAM_KEY"] = upstream_key  # for the tests' own searches, not the server's
+    server.extra_env["OTHER_UPSTREAM_KEYS"] = " ".join(keys.values())
     return server
 
 
@@ -285,9 +299,9 @@ def test_an_account_an_organisation_may_not_use_is_a_404_and_an_unknown_one_a_40
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "x-tfy-provider-name"
     assert "east" not in unknown.json()["error"]["message"]  # not named to whom it is hidden
     assert [p["name"] for p in http.get("/me").json()["providers"]] == [
-        "openft", "badkey", "down", "east", "east-fast", "local-alias", "mock", "shared", "silent"]
+        "openft", "badkey", "down", "east", "east-fast", "local-alias", "mock", "mock-shared", "shared", "silent"]
     assert [p["name"] for p in stranger_http.get("/me").json()["providers"]] == [
-        "openft", "badkey", "down", "shared", "silent"]
+        "openft", "badkey", "down", "mock-shared", "shared", "silent"]
     assert stranger_http.get("/files", headers={"x-tfy-provider-name": "local-alias"}).status_code == 404
     assert http.get("/files", headers={"x-tfy-provider-name": "local-alias"}).status_code == 200
     not_routed = http.get("/models", headers=EAST)
@@ -366,6 +380,21 @@ def test_on_a_shared_account_an_organisation_reaches_only_what_it_made_there(res
         stranger.post("/fine_tuning/jobs/estimate", cast_to=object, body={"model": SMOLLM, "training_file": mine.id},
                       options={"headers": SHARED})
     assert estimated.value.body["param"] == "training_file"
+    judged = {"type": "reinforcement", "reinforcement": {"grader": {
+        "type": "score_model", "name": "judge", "model": f"ft:{SMOLLM}:research:judge:abc", "input": []}}}
+    with pytest.raises(openai.NotFoundError) as judge:  # another's fine-tuned model, deep in a grader
+        stranger.fine_tuning.jobs.create(model=SMOLLM, training_file=theirs.id, method=judged,  # type: ignore[arg-type]
+                                         extra_headers=SHARED)
+    assert judge.value.body["param"] == "method.reinforcement.grader.model"
+    with pytest.raises(openai.BadRequestError) as evaluated:  # whose an eval is, the gateway cannot know
+        stranger.fine_tuning.jobs.create(model=SMOLLM, training_file=theirs.id, extra_headers=SHARED,
+                                         integrations=[{"type": "eval", "eval": {"eval_id": "eval-x"}}])  # type: ignore[list-item]
+    assert evaluated.value.body["param"] == "integrations.0"
+    with httpx.Client(base_url=str(stranger.base_url), headers={"Authorization": f"Bearer {stranger.api_key}"}) as raw:
+        assert raw.post("fine_tuning/jobs", content=b"[1, 2]", headers=SHARED).status_code == 400
+        assert raw.put(f"files/{theirs.id}", headers=SHARED).status_code == 405
+        not_json = raw.get("files", headers={"x-tfy-provider-name": "mock-shared"})
+        assert not_json.status_code == 502 and "another-organisation" not in not_json.text
     with pytest.raises(openai.BadRequestError) as unchecked:  # a route the gateway cannot narrow to its own
         stranger.fine_tuning.alpha.graders.validate(
             grader={"type": "string_check", "name": "g", "input": "a", "reference": "a", "operation": "eq"},
@@ -449,6 +478,8 @@ def test_misbehaving_upstreams_get_the_errors_a_gateway_gives(research: Any, gat
     assert trickle.json()["error"]["code"] == "provider_timeout"
     nested = http.get("/files/nested", headers=mock)
     assert nested.status_code == 200 and len(nested.content) == 200_000
+    named = http.get("/files/utf8", headers=mock)  # passed on byte for byte
+    assert named.status_code == 200 and "训练".encode() in dict(named.headers.raw)[b"content-disposition"]
 
 
 def test_providers_list_names_where_keys_come_from_and_remove_takes_an_account_out(
@@ -483,7 +514,9 @@ def test_a_stopped_upstream_is_a_502_naming_the_account_and_the_key_is_never_sho
     key = gateway.extra_env["UPSTREAM_KEY"]
     log = gateway.log()
     assert "routed account=east route='GET /files/{id}' status=502" in log
-    assert "routed account=east route='POST /files' status=200" in log
-    for secret in (key, key[-12:], "sk-wrong-key-that-the-upstream-refuses", "wrong-key-that"):
+    assert "routed account=east route='POST /files' status=200 first_byte_ms=" in log  # not '(client-gone)'
+    others = gateway.extra_env["OTHER_UPSTREAM_KEYS"].split()
+    for secret in (key, key[-12:], *others, *(k[-12:] for k in others), "sk-wrong-key-that-the-upstream-refuses",
+                   "wrong-key-that"):
         assert secret not in log
         assert not [text for text in seen.texts if secret in text]

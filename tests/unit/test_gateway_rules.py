@@ -37,6 +37,8 @@ EAST = {"kind": "openai-compatible", "base_url": "https://east.example.com/v1", 
     (json.dumps({"east": {**EAST, "api_key": "sk-in-the-file"}}), "field api_key"),
     (json.dumps({"east": {**EAST, "timeout_seconds": 0}}), "field timeout_seconds"),
     (json.dumps({"here": {"kind": "openft", "base_url": "https://x/v1"}}), "takes no base_url or key"),
+    (json.dumps({"east": EAST, "east2": {**EAST, "base_url": "https://EAST.example.com/v1/"}}),
+     "reach the same upstream with the same key"),
 ])
 def test_a_providers_file_that_cannot_be_used_names_the_account_and_field(text: str, names: str) -> None:
     with pytest.raises(ProvidersFileError, match=names.replace("(", r"\(")):
@@ -146,3 +148,16 @@ def test_the_object_a_routed_path_names() -> None:
     assert named_object(f"/fine_tuning/checkpoints/{checkpoint}/permissions") == (checkpoint, "model")
     assert named_object(f"/fine_tuning/checkpoints/{checkpoint}/permissions/cp-1") == (checkpoint, "model")
     assert route_template("GET", "/fine_tuning/jobs/ftjob-1/events") == "GET /fine_tuning/jobs/{id}/events"
+
+
+def test_every_file_and_fine_tuned_model_a_body_names_is_found_with_where() -> None:
+    from openft.api.gateway import _named_in
+
+    body = {"model": "ft:base:org:s:1", "training_file": "file-a", "method": {"type": "reinforcement",
+            "reinforcement": {"grader": {"type": "multi", "graders": {"j": {"model": "ft:judge:org:s:2"},
+                                                                       "k": {"model": "gpt-4o"}}}}},
+            "integrations": [{"type": "eval", "eval": {"data_source": {"source": {"file_id": "file-b"}}}}]}
+    assert [(where, ref.id, ref.kind) for where, ref in _named_in(body)] == [
+        ("model", "ft:base:org:s:1", "model"), ("training_file", "file-a", "file"),
+        ("method.reinforcement.grader.graders.j.model", "ft:judge:org:s:2", "model"),
+        ("integrations.0.eval.data_source.source.file_id", "file-b", "file")]

@@ -89,6 +89,14 @@ PARSE_ON_LOOP_LIMIT = 64 * 1024
 """A JSON answer larger than this is parsed on a worker thread, not the event loop."""
 
 
+ROUTED_METHODS = ("GET", "POST", "DELETE")
+"""What the files and fine-tuning API uses; nothing else (TRACE, say) is sent to an upstream."""
+
+
+class MethodNotRouted(OpenFTError):
+    status_code = 405
+
+
 class ClientLeft(Exception):
     """The client went away, or stopped taking the answer: nothing more is sent."""
 
@@ -234,16 +242,19 @@ class Choice:
         return Route(name, account), self.receive
 
     async def _checked_job(self, name: str, account: ProviderAccount) -> tuple[Route, Receive]:
-        """A job on a shared account may name only this organisation's files and fine-tuned models."""
+        """A job (or estimate) on a shared account may name only this organisation's files and fine-tuned
+        models, wherever in the body (a grader's judge, an eval's data source), and no eval: evals are
+        not routed, so whose an eval id is cannot be known here. What goes upstream is what was checked."""
         body = await read_body(self.receive)
-        document = _json_object(body)
-        if document is not None:
-            for field in ("training_file", "validation_file"):
-                if isinstance(document.get(field), str):
-                    await self._owned(name, ObjectRef(document[field], "file"), param=field)
-            if isinstance(model := document.get("model"), str) and model.startswith("ft:"):
-                await self._owned(name, ObjectRef(model, "model"), param="model")
-        return Route(name, account, body), replaying(body, self.receive)
+        document = _shared_body(body)
+        for path, ref in _named_in(document):
+            await self._owned(name, ref, param=path)
+        for i, integration in enumerate(document.get("integrations") or []):  # type: ignore[arg-type]
+            if isinstance(integration, dict) and integration.get("type") == "eval":
+                raise InvalidRequest(f"Provider account {name!r} is shared by several organisations: a job on it "
+                                     "cannot carry an eval integration.", param=f"integrations.{i}",
+                                     code="provider_not_routable")
+        return Route(name, account, _rewritten(document)), replaying(body, self.receive)
 
     async def _chat(self) -> tuple[Route | None, Receive]:
         body = await read_body(self.receive)
@@ -254,6 +265,8 @@ class Choice:
             if self.named is None:
                 return None, replay  # the route answers with its 400
             account = await self._account(self.named)
+            if account.upstream and account.shared:
+                _shared_body(body)  # a 400: what a body names must be read to be checked
             return (Route(self.named, account, body) if account.upstream else None), replay
         if self.named is None:
             name, _, upstream_model = model.partition("/")
@@ -267,7 +280,7 @@ class Choice:
             if not account.upstream:
                 return None, replay
             upstream_model = model.removeprefix(f"{name}/")
-        if account.shared and upstream_model.startswith("ft:"):
+        if account.shared and "ft:" in upstream_model:
             await self._owned(name, ObjectRef(upstream_model, "model"), param="model")
         document["model"] = upstream_model
         return Route(name, account, _rewritten(document)), replay
@@ -293,6 +306,35 @@ def _json_object(body: bytes) -> dict[str, object] | None:
     except ValueError:
         return None
     return document if isinstance(document, dict) else None
+
+
+def _shared_body(body: bytes) -> dict[str, object]:
+    """A body for a shared account: it must be a JSON object, or what it names could not be checked."""
+    document = _json_object(body)
+    if document is None:
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return document
+
+
+FILE_FIELDS = ("training_file", "validation_file", "file_id")
+
+
+def _named_in(node: object, path: str = "") -> list[tuple[str, ObjectRef]]:
+    """Every file and fine-tuned model a request body names, with where (``method.reinforcement.grader.model``)."""
+    found: list[tuple[str, ObjectRef]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in FILE_FIELDS and isinstance(value, str):
+                found.append((where, ObjectRef(value, "file")))
+            elif key == "model" and isinstance(value, str) and "ft:" in value:
+                found.append((where, ObjectRef(value, "model")))
+            else:
+                found.extend(_named_in(value, where))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.extend(_named_in(value, f"{path}.{i}"))
+    return found
 
 
 def _rewritten(document: dict[str, object]) -> bytes:
@@ -337,6 +379,7 @@ class Forwarding:
         self.memory = memory
         self.body_sent = anyio.Event()
         self.started = False
+        self.finished = False
         self.event_stream = False
         self.http_status = 0
         self.sent_bytes = 0
@@ -362,6 +405,12 @@ class Forwarding:
                         failed = exc
                     except ClientLeft:
                         self.outcome = "client-gone"
+                    except Exception:  # a bug here must not become a 500 with a trace per request
+                        log.exception("routed request to %s failed in the gateway [%s]", name,
+                                      self.scope.get("openft.request_id"))
+                        failed = BadGateway(f"The request to provider account '{name}' failed in the gateway; "
+                                            f"quote request id {self.scope.get('openft.request_id')}.",
+                                            code="gateway_error")
                     finally:
                         group.cancel_scope.cancel()
             except OpenFTError as exc:  # no capacity left
@@ -399,8 +448,9 @@ class Forwarding:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.outcome = "client-gone"
-                scope.cancel()
+                if not self.finished:  # the server reports one after every complete answer too
+                    self.outcome = "client-gone"
+                    scope.cancel()
                 return
 
     async def _client_body(self) -> AsyncIterator[bytes]:
@@ -418,6 +468,8 @@ class Forwarding:
         return any((k == b"content-length" and v != b"0") or k == b"transfer-encoding" for k, v in headers)
 
     async def _exchange(self) -> None:
+        if self.scope["method"] not in ROUTED_METHODS:
+            raise MethodNotRouted(f"Method {self.scope['method']} is not routed to provider accounts.")
         body: bytes | AsyncIterator[bytes] = b""
         if self.route.read_body is not None:
             body = self.route.read_body
@@ -439,7 +491,11 @@ class Forwarding:
         """Before the client sees a JSON answer: its ids remembered, or (a shared account's list) its items
         narrowed to this organisation's. Returns the chunks read and the headers to send."""
         is_list = self.rest in LISTS and self.scope["method"] == "GET"
-        if not answer.is_json or self.rest == CHAT or (is_list and not self.route.account.shared):
+        narrow = is_list and self.route.account.shared
+        if narrow and not answer.is_json:
+            raise BadGateway(f"Provider account '{self.route.account_name}' answered a list that is not JSON.",
+                             code="provider_error")
+        if not answer.is_json or self.rest == CHAT or (is_list and not narrow):
             return [], answer.headers  # streamed through untouched
         held, complete = await _read_up_to(answer.chunks(), REMEMBER_LIMIT)
         if not complete:
@@ -449,13 +505,20 @@ class Forwarding:
                                  code="provider_list_too_large")
             return held, answer.headers
         document = await _parse(b"".join(held))
+        if narrow and not isinstance(document, dict):
+            raise BadGateway(f"Provider account '{self.route.account_name}' answered a list that is not a JSON "
+                             "object.", code="provider_error")
         if document is None:
             return held, answer.headers
-        if is_list:
+        if narrow:
+            assert isinstance(document, dict)
             narrowed = await self._own_items(document)
             return [narrowed], [(k, v) for k, v in answer.headers if k != "content-length"]
-        await self.memory.remember(self.ctx.transaction, self.org_id, self.route.account_name,
-                                   held_objects(document))
+        # Shielded: once the upstream made an object, a client that leaves must not keep it from being
+        # recorded (on a shared account nobody could reach it again).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+            await self.memory.remember(self.ctx.transaction, self.org_id, self.route.account_name,
+                                       held_objects(document))
         return held, answer.headers
 
     async def _stream(self, answer: UpstreamResponse, held: list[bytes], headers: list[tuple[str, str]]) -> None:
@@ -470,6 +533,7 @@ class Forwarding:
             await self._body(chunk)
         async for chunk in answer.chunks():
             await self._body(chunk)
+        self.finished = True
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(self, message: Message) -> None:
@@ -485,9 +549,8 @@ class Forwarding:
             self.sent_bytes += len(chunk)
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-    async def _own_items(self, document: object) -> bytes:
+    async def _own_items(self, document: dict[str, object]) -> bytes:
         """A shared account's list with only this organisation's objects (ids and cursors of its own)."""
-        assert isinstance(document, dict)
         items = document.get("data") if isinstance(document.get("data"), list) else []
         ids = [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
         mine = await self.memory.accounts_of(self.ctx.reader, self.org_id, ids)

@@ -136,7 +136,25 @@ def parse_accounts(text: str) -> dict[str, ProviderAccount]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ProvidersFileError(f"account {name!r}{' field ' + where if where else ''}: {first['msg']}") from None
+    _one_account_per_key(accounts)
     return accounts
+
+
+def _one_account_per_key(accounts: dict[str, ProviderAccount]) -> None:
+    """Two accounts on one upstream with one key would be one upstream organisation under two names:
+    an organisation alone on one would see all the other's organisations made (the gateway keeps
+    organisations apart per account). One account, with every organisation, is what that is."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, account in accounts.items():
+        if not account.upstream:
+            continue
+        assert account.base_url is not None
+        key = (account.base_url.rstrip("/").lower(), f"env:{account.api_key_env}" if account.api_key_env
+               else f"file:{Path(account.api_key_file or '').resolve()}")
+        if key in seen:
+            raise ProvidersFileError(f"accounts {seen[key]!r} and {name!r} reach the same upstream with the same "
+                                     "key; make them one account with all their organisations")
+        seen[key] = name
 
 
 def read_accounts(path: Path) -> dict[str, ProviderAccount]:

@@ -160,7 +160,9 @@ class Upstreams:
         if response.status_code < 300:
             return UpstreamResponse(
                 status=response.status_code,
-                headers=[(k, v) for k, v in response.headers.items() if k in RESPONSE_HEADERS],
+                # Raw bytes read as Latin-1 go back out byte for byte (a UTF-8 file name included).
+                headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw
+                         if k.decode("latin-1").lower() in RESPONSE_HEADERS],
                 upstream_request_id=response.headers.get("x-request-id"),
                 _response=response, _name=name, _account=account,
             )
