@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-start clean
+.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-serving-profile bench-start clean
 
 setup: $(STAMP)
 
@@ -94,6 +94,9 @@ bench-evals: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
+
+bench-serving-profile: $(STAMP)
+	$(BIN)/python bench/serving_profile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     serving_memory_mb: int = Field(
         4096, gt=0, description="Memory budget of the chat-completions model cache (LRU)."
     )
+    serving_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Precision of the weights chat completions run on: 'auto' is bfloat16 on a GPU "
+        "and float32 on the CPU; 'bfloat16' on the CPU halves the bytes a decode step reads (about 1.7x the "
+        "tokens/s of one request on a 2-core machine) at the cost of answers that may differ from float32's "
+        "(docs/serving-profile.md measures how often)."
+    )
     serving_max_batch: int = Field(
         16, ge=1, le=512, description="Most sequences one base model generates at once (its batch; "
         "a request's n choices count as n). 1 serves one request at a time."

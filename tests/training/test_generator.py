@@ -237,3 +237,22 @@ def test_batched_lora_equals_peft_mixed_batches(tiny_model_dir, tmp_path) -> Non
     random_adapter(tiny_model_dir, tmp_path / "dora", 2, use_dora=True)
     model.load_adapter(tmp_path / "dora", adapter_name="dora")
     assert not BatchedLoRA(model).rebuild()
+
+
+def test_a_bfloat16_generator_runs_the_model_in_bfloat16_and_answers_as_it_does(tiny_model_dir) -> None:
+    """OPENFT_SERVING_DTYPE=bfloat16 on the CPU: the weights are bfloat16 and greedy answers are the
+    bfloat16 model's own (Hugging Face ``generate`` on the same weights), batched or alone."""
+    from transformers import AutoModelForCausalLM
+
+    generator = Generator(memory_budget_bytes=2**30, device="cpu", dtype="bfloat16")
+    ref = ModelRef("tiny-bf16", tiny_model_dir)
+    asks = prompts(generator, ref, 3)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        served = list(pool.map(lambda p: generator.generate(ref, p, GREEDY, StopSignal(60))[0].tokens, asks))
+    assert {p.dtype for p in generator._bases[str(tiny_model_dir)].model.parameters()} == {torch.bfloat16}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    for prompt, tokens in zip(asks, served, strict=True):
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(tokens), do_sample=False)
+        assert out[0, len(prompt):].tolist() == tokens
+    generator.close()

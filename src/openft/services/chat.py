@@ -126,6 +126,7 @@ class ChatService:
                 self._generator = Generator(
                     self.settings.serving_memory_mb * 2**20, self.settings.device,
                     max_batch=self.settings.serving_max_batch, max_queue=self.settings.serving_max_queue,
+                    dtype=self.settings.serving_dtype,
                 )
             return self._generator
 

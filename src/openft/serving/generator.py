@@ -65,11 +65,14 @@ class _Loaded:
 
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
-                 max_queue: int = 64):
+                 max_queue: int = 64, dtype: str = "auto"):
         self._budget = memory_budget_bytes
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
+        # 'auto': bfloat16 on a GPU, float32 on the CPU (where bfloat16 is an option: half the bytes per step).
+        self._dtype = getattr(torch, dtype) if dtype != "auto" else (
+            torch.bfloat16 if self._device.type == "cuda" else torch.float32)
         self.max_batch, self.max_queue = max_batch, max_queue
         self._bases: OrderedDict[str, _Loaded] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -99,8 +102,7 @@ class Generator:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path)
-            dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self._device).eval()
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype).to(self._device).eval()
             size = sum(p.numel() * p.element_size() for p in model.parameters())
             loaded = _Loaded(tokenizer, model, set(), threading.Lock(), size)
             loaded.token_strings = _TokenStrings(tokenizer)
