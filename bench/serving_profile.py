@@ -123,7 +123,7 @@ def main() -> None:
             print(f"\nten decode steps at {clients}, by operator (self time):")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
         same = sum(a == b for a, b in zip(answers, half_answers, strict=True))
-        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        agree = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
                  for a, b in zip(answers, half_answers, strict=True)]
         print(f"\nOPENFT_SERVING_DTYPE=bfloat16: 1 at once {half[1][0]:.1f} tok/s ({half[1][0] / rates[1][0]:.2f}x), "
               f"16 at once {half[16][0]:.1f} tok/s ({half[16][0] / rates[16][0]:.2f}x); greedy answers identical to "
