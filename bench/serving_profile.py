@@ -4,7 +4,9 @@ In one run, for 1 and 16 concurrent greedy requests (the 16 prompts of the
 serving benches, ``max_tokens`` 48):
 
 * **engine**: openft's batching engine in-process (``openft.serving.Generator``):
-  tokens/s and milliseconds per decode step;
+  tokens/s and milliseconds per decode step, with single rows' products on
+  OpenBLAS (``openft.serving.blas``, the default) and on torch's alone
+  (as before it), and whether their greedy answers agree;
 * **model only**: a bare Hugging Face decode loop on the same model (one
   forward per step, its own cache, argmax), the floor the engine's Python
   work sits on;
@@ -34,12 +36,17 @@ TOPICS = ["the sea", "a lighthouse", "winter", "a robot", "a library", "the moon
 TOKENS = 48
 
 
-def engine_rates(folder: Path, prompts: list[list[int]], dtype: str = "float32"
+def engine_rates(folder: Path, prompts: list[list[int]], dtype: str = "float32", openblas: bool = True
                  ) -> tuple[dict[int, tuple[float, float]], list[list[int]]]:
-    """Tokens/s and ms per decode step of the engine, one request and then 16 at once; the 16 answers."""
+    """Tokens/s and ms per decode step of the engine, one request and then 16 at once; the 16 answers.
+    ``openblas=False``: every product on torch's own path (as before openft.serving.blas)."""
+    from openft.serving import blas
     from openft.serving.generator import Generator, collect
     from openft.serving.types import GenerationParams, ModelRef, StopSignal
 
+    route = blas.route_linears
+    if not openblas:
+        blas.route_linears = lambda model: 0  # type: ignore[assignment]
     generator = Generator(2**34, device="cpu", max_batch=16, dtype=dtype)
     ref = ModelRef("base", folder)
     params = GenerationParams(max_new_tokens=TOKENS, temperature=0)
@@ -58,6 +65,7 @@ def engine_rates(folder: Path, prompts: list[list[int]], dtype: str = "float32"
         took = time.perf_counter() - began
         rates[clients] = (sum(map(len, answers)) / took, took * 1000 / max(1, engine.stats.steps - steps))
     generator.close()
+    blas.route_linears = route  # type: ignore[assignment]
     return rates, answers
 
 
@@ -108,8 +116,15 @@ def main() -> None:
                for t in TOPICS]
     print(f"bundled SmolLM2-135M, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{TOKENS} new tokens per request")
+    torch_path, torch_answers = engine_rates(folder, prompts, openblas=False)
     rates, answers = engine_rates(folder, prompts)
     half, half_answers = engine_rates(folder, prompts, "bfloat16")
+    for clients in (1, 16):
+        print(f"{clients:>2} at once, engine on torch's products alone: {torch_path[clients][0]:6.1f} tok/s, "
+              f"{torch_path[clients][1]:5.1f} ms/step")
+    print(f"engine with single rows on OpenBLAS: {rates[1][0] / torch_path[1][0]:.2f}x one request, "
+          f"{rates[16][0] / torch_path[16][0]:.2f}x 16; greedy answers identical to torch's: "
+          f"{sum(a == b for a, b in zip(answers, torch_answers, strict=True))} of 16")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.inference_mode():
         for clients in (1, 16):

@@ -256,3 +256,28 @@ def test_a_bfloat16_generator_runs_the_model_in_bfloat16_and_answers_as_it_does(
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(tokens), do_sample=False)
         assert out[0, len(prompt):].tolist() == tokens
     generator.close()
+
+
+def test_single_rows_through_openblas_give_torchs_logits_and_answers(tiny_model_dir) -> None:
+    """openft.serving.blas: a served float32 model's single-row products run on numpy's OpenBLAS;
+    logits agree with torch's own to float32 rounding, greedy answers are the same, and anything
+    with a gradient, or several rows, still takes torch's path."""
+    from threadpoolctl import threadpool_info
+    from transformers import AutoModelForCausalLM
+
+    from openft.serving.blas import route_linears
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    routed = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert route_linears(routed) == sum(type(m) is torch.nn.Linear for m in routed.modules()) > 0
+    assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode():
+        for row in (ids[:, :1], ids[:, :3], ids):  # one row per step once the prompt is in
+            torch.testing.assert_close(routed(row).logits, plain(row).logits, rtol=1e-5, atol=1e-5)
+        greedy = dict(max_new_tokens=16, do_sample=False, attention_mask=torch.ones_like(ids))
+        assert routed.generate(ids, **greedy).tolist() == plain.generate(ids, **greedy).tolist()
+    layer = next(m for m in routed.modules() if type(m) is torch.nn.Linear)
+    x = torch.randn(1, layer.in_features, requires_grad=True)
+    layer(x).sum().backward()  # training: torch's path, with its gradient
+    assert x.grad is not None

@@ -103,6 +103,10 @@ class Generator:
 
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype).to(self._device).eval()
+            if self._device.type == "cpu" and self._dtype is torch.float32:
+                from openft.serving.blas import route_linears
+
+                route_linears(model)  # OpenBLAS streams the weights about twice as fast here (openft.serving.blas)
             size = sum(p.numel() * p.element_size() for p in model.parameters())
             loaded = _Loaded(tokenizer, model, set(), threading.Lock(), size)
             loaded.token_strings = _TokenStrings(tokenizer)
