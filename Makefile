@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-serving-profile bench-start clean
+.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-serving-profile bench-serving-peer bench-start clean
 
 setup: $(STAMP)
 
@@ -97,6 +97,9 @@ bench-gateway: $(STAMP)
 
 bench-serving-profile: $(STAMP)
 	$(BIN)/python bench/serving_profile.py
+
+bench-serving-peer: $(STAMP)
+	$(BIN)/python bench/serving_peer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
