@@ -178,6 +178,11 @@ class Settings(BaseSettings):
         16, ge=1, le=512, description="Most sequences one base model generates at once (its batch; "
         "a request's n choices count as n). 1 serves one request at a time."
     )
+    serving_kv_cache_mb: int = Field(
+        8192, gt=0, description="Most memory one base model's key/value cache may take (its running "
+        "sequences, each counted at its prompt plus max_tokens); a request that would pass it waits for "
+        "running ones to finish, one that could not fit alone is a 400 at max_tokens."
+    )
     serving_max_queue: int = Field(
         64, ge=0, description="Most chat requests waiting for room in a base model's batch; more are "
         "refused with 503 server_overloaded (and Retry-After)."

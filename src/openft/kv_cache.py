@@ -23,3 +23,15 @@ def cache_of(output: Any) -> Any:
     """The KV cache a forward pass returned."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+def bytes_per_token(model: Model) -> int:
+    """Bytes one token takes in a full-layer key/value cache of ``model`` (every decoder layer keeps
+    a key and a value per key/value head), at the model's dtype."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base.config, "text_config", None) or base.config
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    element = next(base.parameters()).element_size()
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * element

@@ -281,3 +281,34 @@ def test_single_rows_through_openblas_give_torchs_logits_and_answers(tiny_model_
     x = torch.randn(1, layer.in_features, requires_grad=True)
     layer(x).sum().backward()  # training: torch's path, with its gradient
     assert x.grad is not None
+
+
+def test_the_key_value_cache_is_bounded_requests_wait_or_are_refused(tiny_model_dir) -> None:
+    """OPENFT_SERVING_KV_CACHE_MB: a bound that holds one request's rows (prompt + max_tokens) but not
+    two makes the second wait for the first, whatever the batch size; a request that could not fit
+    even alone is refused at max_tokens when submitted; the stats say what the cache holds."""
+    from openft.errors import InvalidRequest
+
+    probe = Generator(memory_budget_bytes=2**30, device="cpu")
+    ref = ModelRef("tiny-bounded", tiny_model_dir)
+    prompt = probe.prompt_ids(ref, HI)
+    per_token = probe.engine(ref).bytes_per_token
+    probe.close()
+    params = GenerationParams(max_new_tokens=40, temperature=0)
+    width = len(prompt) + params.max_new_tokens
+    generator = Generator(memory_budget_bytes=2**30, device="cpu", max_batch=8,
+                          max_cache_bytes=int(1.5 * width * per_token))  # room for one such row, not two
+    first, second = Events(), Events()
+    generator.submit(ref, prompt, params, StopSignal(60), first)
+    generator.submit(ref, prompt, params, StopSignal(60), second)
+    assert first.first_token.wait(30)
+    memory = generator.stats()[tiny_model_dir.name]
+    assert memory["kv_bytes_per_token"] == per_token and memory["kv_cache_limit_bytes"] == int(1.5 * width * per_token)
+    assert 0 < memory["kv_cache_bytes"] and memory["kv_cache_reserved_bytes"] <= memory["kv_cache_limit_bytes"]
+    assert first.result().tokens == second.result().tokens  # both served, one after the other
+    assert generator.engine(ref).stats.largest_batch == 1
+    with pytest.raises(InvalidRequest) as refused:
+        generator.submit(ref, prompt, GenerationParams(max_new_tokens=2 * width, temperature=0), StopSignal(60),
+                         Events())
+    assert refused.value.param == "max_tokens"
+    generator.close()

@@ -50,6 +50,14 @@ The engine is bounded: at most ``max_batch`` running sequences and
 ``max_queue`` waiting requests; :meth:`Engine.submit` refuses beyond that with
 :class:`~openft.errors.Overloaded` (503, ``Retry-After``). A request still
 waiting when its deadline passes fails with the same error.
+
+Its key/value cache is bounded too (``max_cache_bytes``,
+``OPENFT_SERVING_KV_CACHE_MB``): the cache is ``rows x width x
+bytes_per_token`` and its width never passes the longest row's prompt plus
+``max_new_tokens``, so a request is admitted only while that product, with
+it, stays within the bound; otherwise it waits for rows to finish. One that
+could not fit even alone is refused when it is submitted (400 at
+``max_tokens``), never an out-of-memory crash mid-generation.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ from transformers import DynamicCache
 
 from openft import tool_format
 from openft.errors import InvalidRequest, Overloaded
-from openft.kv_cache import cache_keyword, cache_of
+from openft.kv_cache import bytes_per_token, cache_keyword, cache_of
 from openft.serving.lora import BASE
 from openft.serving.types import (
     Failed,
@@ -150,6 +158,7 @@ class Engine:
         token_strings: Callable[[int], tuple[str, list[int]]],
         matcher_factory: Callable[[str], Any] | None = None,
         adapter_kwargs: Callable[[list[str]], dict[str, Any] | None],
+        max_cache_bytes: int | None = None,
     ):
         """``model()`` gives the current model (a PeftModel once an adapter is
         loaded); ``lock`` is held for each step, and by whoever changes the
@@ -163,6 +172,8 @@ class Engine:
         self._matcher_factory = matcher_factory
         self._adapter_kwargs = adapter_kwargs
         self.stats = EngineStats()
+        self.max_cache_bytes = max_cache_bytes
+        self.bytes_per_token = bytes_per_token(model())
         self._eos = _eos_ids(model(), tokenizer)
         self._cache_kw = cache_keyword(model())
         # Control tokens are dropped from the text, except where they carry the answer's structure
@@ -179,10 +190,20 @@ class Engine:
         self._thread.start()
 
     # ------------------------------------------------------------------ API
+    def _projected_bytes(self, widths: list[int]) -> int:
+        """The most the cache of rows of these widths (prompt + max_new_tokens) can take."""
+        return len(widths) * max(widths, default=0) * self.bytes_per_token
+
     def submit(self, request: Request) -> None:
         if request.params.n > self.max_batch:
             raise InvalidRequest(f"n={request.params.n} is more than this server's batch size "
                                  f"(OPENFT_SERVING_MAX_BATCH={self.max_batch}).", param="n")
+        alone = self._projected_bytes([_width(request)] * request.params.n)
+        if self.max_cache_bytes is not None and alone > self.max_cache_bytes:
+            raise InvalidRequest(
+                f"This request's key/value cache could reach {alone / 2**20:.0f} MiB ({request.params.n} x "
+                f"{_width(request)} tokens), more than the server's bound of {self.max_cache_bytes / 2**20:.0f} MiB "
+                "(OPENFT_SERVING_KV_CACHE_MB); ask for fewer tokens or choices.", param="max_tokens")
         with self._cond:
             room = max(0, self.max_batch - len(self._running))  # taken at the next step, not queued
             if len(self._waiting) >= self.max_queue + room:
@@ -211,6 +232,15 @@ class Engine:
         """(running sequences, waiting requests)."""
         with self._cond:
             return len(self._running), len(self._waiting)
+
+    def memory(self) -> dict[str, int]:
+        """The key/value cache now: its bytes, the most the running rows may take, the bound, per token."""
+        with self._cond:
+            cache, mask = self._cache, self._mask
+            reserved = self._projected_bytes([_width(s.request) for s in self._running])
+        used = 0 if cache is None else sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+        return {"kv_cache_bytes": used + (0 if mask is None else mask.nbytes), "kv_cache_reserved_bytes": reserved,
+                "kv_cache_limit_bytes": self.max_cache_bytes or 0, "kv_bytes_per_token": self.bytes_per_token}
 
     def close(self) -> None:
         with self._cond:
@@ -253,6 +283,7 @@ class Engine:
         answered here and never start."""
         admitted: list[Request] = []
         room = self.max_batch - len(self._running)
+        widths = [_width(s.request) for s in self._running]
         while self._waiting:
             request = self._waiting[0]
             if request.stop.cancelled:
@@ -267,7 +298,16 @@ class Engine:
                 continue
             if request.params.n > room:
                 break
+            grown = widths + [_width(request)] * request.params.n
+            if self.max_cache_bytes is not None and self._projected_bytes(grown) > self.max_cache_bytes:
+                if widths:
+                    break  # it waits (in order) until running rows finish and free their share
+                self._waiting.popleft()  # not even alone (submit_all skips submit's check): it never could
+                request.sink(Failed(InvalidRequest("This request's key/value cache could not fit the server's "
+                                                   "bound (OPENFT_SERVING_KV_CACHE_MB).", param="max_tokens")))
+                continue
             room -= request.params.n
+            widths = grown
             admitted.append(self._waiting.popleft())
         return admitted
 
@@ -452,6 +492,11 @@ class Engine:
 
 
 # ---------------------------------------------------------------- helpers
+def _width(request: Request) -> int:
+    """The most cache columns a request's rows can need: its prompt and every token it may add."""
+    return len(request.prompt) + request.params.max_new_tokens
+
+
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - tensor.shape[dim]
     if missing == 0:

@@ -65,8 +65,9 @@ class _Loaded:
 
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
-                 max_queue: int = 64, dtype: str = "auto"):
+                 max_queue: int = 64, dtype: str = "auto", max_cache_bytes: int | None = None):
         self._budget = memory_budget_bytes
+        self._max_cache_bytes = max_cache_bytes
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
@@ -116,6 +117,7 @@ class Generator:
                 max_batch=self.max_batch, max_queue=self.max_queue, name=path.name,
                 lock=loaded.lock, token_strings=loaded.token_strings, matcher_factory=matchers.new,
                 adapter_kwargs=lambda names: self._adapter_kwargs(loaded, names),
+                max_cache_bytes=self._max_cache_bytes,
             )
             with self._cache_lock:
                 self._bases[key] = loaded
@@ -258,7 +260,11 @@ class Generator:
         for key, base in bases:
             if base.engine is not None:
                 running, waiting = base.engine.load()
-                out[Path(key).name] = {**base.engine.stats.as_dict(), "running": running, "waiting": waiting}
+                adapters = sum(p.numel() * p.element_size() for name, p in base.model.named_parameters()
+                               if "lora_" in name)
+                out[Path(key).name] = {**base.engine.stats.as_dict(), "running": running, "waiting": waiting,
+                                       **base.engine.memory(), "weights_bytes": base.bytes,
+                                       "adapters_loaded": len(base.adapters), "adapters_bytes": adapters}
         return out
 
 
