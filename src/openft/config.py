@@ -181,7 +181,8 @@ class Settings(BaseSettings):
     serving_kv_cache_mb: int = Field(
         8192, gt=0, description="Most memory one base model's key/value cache may take (its running "
         "sequences, each counted at its prompt plus max_tokens); a request that would pass it waits for "
-        "running ones to finish, one that could not fit alone is a 400 at max_tokens."
+        "running ones to finish, one that could not fit alone generates what fits ('length'), one whose "
+        "prompt alone cannot fit is a 400."
     )
     serving_max_queue: int = Field(
         64, ge=0, description="Most chat requests waiting for room in a base model's batch; more are "

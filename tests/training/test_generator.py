@@ -286,7 +286,8 @@ def test_single_rows_through_openblas_give_torchs_logits_and_answers(tiny_model_
 def test_the_key_value_cache_is_bounded_requests_wait_or_are_refused(tiny_model_dir) -> None:
     """OPENFT_SERVING_KV_CACHE_MB: a bound that holds one request's rows (prompt + max_tokens) but not
     two makes the second wait for the first, whatever the batch size; a request that could not fit
-    even alone is refused at max_tokens when submitted; the stats say what the cache holds."""
+    even alone generates what fits ('length'), one whose prompt cannot fit is refused; the stats say
+    what the cache holds."""
     from openft.errors import InvalidRequest
 
     probe = Generator(memory_budget_bytes=2**30, device="cpu")
@@ -307,8 +308,13 @@ def test_the_key_value_cache_is_bounded_requests_wait_or_are_refused(tiny_model_
     assert 0 < memory["kv_cache_bytes"] and memory["kv_cache_reserved_bytes"] <= memory["kv_cache_limit_bytes"]
     assert first.result().tokens == second.result().tokens  # both served, one after the other
     assert generator.engine(ref).stats.largest_batch == 1
-    with pytest.raises(InvalidRequest) as refused:
-        generator.submit(ref, prompt, GenerationParams(max_new_tokens=2 * width, temperature=0), StopSignal(60),
-                         Events())
-    assert refused.value.param == "max_tokens"
+    capped = generator.generate(ref, prompt, GenerationParams(max_new_tokens=4 * width, temperature=1.0, seed=3),
+                                StopSignal(60))[0]
+    most = int(1.5 * width * per_token) // per_token
+    assert capped.completion_tokens <= most - len(prompt)
     generator.close()
+    tight = Generator(memory_budget_bytes=2**30, device="cpu", max_cache_bytes=per_token * (len(prompt) // 2))
+    with pytest.raises(InvalidRequest) as refused:
+        tight.submit(ref, prompt, params, StopSignal(60), Events())
+    assert refused.value.param == "messages"
+    tight.close()

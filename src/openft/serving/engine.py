@@ -56,8 +56,9 @@ Its key/value cache is bounded too (``max_cache_bytes``,
 bytes_per_token`` and its width never passes the longest row's prompt plus
 ``max_new_tokens``, so a request is admitted only while that product, with
 it, stays within the bound; otherwise it waits for rows to finish. One that
-could not fit even alone is refused when it is submitted (400 at
-``max_tokens``), never an out-of-memory crash mid-generation.
+could not fit even alone generates at most what fits alone (``length``, as
+at the end of the context), and one whose prompt alone cannot fit is
+refused when it is submitted; never an out-of-memory crash mid-generation.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ import secrets
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -198,12 +199,8 @@ class Engine:
         if request.params.n > self.max_batch:
             raise InvalidRequest(f"n={request.params.n} is more than this server's batch size "
                                  f"(OPENFT_SERVING_MAX_BATCH={self.max_batch}).", param="n")
-        alone = self._projected_bytes([_width(request)] * request.params.n)
-        if self.max_cache_bytes is not None and alone > self.max_cache_bytes:
-            raise InvalidRequest(
-                f"This request's key/value cache could reach {alone / 2**20:.0f} MiB ({request.params.n} x "
-                f"{_width(request)} tokens), more than the server's bound of {self.max_cache_bytes / 2**20:.0f} MiB "
-                "(OPENFT_SERVING_KV_CACHE_MB); ask for fewer tokens or choices.", param="max_tokens")
+        if self.max_cache_bytes is not None:
+            self._fit_alone(request)
         with self._cond:
             room = max(0, self.max_batch - len(self._running))  # taken at the next step, not queued
             if len(self._waiting) >= self.max_queue + room:
@@ -214,6 +211,21 @@ class Engine:
                 )
             self._waiting.append(request)
             self._cond.notify()
+
+    def _fit_alone(self, request: Request) -> None:
+        """A request whose rows could pass the cache bound even alone generates at most what fits (it
+        ends with finish_reason 'length' there, as at the end of the context); one whose prompt alone
+        cannot fit is refused."""
+        assert self.max_cache_bytes is not None
+        n = request.params.n
+        most = self.max_cache_bytes // (n * self.bytes_per_token)  # widest row n rows may have
+        if len(request.prompt) + 1 > most:
+            raise InvalidRequest(
+                f"This request's prompt ({len(request.prompt)} tokens, {n} choice(s)) does not fit the server's "
+                f"key/value cache bound of {self.max_cache_bytes / 2**20:.0f} MiB (OPENFT_SERVING_KV_CACHE_MB).",
+                param="messages" if n == 1 else "n")
+        if _width(request) > most:
+            request.params = replace(request.params, max_new_tokens=most - len(request.prompt))
 
     def submit_all(self, requests: list[Request]) -> None:
         """Queue several requests at once, unbounded by ``max_queue``: the
