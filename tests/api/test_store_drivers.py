@@ -132,3 +132,32 @@ def test_a_paused_job_stays_paused_when_its_worker_shuts_down(tmp_path) -> None:
     only jobs still running, and resume does not re-queue a running job."""
     assert asyncio.run(_pause_during_shutdown(f"sqlite+openft_aiosqlite:///{tmp_path / 'p.db'}")) == [
         "claim: running", "resume: refused", "pause: paused", "worker re-queue: refused", "resume: queued"]
+
+
+async def _remembered_routes(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    from openft.store.queries import routes
+
+    engine = create_engine(url)
+    sessions = create_session_factory(engine)
+    try:
+        await migrate(engine)
+        async with sessions() as session, session.begin():
+            org = await org_queries.create_org(session, "acme")
+            other = await org_queries.create_org(session, "other")
+            await routes.remember_routes(session, org.id, "east", ["file-a", "ftjob-b"])
+        async with sessions() as session, session.begin():
+            await routes.remember_routes(session, org.id, "east", ["file-a"])  # again: no conflict error
+            await routes.remember_routes(session, org.id, "west", ["ftjob-b"])  # the latest account holds it
+        async with engine.connect() as conn:
+            mine = await routes.read_routes(conn, org.id, ["file-a", "ftjob-b", "file-unknown"])
+            theirs = await routes.read_routes(conn, other.id, ["file-a", "ftjob-b"])
+    finally:
+        await engine.dispose()
+    return mine, theirs
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_the_gateways_remembered_routes_on_both_databases(database: str, tmp_path, postgres_database) -> None:
+    url = postgres_database() if database == "postgres" else load_settings(home=tmp_path).resolved_database_url
+    mine, theirs = asyncio.run(_remembered_routes(url))
+    assert mine == {"file-a": "east", "ftjob-b": "west"} and theirs == {}
