@@ -171,6 +171,17 @@ class TestListing:
             after = page.data[-1].id
         assert seen == before
 
+    def test_metadata_no_database_can_keep_is_a_400(self, tenant: Tenant, training_file: str) -> None:
+        """A NUL (valid JSON and Unicode, but not text PostgreSQL keeps) in metadata, as a job's or as
+        a filter: a 400 naming metadata on both databases (a 500 on PostgreSQL before)."""
+        for metadata in ({"team": "a\x00b"}, {"te\x00am": "a"}):
+            with pytest.raises(openai.BadRequestError) as bad:
+                create(tenant, training_file, metadata=metadata)
+            assert bad.value.body["param"] == "metadata" and "NUL" in bad.value.body["message"]
+        with tenant.http() as http:
+            listed = http.get("/fine_tuning/jobs", params={"metadata[team]": "a\x00"})
+        assert (listed.status_code, listed.json()["error"]["param"]) == (400, "metadata")
+
     def test_metadata_filters(self, tenant: Tenant, training_file: str) -> None:
         a = create(tenant, training_file, metadata={"team": "a", "env": "prod"}).id
         b = create(tenant, training_file, metadata={"team": "b"}).id

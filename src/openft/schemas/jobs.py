@@ -47,6 +47,9 @@ def _check_metadata(value: Any) -> Any:
     if len(value) > domain.METADATA_MAX_PAIRS:
         raise _invalid(f"must have at most {domain.METADATA_MAX_PAIRS} pairs, got {len(value)}")
     for key, item in value.items():
+        if "\x00" in key or (isinstance(item, str) and "\x00" in item):
+            where = "a key" if "\x00" in key else f"the value of {key[:20]!r}"
+            raise _invalid(f"{where} holds a NUL character (\\u0000), which no database keeps as text")
         if len(key) > domain.METADATA_KEY_MAX_LENGTH:
             raise _invalid(
                 f"key {key[:20]!r}... is longer than {domain.METADATA_KEY_MAX_LENGTH} characters"

@@ -99,6 +99,9 @@ def _metadata_filter(request: Request) -> tuple[dict[str, str], bool]:
             is_null = True
         elif name.startswith("metadata[") and name.endswith("]"):
             pairs[name[len("metadata[") : -1]] = value
+    if any("\x00" in text for pair in pairs.items() for text in pair):
+        raise InvalidRequest("A metadata filter holds a NUL character (\\u0000), which no job's metadata "
+                             "can hold.", param="metadata")
     if is_null and pairs:
         raise InvalidRequest("metadata=null cannot be combined with metadata[key].", param="metadata")
     if len(pairs) > METADATA_MAX_PAIRS:
