@@ -429,6 +429,12 @@ def test_hostile_requests_are_clear_errors_never_500s(research: Any, gateway: Se
     not_json = http.post("/chat/completions", content=b'{"model": "east/m", "temperature": NaN, "messages": []}',
                          headers={"content-type": "application/json"})
     assert not_json.status_code == 400 and "openft-provider-account" not in not_json.headers
+    deep = b'{"model": "east/m", "messages": [], "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    lone = b'{"model": "east/m", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    for body, param in ((deep, None), (lone, "messages.0.content")):  # read here: refused here, never forwarded
+        refused = http.post("/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert (refused.status_code, refused.json()["error"]["param"]) == (400, param), refused.text
+        assert "openft-provider-account" not in refused.headers
 
 
 def test_a_client_that_leaves_mid_body_creates_nothing_upstream(research: Any, upstream: Server,
