@@ -554,3 +554,12 @@ def wait_for_log(server: Server, line: str, timeout: float = 15) -> None:
     while line not in server.log():
         assert time.monotonic() < deadline, f"never logged: {line}\n{server.log()[-3000:]}"
         time.sleep(0.05)  # polling the server's log for a line, bounded by the deadline
+
+
+def download_sha256(url: str, key: str) -> str:
+    """The SHA-256 of a streamed download (never held whole)."""
+    digest = hashlib.sha256()
+    with httpx.stream("GET", url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as stream:
+        for chunk in stream.iter_bytes():
+            digest.update(chunk)
+    return digest.hexdigest()

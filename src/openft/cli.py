@@ -14,11 +14,14 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from openft.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from openft.gateway.accounts import ProviderAccount
 
 
 @click.group()
@@ -29,13 +32,9 @@ def main() -> None:
 def preflight(settings: Settings, *, worker: bool) -> None:
     """Fail start-up with one clear line when blob storage or the Ray cluster
     cannot be used (rather than a traceback from inside the server)."""
-    from openft.gateway.accounts import ProvidersFileError, read_accounts
     from openft.store.blobs import BlobStore, StorageError
 
-    try:
-        read_accounts(settings.resolved_providers_file)
-    except ProvidersFileError as exc:
-        raise click.ClickException(f"providers file {settings.resolved_providers_file}: {exc}") from None
+    _read_providers(settings.resolved_providers_file)
     try:
         BlobStore(settings.resolved_storage_url, settings.storage_options).check()
     except StorageError as exc:
@@ -290,11 +289,11 @@ def providers_add(name: str, kind: str, base_url: str | None, api_key_env: str |
     """Add or replace the account NAME (the key itself is never written: only where to read it)."""
     import json
 
-    from openft.gateway.accounts import ProvidersFileError, parse_accounts, read_accounts, write_accounts
+    from openft.gateway.accounts import ProvidersFileError, parse_accounts, write_accounts
 
     path = load_settings().resolved_providers_file
+    accounts = _read_providers(path)
     try:
-        accounts = read_accounts(path)
         body = {"kind": kind, "base_url": base_url, "api_key_env": api_key_env,
                 "api_key_file": str(api_key_file.resolve()) if api_key_file else None,
                 "organizations": list(organizations), "timeout_seconds": timeout_seconds,
@@ -309,13 +308,7 @@ def providers_add(name: str, kind: str, base_url: str | None, api_key_env: str |
 @providers.command("list")
 def providers_list() -> None:
     """The accounts, one per line (name, kind, base URL, key source, organisations)."""
-    from openft.gateway.accounts import ProvidersFileError, read_accounts
-
-    path = load_settings().resolved_providers_file
-    try:
-        accounts = read_accounts(path)
-    except ProvidersFileError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
+    accounts = _read_providers(load_settings().resolved_providers_file)
     click.echo("openft  openft  (this deployment)  -  *")
     for name, account in sorted(accounts.items()):
         source = (f"env:{account.api_key_env}" if account.api_key_env else
@@ -328,18 +321,25 @@ def providers_list() -> None:
 @click.argument("name")
 def providers_remove(name: str) -> None:
     """Remove the account NAME (ids routed to it then answer 404)."""
-    from openft.gateway.accounts import ProvidersFileError, read_accounts, write_accounts
+    from openft.gateway.accounts import write_accounts
 
     path = load_settings().resolved_providers_file
-    try:
-        accounts = read_accounts(path)
-    except ProvidersFileError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
+    accounts = _read_providers(path)
     if name not in accounts:
         raise click.ClickException(f"No provider account {name!r} in {path}.")
     del accounts[name]
     write_accounts(path, accounts)
     click.echo(f"Removed provider account {name} from {path}")
+
+
+def _read_providers(path: Path) -> dict[str, ProviderAccount]:
+    """The providers file's accounts, or one clear line naming the file and what is wrong."""
+    from openft.gateway.accounts import ProvidersFileError, read_accounts
+
+    try:
+        return read_accounts(path)
+    except ProvidersFileError as exc:
+        raise click.ClickException(f"providers file {path}: {exc}") from None
 
 
 def _register_client_commands() -> None:

@@ -3,14 +3,12 @@ memory; concurrent create-job and delete-file never both succeed."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
-from support import SMOLLM, GeneratedJsonl, Server, Tenant, chat_file, rss_growth_during
+from support import SMOLLM, GeneratedJsonl, Server, Tenant, chat_file, download_sha256, rss_growth_during
 
 pytestmark = pytest.mark.api
 
@@ -63,12 +61,8 @@ def test_upload_memory_stays_flat(make_server) -> None:
     assert response.json()["bytes"] == big.size
     print(f"\nupload of {big.size / 2**20:.0f} MiB: server RSS grew {growth / 2**20:.1f} MiB")
     assert growth < 32 * 1024 * 1024, f"server memory grew {growth / 2**20:.1f} MiB"
-    downloaded = hashlib.sha256()
-    with httpx.stream("GET", f"{server.url}/v1/files/{response.json()['id']}/content",
-                      headers={"Authorization": f"Bearer {server.api_key}"}) as stream:
-        for chunk in stream.iter_bytes():
-            downloaded.update(chunk)
-    assert downloaded.hexdigest() == big.digest.hexdigest()
+    assert download_sha256(f"{server.url}/v1/files/{response.json()['id']}/content", server.api_key) == \
+        big.digest.hexdigest()
 
 
 def test_create_job_and_delete_file_never_both_win(tenant: Tenant) -> None:

@@ -7,7 +7,6 @@ tests/training/test_gateway.py."""
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import io
 import json
@@ -24,7 +23,17 @@ import httpx
 import openai
 import pytest
 
-from support import SMOLLM, GeneratedJsonl, Server, Tenant, chat_file, free_port, rss_growth_during, wait_for_log
+from support import (
+    SMOLLM,
+    GeneratedJsonl,
+    Server,
+    Tenant,
+    chat_file,
+    download_sha256,
+    free_port,
+    rss_growth_during,
+    wait_for_log,
+)
 
 pytestmark = pytest.mark.api
 
@@ -317,12 +326,8 @@ def test_an_upload_streams_through_in_flat_memory(research: Any, gateway: Server
     assert response.status_code == 200, response.text
     print(f"\nrouted upload of {big.size / 2**20:.0f} MiB: gateway RSS grew {growth / 2**20:.1f} MiB")
     assert growth < big.size / 2, f"gateway memory grew {growth / 2**20:.1f} MiB"
-    digest = hashlib.sha256()
-    with httpx.stream("GET", f"{gateway.url}/v1/files/{response.json()['id']}/content",
-                      headers={"Authorization": f"Bearer {tenant.key}"}) as stream:
-        for chunk in stream.iter_bytes():
-            digest.update(chunk)
-    assert digest.hexdigest() == big.digest.hexdigest()
+    assert download_sha256(f"{gateway.url}/v1/files/{response.json()['id']}/content", tenant.key) == \
+        big.digest.hexdigest()
 
 
 def test_an_unreachable_or_silent_account_is_a_502_or_504_within_its_timeout(research: Any) -> None:

@@ -69,7 +69,7 @@ from openft.api.context import AppContext
 from openft.api.deps import GATEWAY_PREFIX, tfy_metadata
 from openft.api.errors import error_response, http_exception_response
 from openft.api.routing import strict_json
-from openft.errors import BadGateway, GatewayTimeout, InvalidRequest, NotFound, OpenFTError
+from openft.errors import BadGateway, GatewayTimeout, InvalidRequest, NotFound, OpenFTError, error_body
 from openft.gateway.accounts import HEADER, ProviderAccount
 from openft.gateway.forward import Outbound, UpstreamResponse, held_objects
 from openft.gateway.memory import ObjectRef, RouteMemory
@@ -432,8 +432,7 @@ class Forwarding:
             # connection closes and a cut download is never taken for a whole one.
             self.outcome = f"cut: {failed.status_code}"
             if self.event_stream and isinstance(failed, OpenFTError):
-                event = json.dumps({"error": {"message": failed.message, "type": failed.error_type, "param": None,
-                                              "code": failed.code}})
+                event = json.dumps(error_body(failed.message, type=failed.error_type, code=failed.code))
                 with anyio.move_on_after(self.route.account.timeout_seconds):
                     await self.send({"type": "http.response.body", "more_body": False,
                                      "body": f"data: {event}\n\ndata: [DONE]\n\n".encode()})
