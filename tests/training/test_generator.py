@@ -283,6 +283,27 @@ def test_single_rows_through_openblas_give_torchs_logits_and_answers(tiny_model_
     assert x.grad is not None
 
 
+def test_single_rows_take_the_library_measured_faster_on_this_cpu(tiny_model_dir, monkeypatch) -> None:
+    """Which library streams one row's products faster depends on the CPU, so the generator times both
+    on the loaded weights and routes single rows through OpenBLAS only when it wins by the margin."""
+    from transformers import AutoModelForCausalLM
+
+    from openft.serving import blas
+
+    timing = blas.openblas_is_faster(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    assert timing.torch_seconds > 0 and timing.openblas_seconds > 0  # a pass on each library, in seconds
+    for openblas_seconds, routed in ((0.5, True), (0.95, False)):
+        monkeypatch.setattr(blas, "openblas_is_faster", lambda model, s=openblas_seconds: blas.SingleRowTiming(1.0, s))
+        generator = Generator(memory_budget_bytes=2**30, device="cpu")
+        ref = ModelRef(f"tiny-rows-{routed}", tiny_model_dir)
+        answer = generator.generate(ref, prompts(generator, ref, 1)[0], GREEDY, StopSignal(60))[0]
+        model = generator._bases[str(tiny_model_dir)].model
+        layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
+        assert all(hasattr(m, "_openblas_weight_t") == routed for m in layers)
+        assert answer.tokens
+        generator.close()
+
+
 def test_the_key_value_cache_is_bounded_requests_wait_or_are_refused(tiny_model_dir) -> None:
     """OPENFT_SERVING_KV_CACHE_MB: a bound that holds one request's rows (prompt + max_tokens) but not
     two makes the second wait for the first, whatever the batch size; a request that could not fit

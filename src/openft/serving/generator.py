@@ -105,9 +105,14 @@ class Generator:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype).to(self._device).eval()
             if self._device.type == "cpu" and self._dtype is torch.float32:
-                from openft.serving.blas import route_linears
+                from openft.serving import blas
 
-                route_linears(model)  # OpenBLAS streams the weights about twice as fast here (openft.serving.blas)
+                timing = blas.openblas_is_faster(model)  # which library streams this CPU's weights faster
+                if timing.openblas_wins:
+                    blas.route_linears(model)
+                log.info("serving: %s single-row products on %s (a pass: torch %.1f ms, OpenBLAS %.1f ms)",
+                         path.name, "OpenBLAS" if timing.openblas_wins else "torch",
+                         timing.torch_seconds * 1000, timing.openblas_seconds * 1000)
             size = sum(p.numel() * p.element_size() for p in model.parameters())
             loaded = _Loaded(tokenizer, model, set(), threading.Lock(), size)
             loaded.token_strings = _TokenStrings(tokenizer)
