@@ -184,6 +184,11 @@ class Settings(BaseSettings):
         "running ones to finish, one that could not fit alone generates what fits ('length'), one whose "
         "prompt alone cannot fit is a 400."
     )
+    serving_prefix_cache_mb: int = Field(
+        256, ge=0, description="Memory one base model may keep of recent prompts' key/value rows, so a "
+        "prompt that begins like an earlier one (a system prompt, the earlier turns of a chat) prefills only "
+        "the rest; least recently used prompts go first; 0 turns it off."
+    )
     serving_max_queue: int = Field(
         64, ge=0, description="Most chat requests waiting for room in a base model's batch; more are "
         "refused with 503 server_overloaded (and Retry-After)."

@@ -7,7 +7,9 @@ step it
 1. **admits** waiting requests while the batch has room (``max_batch``
    sequences): each is prefilled on its own (requests with prompts of one
    length, and the ``n`` choices of one request, share a prefill), samples its
-   first token and joins the running batch;
+   first token and joins the running batch; a prompt that begins like one
+   prefilled before computes only the rest, on that prompt's stored key/value
+   rows (:mod:`openft.serving.prefix_cache`);
 2. **decodes** one token for every running sequence in a single forward pass:
    the batch's key/value cache is left-padded, each row has its own attention
    mask and position ids, and each row names its LoRA adapter
@@ -78,6 +80,7 @@ from openft import tool_format
 from openft.errors import InvalidRequest, Overloaded
 from openft.kv_cache import bytes_per_token, cache_keyword, cache_of
 from openft.serving.lora import BASE
+from openft.serving.prefix_cache import PrefixCache, PrefixHit
 from openft.serving.types import (
     Failed,
     Finished,
@@ -160,12 +163,17 @@ class Engine:
         matcher_factory: Callable[[str], Any] | None = None,
         adapter_kwargs: Callable[[list[str]], dict[str, Any] | None],
         max_cache_bytes: int | None = None,
+        prefix_cache_bytes: int = 0,
+        prepare: Callable[[], None] | None = None,
     ):
         """``model()`` gives the current model (a PeftModel once an adapter is
         loaded); ``lock`` is held for each step, and by whoever changes the
         model (loading an adapter); ``adapter_kwargs(names)`` readies a
         forward pass whose rows use those adapters and gives its arguments,
-        or None when those adapters cannot share one pass."""
+        or None when those adapters cannot share one pass; ``prepare()`` runs
+        first on the engine's thread (which then does all of the model's
+        computing: torch's OpenMP pool is per thread, and a second pool's
+        workers keep spinning on the cores after their work)."""
         self._model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch, self.max_queue = max_batch, max_queue
         self.lock = lock
@@ -174,6 +182,7 @@ class Engine:
         self._adapter_kwargs = adapter_kwargs
         self.stats = EngineStats()
         self.max_cache_bytes = max_cache_bytes
+        self._prefixes = PrefixCache(prefix_cache_bytes)
         self.bytes_per_token = bytes_per_token(model())
         self._eos = _eos_ids(model(), tokenizer)
         self._cache_kw = cache_keyword(model())
@@ -187,6 +196,7 @@ class Engine:
         self._mask: torch.Tensor | None = None  # [rows, cached columns]: 1 real, 0 padding
         self._cond = threading.Condition()
         self._closed = False
+        self._prepare = prepare
         self._thread = threading.Thread(target=self._loop, name=f"openft-engine-{name}", daemon=True)
         self._thread.start()
 
@@ -246,13 +256,18 @@ class Engine:
             return len(self._running), len(self._waiting)
 
     def memory(self) -> dict[str, int]:
-        """The key/value cache now: its bytes, the most the running rows may take, the bound, per token."""
+        """The key/value cache now: its bytes, the most the running rows may take, the bound, per token;
+        the prefix cache: its bytes, bound, prompts, and how often and how much it saved."""
         with self._cond:
             cache, mask = self._cache, self._mask
             reserved = self._projected_bytes([_width(s.request) for s in self._running])
         used = 0 if cache is None else sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+        prefixes = self._prefixes
         return {"kv_cache_bytes": used + (0 if mask is None else mask.nbytes), "kv_cache_reserved_bytes": reserved,
-                "kv_cache_limit_bytes": self.max_cache_bytes or 0, "kv_bytes_per_token": self.bytes_per_token}
+                "kv_cache_limit_bytes": self.max_cache_bytes or 0, "kv_bytes_per_token": self.bytes_per_token,
+                "prefix_cache_bytes": prefixes.nbytes, "prefix_cache_limit_bytes": prefixes.max_bytes,
+                "prefix_cache_prompts": len(prefixes), "prefix_cache_hits": prefixes.hits,
+                "prefix_tokens_reused": prefixes.tokens_reused}
 
     def close(self) -> None:
         with self._cond:
@@ -262,6 +277,12 @@ class Engine:
 
     # ----------------------------------------------------------------- loop
     def _loop(self) -> None:
+        if self._prepare is not None:
+            try:
+                with self.lock, torch.inference_mode():
+                    self._prepare()
+            except Exception:  # a speed-up that failed leaves the model as it was loaded
+                log.exception("serving engine preparation failed")
         while True:
             with self._cond:
                 while not self._closed and not self._waiting and not self._running:
@@ -326,39 +347,51 @@ class Engine:
     # -------------------------------------------------------------- prefill
     def _prefill(self, requests: list[Request]) -> None:
         """Run the prompts of newly admitted requests, sample their first
-        tokens, and merge their cache rows into the running batch."""
+        tokens, and merge their cache rows into the running batch. A prompt
+        whose beginning the prefix cache holds computes only the rest; prompts
+        with as many tokens reused and as many left to compute share a pass."""
         if self._running:
             self.stats.joined_running += sum(r.params.n for r in requests)
-        by_length: dict[tuple[int, str], list[Request]] = {}
+        groups: dict[tuple[int, int, str], list[tuple[Request, PrefixHit | None]]] = {}
         shared = self._adapter_kwargs([r.adapter or BASE for r in requests]) is not None
         for request in requests:
             adapter = BASE if shared else (request.adapter or BASE)
-            by_length.setdefault((len(request.prompt), adapter), []).append(request)
-        for group in by_length.values():
+            hit = self._prefixes.lookup(request.adapter or BASE, request.prompt)
+            reused = hit.length if hit else 0
+            groups.setdefault((reused, len(request.prompt), adapter), []).append((request, hit))
+        for (reused, length, _), group in groups.items():
             self.stats.prefills += 1
             # One row per distinct prompt; the n choices of a request share it.
-            ids = torch.tensor([r.prompt for r in group], device=self.device)
+            ids = torch.tensor([r.prompt[reused:] for r, _ in group], device=self.device)
+            past = DynamicCache()  # full layers only (see the module docstring)
+            if reused:
+                past = DynamicCache([(torch.cat([hit.layers[i][0] for _, hit in group if hit]),
+                                      torch.cat([hit.layers[i][1] for _, hit in group if hit]))
+                                     for i in range(len(group[0][1].layers))])  # type: ignore[union-attr]
             out = self._model()(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                attention_mask=torch.ones(len(group), length, dtype=torch.long, device=self.device),
                 use_cache=True,
                 logits_to_keep=1,
-                **{self._cache_kw: DynamicCache()},  # full layers only (see the module docstring)
-                **(self._adapter_kwargs([r.adapter or BASE for r in group]) or {}),
+                **{self._cache_kw: past},
+                **(self._adapter_kwargs([r.adapter or BASE for r, _ in group]) or {}),
             )
+            cache = cache_of(out)
+            for row, (request, _) in enumerate(group):
+                self._prefixes.store(request.adapter or BASE, request.prompt,
+                                     [(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in cache.layers])
             sequences, rows = [], []
-            for row, request in enumerate(group):
+            for row, (request, _) in enumerate(group):
                 for index in range(request.params.n):
                     matcher = self._matcher_factory(request.grammar) if request.grammar else None
                     sequences.append(_Sequence(request, index, self._decode_text, matcher))
                     rows.append(row)
-            cache = cache_of(out)
             logits = out.logits[:, -1, :]
             if rows != list(range(len(group))):
                 index = torch.tensor(rows, device=self.device)
                 cache.batch_select_indices(index)
                 logits = logits[index]
-            self._merge(cache, torch.ones(len(rows), ids.shape[1], dtype=torch.long, device=self.device))
+            self._merge(cache, torch.ones(len(rows), length, dtype=torch.long, device=self.device))
             self._running.extend(sequences)
             self._advance(sequences, logits)
 

@@ -65,9 +65,11 @@ class _Loaded:
 
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
-                 max_queue: int = 64, dtype: str = "auto", max_cache_bytes: int | None = None):
+                 max_queue: int = 64, dtype: str = "auto", max_cache_bytes: int | None = None,
+                 prefix_cache_bytes: int = 256 * 2**20):
         self._budget = memory_budget_bytes
         self._max_cache_bytes = max_cache_bytes
+        self._prefix_cache_bytes = prefix_cache_bytes
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
@@ -104,15 +106,6 @@ class Generator:
 
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype).to(self._device).eval()
-            if self._device.type == "cpu" and self._dtype is torch.float32:
-                from openft.serving import blas
-
-                timing = blas.openblas_is_faster(model)  # which library streams this CPU's weights faster
-                if timing.openblas_wins:
-                    blas.route_linears(model)
-                log.info("serving: %s single-row products on %s (a pass: torch %.1f ms, OpenBLAS %.1f ms)",
-                         path.name, "OpenBLAS" if timing.openblas_wins else "torch",
-                         timing.torch_seconds * 1000, timing.openblas_seconds * 1000)
             size = sum(p.numel() * p.element_size() for p in model.parameters())
             loaded = _Loaded(tokenizer, model, set(), threading.Lock(), size)
             loaded.token_strings = _TokenStrings(tokenizer)
@@ -122,12 +115,27 @@ class Generator:
                 max_batch=self.max_batch, max_queue=self.max_queue, name=path.name,
                 lock=loaded.lock, token_strings=loaded.token_strings, matcher_factory=matchers.new,
                 adapter_kwargs=lambda names: self._adapter_kwargs(loaded, names),
-                max_cache_bytes=self._max_cache_bytes,
+                max_cache_bytes=self._max_cache_bytes, prefix_cache_bytes=self._prefix_cache_bytes,
+                prepare=lambda: self._choose_kernels(model, path.name),
             )
             with self._cache_lock:
                 self._bases[key] = loaded
                 self._evict()
             return loaded
+
+    def _choose_kernels(self, model: Model, name: str) -> None:
+        """On the engine's thread (the one thread that computes with this model: a second thread's
+        OpenMP pool would keep a core spinning), route single rows where OpenBLAS is measured faster."""
+        if self._device.type != "cpu" or self._dtype is not torch.float32:
+            return
+        from openft.serving import blas
+
+        timing = blas.openblas_is_faster(model)  # which library streams this CPU's weights faster
+        if timing.openblas_wins:
+            blas.route_linears(model)
+        log.info("serving: %s single-row products on %s (a pass: torch %.1f ms, OpenBLAS %.1f ms)",
+                 name, "OpenBLAS" if timing.openblas_wins else "torch",
+                 timing.torch_seconds * 1000, timing.openblas_seconds * 1000)
 
     def _evict(self) -> None:
         """Least recently used bases out while over budget; busy ones stay."""
