@@ -339,3 +339,43 @@ def test_the_key_value_cache_is_bounded_requests_wait_or_are_refused(tiny_model_
         tight.submit(ref, prompt, params, StopSignal(60), Events())
     assert refused.value.param == "messages"
     tight.close()
+
+
+def test_a_prompt_that_begins_like_an_earlier_one_prefills_only_the_rest(tiny_model_dir, tmp_path) -> None:
+    """The prefix cache: prompts sharing a system prompt reuse its key/value rows (counted in the stats),
+    alone or batched, and give the answers, logprobs included, of a generator without it; an adapter's
+    prompt never reuses the base's rows."""
+    from openft.serving.prefix_cache import BLOCK
+
+    random_adapter(tiny_model_dir, tmp_path / "adapter", 0)
+    system = {"role": "system", "content": "You answer briefly and never use lists. " * 4}
+    asks = [[system, {"role": "user", "content": f"question {'x ' * i}"}] for i in range(5)]
+    base, tuned = ModelRef("tiny-prefix", tiny_model_dir), ModelRef("ft:tiny-prefix", tiny_model_dir,
+                                                                   tmp_path / "adapter")
+    params = GenerationParams(max_new_tokens=8, temperature=0)
+
+    def answers(generator: Generator, ref: ModelRef, batched: list[list[int]]) -> list:
+        first = generator.generate(ref, batched[0], params, StopSignal(60), logprobs=2)  # stores the system prompt
+        with ThreadPoolExecutor(max_workers=len(batched)) as pool:
+            rest = list(pool.map(lambda p: generator.generate(ref, p, params, StopSignal(60), logprobs=2)[0],
+                                 batched[1:]))
+        return [first[0], *rest]
+
+    cached, plain = Generator(2**30, device="cpu"), Generator(2**30, device="cpu", prefix_cache_bytes=0)
+    prompts_ = [cached.prompt_ids(base, ask) for ask in asks]
+    common = next(i for i, tokens in enumerate(zip(*prompts_, strict=False)) if len(set(tokens)) > 1)
+    assert common >= 2 * BLOCK
+    for ref in (base, tuned):
+        before = cached.engine(base).memory()
+        got, expected = answers(cached, ref, prompts_), answers(plain, ref, prompts_)
+        after = cached.engine(base).memory()
+        assert after["prefix_cache_hits"] - before["prefix_cache_hits"] == len(asks) - 1  # not the first
+        assert after["prefix_tokens_reused"] - before["prefix_tokens_reused"] >= common * (len(asks) - 1)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine.tokens == theirs.tokens
+            assert max(abs(a.logprob - b.logprob) for a, b in zip(mine.logprobs, theirs.logprobs,
+                                                                  strict=True)) < 1e-4
+    assert plain.engine(base).memory()["prefix_cache_hits"] == 0
+    assert 0 < cached.engine(base).memory()["prefix_cache_bytes"] <= 256 * 2**20
+    cached.close()
+    plain.close()
