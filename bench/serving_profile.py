@@ -4,9 +4,10 @@ In one run, for 1 and 16 concurrent greedy requests (the 16 prompts of the
 serving benches, ``max_tokens`` 48):
 
 * **engine**: openft's batching engine in-process (``openft.serving.Generator``):
-  tokens/s and milliseconds per decode step, with single rows' products on
-  OpenBLAS (``openft.serving.blas``, the default) and on torch's alone
-  (as before it), and whether their greedy answers agree;
+  tokens/s and milliseconds per decode step as served (single rows' products
+  on the library measured faster at load, ``openft.serving.blas``; the
+  prefix cache on), then with single rows forced on torch and on OpenBLAS,
+  and with the prefix cache off, and whether their greedy answers agree;
 * **model only**: a bare Hugging Face decode loop on the same model (one
   forward per step, its own cache, argmax), the floor the engine's Python
   work sits on;
@@ -36,21 +37,24 @@ TOPICS = ["the sea", "a lighthouse", "winter", "a robot", "a library", "the moon
 TOKENS = 48
 
 
-def engine_rates(folder: Path, prompts: list[list[int]], dtype: str = "float32", openblas: bool = True
-                 ) -> tuple[dict[int, tuple[float, float]], list[list[int]]]:
-    """Tokens/s and ms per decode step of the engine, one request and then 16 at once; the 16 answers.
-    ``openblas=False``: every product on torch's own path (as before openft.serving.blas)."""
+def engine_rates(folder: Path, prompts: list[list[int]], dtype: str = "float32", rows: str = "measured",
+                 prefix_cache: bool = True) -> tuple[dict[int, tuple[float, float]], list[list[int]]]:
+    """Tokens/s and ms per decode step of the engine, one request after another and then 16 at once;
+    the 16 answers. ``rows``: single rows' products on the library measured faster at load (the
+    default), or forced to ``torch`` or ``openblas``; ``prefix_cache=False``: every prompt prefilled whole."""
     from openft.serving import blas
     from openft.serving.generator import Generator, collect
     from openft.serving.types import GenerationParams, ModelRef, StopSignal
 
-    route = blas.route_linears
-    if not openblas:
-        blas.route_linears = lambda model: 0  # type: ignore[assignment]
-    generator = Generator(2**34, device="cpu", max_batch=16, dtype=dtype)
+    measure = blas.openblas_is_faster
+    if rows != "measured":
+        forced = blas.SingleRowTiming(1.0, 0.5 if rows == "openblas" else 1.0)
+        blas.openblas_is_faster = lambda model: forced  # type: ignore[assignment,misc]
+    generator = Generator(2**34, device="cpu", max_batch=16, dtype=dtype,
+                          prefix_cache_bytes=256 * 2**20 if prefix_cache else 0)
     ref = ModelRef("base", folder)
     params = GenerationParams(max_new_tokens=TOKENS, temperature=0)
-    generator.generate(ref, prompts[0], GenerationParams(max_new_tokens=2, temperature=0), StopSignal(600))
+    generator.generate(ref, [0] * 4, GenerationParams(max_new_tokens=2, temperature=0), StopSignal(600))
     rates = {}
     for clients in (1, 16):
         engine = generator.engine(ref)
@@ -65,7 +69,7 @@ def engine_rates(folder: Path, prompts: list[list[int]], dtype: str = "float32",
         took = time.perf_counter() - began
         rates[clients] = (sum(map(len, answers)) / took, took * 1000 / max(1, engine.stats.steps - steps))
     generator.close()
-    blas.route_linears = route  # type: ignore[assignment]
+    blas.openblas_is_faster = measure  # type: ignore[assignment]
     return rates, answers
 
 
@@ -116,16 +120,25 @@ def main() -> None:
                for t in TOPICS]
     print(f"bundled SmolLM2-135M, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{TOKENS} new tokens per request")
-    torch_path, torch_answers = engine_rates(folder, prompts, openblas=False)
+    from openft.serving import blas
+
+    # The engines first: each computes on its own thread, and a thread that computed before them (this
+    # one) would leave its OpenMP workers spinning on the cores (openft.serving.engine's docstring).
     rates, answers = engine_rates(folder, prompts)
+    paths = {path: engine_rates(folder, prompts, rows=path) for path in ("torch", "openblas")}
+    whole, whole_answers = engine_rates(folder, prompts, prefix_cache=False)
     half, half_answers = engine_rates(folder, prompts, "bfloat16")
-    for clients in (1, 16):
-        print(f"{clients:>2} at once, engine on torch's products alone: {torch_path[clients][0]:6.1f} tok/s, "
-              f"{torch_path[clients][1]:5.1f} ms/step")
-    print(f"engine with single rows on OpenBLAS: {rates[1][0] / torch_path[1][0]:.2f}x one request, "
-          f"{rates[16][0] / torch_path[16][0]:.2f}x 16; greedy answers identical to torch's: "
-          f"{sum(a == b for a, b in zip(answers, torch_answers, strict=True))} of 16")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    timing = blas.openblas_is_faster(model)
+    print(f"single-row pass at load: torch {timing.torch_seconds * 1000:.1f} ms, OpenBLAS (1 thread) "
+          f"{timing.openblas_seconds * 1000:.1f} ms: {'OpenBLAS' if timing.openblas_wins else 'torch'} serves them")
+    for path, (forced, forced_answers) in paths.items():
+        print(f"single rows forced on {path:>8}: 1 at once {forced[1][0]:6.1f} tok/s, {forced[1][1]:5.1f} ms/step; "
+              f"16 at once {forced[16][0]:6.1f} tok/s; greedy answers identical to the default's: "
+              f"{sum(a == b for a, b in zip(answers, forced_answers, strict=True))} of 16")
+    print(f"prefix cache off: 1 at once {whole[1][0]:6.1f} tok/s, 16 at once {whole[16][0]:6.1f} tok/s "
+          f"({rates[16][0] / whole[16][0]:.2f}x with it); greedy answers identical: "
+          f"{sum(a == b for a, b in zip(answers, whole_answers, strict=True))} of 16")
     with torch.inference_mode():
         for clients in (1, 16):
             loop = model_loop(model, prompts[0], clients)

@@ -170,9 +170,9 @@ class Settings(BaseSettings):
     )
     serving_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Precision of the weights chat completions run on: 'auto' is bfloat16 on a GPU "
-        "and float32 on the CPU; 'bfloat16' on the CPU halves the bytes a decode step reads (about 1.7x the "
-        "tokens/s of one request on a 2-core machine) at the cost of answers that may differ from float32's "
-        "(docs/serving-profile.md measures how often)."
+        "and float32 on the CPU; 'bfloat16' on the CPU halves the bytes a decode step reads (faster where "
+        "memory bandwidth is the bound) at the cost of answers that may differ from float32's "
+        "(docs/serving-profile.md measures both)."
     )
     serving_max_batch: int = Field(
         16, ge=1, le=512, description="Most sequences one base model generates at once (its batch; "

@@ -285,7 +285,9 @@ def test_single_rows_through_openblas_give_torchs_logits_and_answers(tiny_model_
 
 def test_single_rows_take_the_library_measured_faster_on_this_cpu(tiny_model_dir, monkeypatch) -> None:
     """Which library streams one row's products faster depends on the CPU, so the generator times both
-    on the loaded weights and routes single rows through OpenBLAS only when it wins by the margin."""
+    on the loaded weights and routes single rows through OpenBLAS only when it wins by the margin; it
+    measures on the engine's thread, the one that computes (a second thread's OpenMP workers would keep
+    spinning on the cores)."""
     from transformers import AutoModelForCausalLM
 
     from openft.serving import blas
@@ -293,14 +295,16 @@ def test_single_rows_take_the_library_measured_faster_on_this_cpu(tiny_model_dir
     timing = blas.openblas_is_faster(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
     assert timing.torch_seconds > 0 and timing.openblas_seconds > 0  # a pass on each library, in seconds
     for openblas_seconds, routed in ((0.5, True), (0.95, False)):
-        monkeypatch.setattr(blas, "openblas_is_faster", lambda model, s=openblas_seconds: blas.SingleRowTiming(1.0, s))
+        threads: list[str] = []
+        monkeypatch.setattr(blas, "openblas_is_faster", lambda model, s=openblas_seconds: (
+            threads.append(threading.current_thread().name), blas.SingleRowTiming(1.0, s))[1])
         generator = Generator(memory_budget_bytes=2**30, device="cpu")
         ref = ModelRef(f"tiny-rows-{routed}", tiny_model_dir)
         answer = generator.generate(ref, prompts(generator, ref, 1)[0], GREEDY, StopSignal(60))[0]
         model = generator._bases[str(tiny_model_dir)].model
         layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
         assert all(hasattr(m, "_openblas_weight_t") == routed for m in layers)
-        assert answer.tokens
+        assert answer.tokens and threads == [f"openft-engine-{tiny_model_dir.name}"]
         generator.close()
 
 
