@@ -348,7 +348,7 @@ def test_the_key_value_cache_is_bounded_requests_wait_or_are_refused(tiny_model_
 def test_a_prompt_that_begins_like_an_earlier_one_prefills_only_the_rest(tiny_model_dir, tmp_path) -> None:
     """The prefix cache: prompts sharing a system prompt reuse its key/value rows (counted in the stats),
     alone or batched, and give the answers, logprobs included, of a generator without it; an adapter's
-    prompt never reuses the base's rows."""
+    prompt never reuses the base's rows, nor one organisation's another's."""
     from openft.serving.prefix_cache import BLOCK
 
     random_adapter(tiny_model_dir, tmp_path / "adapter", 0)
@@ -381,5 +381,11 @@ def test_a_prompt_that_begins_like_an_earlier_one_prefills_only_the_rest(tiny_mo
                                                                   strict=True)) < 1e-4
     assert plain.engine(base).memory()["prefix_cache_hits"] == 0
     assert 0 < cached.engine(base).memory()["prefix_cache_bytes"] <= 256 * 2**20
+    for scope, reused in (("another-org", False), ("another-org", True)):  # never across organisations
+        hits = cached.engine(base).memory()["prefix_cache_hits"]
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        cached.submit(base, prompts_[2], params, StopSignal(60), events.put, cache_scope=scope)
+        collect(events.get, 1)
+        assert cached.engine(base).memory()["prefix_cache_hits"] == hits + reused
     cached.close()
     plain.close()

@@ -159,7 +159,8 @@ class ChatService:
         stop = StopSignal(self.settings.generation_timeout_seconds)
         submission = Submission()
         await anyio.to_thread.run_sync(lambda: self.generator.submit(
-            ref, plan.prompt, params, stop, submission.put, grammar=plan.grammar, logprobs=plan.logprobs))
+            ref, plan.prompt, params, stop, submission.put, grammar=plan.grammar, logprobs=plan.logprobs,
+            cache_scope=org_id))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return ChatStream(self.events(submission, plan, body.model, include_usage, stop), stop)

@@ -8,8 +8,10 @@ step it
    sequences): each is prefilled on its own (requests with prompts of one
    length, and the ``n`` choices of one request, share a prefill), samples its
    first token and joins the running batch; a prompt that begins like one
-   prefilled before computes only the rest, on that prompt's stored key/value
-   rows (:mod:`openft.serving.prefix_cache`);
+   prefilled before (under the same adapter and ``cache_scope``, an
+   organisation) computes only the rest, on that prompt's stored key/value
+   rows (:mod:`openft.serving.prefix_cache`; off by default, and off for an
+   engine whose weights change, such as RFT's rollouts);
 2. **decodes** one token for every running sequence in a single forward pass:
    the batch's key/value cache is left-padded, each row has its own attention
    mask and position ids, and each row names its LoRA adapter
@@ -109,6 +111,7 @@ class Request:
     adapter: str | None = None
     grammar: str | None = None  # an llguidance grammar (structured output, forced tool calls)
     logprobs: int | None = None  # None: off; 0..20: the chosen token plus this many alternatives
+    cache_scope: str = ""  # who may reuse this prompt's rows (an organisation): the prefix cache never crosses it
 
 
 @dataclass
@@ -356,7 +359,7 @@ class Engine:
         shared = self._adapter_kwargs([r.adapter or BASE for r in requests]) is not None
         for request in requests:
             adapter = BASE if shared else (request.adapter or BASE)
-            hit = self._prefixes.lookup(request.adapter or BASE, request.prompt)
+            hit = self._prefixes.lookup(_prefix_key(request), request.prompt)
             reused = hit.length if hit else 0
             groups.setdefault((reused, len(request.prompt), adapter), []).append((request, hit))
         for (reused, length, _), group in groups.items():
@@ -378,7 +381,7 @@ class Engine:
             )
             cache = cache_of(out)
             for row, (request, _) in enumerate(group):
-                self._prefixes.store(request.adapter or BASE, request.prompt,
+                self._prefixes.store(_prefix_key(request), request.prompt,
                                      [(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in cache.layers])
             sequences, rows = [], []
             for row, (request, _) in enumerate(group):
@@ -540,6 +543,12 @@ class Engine:
 def _width(request: Request) -> int:
     """The most cache columns a request's rows can need: its prompt and every token it may add."""
     return len(request.prompt) + request.params.max_new_tokens
+
+
+def _prefix_key(request: Request) -> str:
+    """Whose stored prompt rows a request may reuse: its scope's, under its adapter. Scopes keep one
+    organisation from timing another's prompts (a hit answers sooner)."""
+    return f"{request.cache_scope}\x00{request.adapter or BASE}"
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -241,16 +241,17 @@ class Generator:
     def submit(
         self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal,
         sink: Callable[[TokenEvent | Finished | Failed], None], *,
-        grammar: str | None = None, logprobs: int | None = None,
+        grammar: str | None = None, logprobs: int | None = None, cache_scope: str = "",
     ) -> None:
         """Queue a request on its base's engine; events go to ``sink`` from the
         engine's thread. Raises :class:`~openft.errors.Overloaded` when the
-        queue is full."""
+        queue is full. Prompts reuse each other's cached rows only within one
+        ``cache_scope`` (the organisation, where several share a process)."""
         loaded = self._ready(ref)
         assert loaded.engine is not None
         adapter = _adapter_name(ref.id) if ref.adapter_path is not None else None
         loaded.engine.submit(Request(prompt, params, stop, sink, adapter=adapter, grammar=grammar,
-                                     logprobs=logprobs))
+                                     logprobs=logprobs, cache_scope=cache_scope))
 
     def generate(
         self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal, *,
