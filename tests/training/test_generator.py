@@ -296,8 +296,12 @@ def test_single_rows_take_the_library_measured_faster_on_this_cpu(tiny_model_dir
     assert timing.torch_seconds > 0 and timing.openblas_seconds > 0  # a pass on each library, in seconds
     for openblas_seconds, routed in ((0.5, True), (0.95, False)):
         threads: list[str] = []
-        monkeypatch.setattr(blas, "openblas_is_faster", lambda model, s=openblas_seconds: (
-            threads.append(threading.current_thread().name), blas.SingleRowTiming(1.0, s))[1])
+
+        def measured(model, seconds: float = openblas_seconds, seen: list[str] = threads) -> blas.SingleRowTiming:
+            seen.append(threading.current_thread().name)
+            return blas.SingleRowTiming(1.0, seconds)
+
+        monkeypatch.setattr(blas, "openblas_is_faster", measured)
         generator = Generator(memory_budget_bytes=2**30, device="cpu")
         ref = ModelRef(f"tiny-rows-{routed}", tiny_model_dir)
         answer = generator.generate(ref, prompts(generator, ref, 1)[0], GREEDY, StopSignal(60))[0]

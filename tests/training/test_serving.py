@@ -80,7 +80,7 @@ def test_base_and_three_adapters_share_batches_and_keep_their_answers(tenant, ad
     assert during["mixed_steps"] > before["mixed_steps"]  # base and adapters in one forward pass
     assert during["joined_running"] >= before["joined_running"] + 8
     assert during["largest_batch"] >= 2
-    # Each model's second ask reused the first's prompt rows (the prefix cache), with the same answers.
+    # The asks above stored each model's prompt: these reused its rows (the prefix cache), same answers.
     assert during["prefix_cache_hits"] >= before["prefix_cache_hits"] + len(set(models))
     assert 0 < during["prefix_cache_bytes"] <= during["prefix_cache_limit_bytes"]
 

@@ -42,18 +42,19 @@ def test_rows_are_kept_per_adapter() -> None:
 
 
 def test_least_recently_used_prompts_leave_first_within_the_bound() -> None:
-    prompts = [[p] * (2 * BLOCK) for p in range(4)]
+    prompts = [[p] * (2 * BLOCK) for p in range(5)]
     size = sum(k.nbytes + v.nbytes for k, v in rows(prompts[0]))
-    cache = PrefixCache(3 * size)
-    for prompt in prompts[:3]:
+    cache = PrefixCache(4 * size)
+    for prompt in prompts[:4]:
         cache.store("base", prompt, rows(prompt))
     assert cache.lookup("base", prompts[0] + [9]) is not None  # the oldest is used again
-    cache.store("base", prompts[3], rows(prompts[3]))  # over the bound: the least recently used leaves
-    assert cache.nbytes == 3 * size and len(cache) == 3
+    cache.store("base", prompts[4], rows(prompts[4]))  # over the bound: the least recently used leaves
+    assert cache.nbytes == 4 * size and len(cache) == 4
     assert cache.lookup("base", prompts[1] + [9]) is None
-    assert all(cache.lookup("base", prompts[p] + [9]) is not None for p in (0, 2, 3))
-    cache.store("base", [1] * 100 * BLOCK, rows([1] * 100 * BLOCK))  # larger than the whole bound: not kept
-    assert len(cache) == 3
+    assert all(cache.lookup("base", prompts[p] + [9]) is not None for p in (0, 2, 3, 4))
+    longer = [7] * 3 * BLOCK  # over a quarter of the bound: not kept, nothing else leaves for it
+    cache.store("base", longer, rows(longer))
+    assert len(cache) == 4 and cache.lookup("base", longer + [9]) is None
 
 
 def test_a_shared_beginning_outlives_the_prompt_that_registered_it_last() -> None:
@@ -62,17 +63,19 @@ def test_a_shared_beginning_outlives_the_prompt_that_registered_it_last() -> Non
     first, second = system + [1] * BLOCK, system + [2] * BLOCK
     cache.store("base", first, rows(first))
     cache.store("base", second, rows(second))
-    cache._drop(("base", tuple(second)))
+    cache._drop(cache._numbers[("base", tuple(second))])
     hit = cache.lookup("base", system + [3])
     assert hit is not None and hit.length == len(system)
 
 
-def test_a_hash_collision_never_gives_another_prompts_rows(monkeypatch) -> None:
+def test_a_hash_collision_never_gives_another_prompts_or_owners_rows(monkeypatch) -> None:
     cache = PrefixCache(2**20)
-    monkeypatch.setattr(prefix_cache, "_chain", lambda adapter, tokens, blocks: list(range(blocks)))
+    monkeypatch.setattr(prefix_cache, "_chain", lambda owner, tokens, blocks: list(range(blocks)))
     stored = list(range(2 * BLOCK))
-    cache.store("base", stored, rows(stored))
-    assert cache.lookup("base", [9] * (2 * BLOCK + 1)) is None  # same hashes, other tokens
+    cache.store("org-a/base", stored, rows(stored))
+    assert cache.lookup("org-a/base", [9] * (2 * BLOCK + 1)) is None  # same hashes, other tokens
+    assert cache.lookup("org-b/base", stored + [1]) is None  # same hashes and tokens, another owner
+    assert cache.lookup("org-a/base", stored + [1]) is not None
 
 
 def test_a_zero_bound_keeps_nothing() -> None:

@@ -10,8 +10,10 @@ step it
    first token and joins the running batch; a prompt that begins like one
    prefilled before (under the same adapter and ``cache_scope``, an
    organisation) computes only the rest, on that prompt's stored key/value
-   rows (:mod:`openft.serving.prefix_cache`; off by default, and off for an
-   engine whose weights change, such as RFT's rollouts);
+   rows (:mod:`openft.serving.prefix_cache`, bounded by
+   ``prefix_cache_bytes``: the generator's engines get
+   ``OPENFT_SERVING_PREFIX_CACHE_MB``; 0, off, for RFT's rollouts, whose
+   weights change);
 2. **decodes** one token for every running sequence in a single forward pass:
    the batch's key/value cache is left-padded, each row has its own attention
    mask and position ids, and each row names its LoRA adapter

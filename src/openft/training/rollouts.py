@@ -53,6 +53,7 @@ class Rollouts:
             lambda: self._copy if self._copy is not None else self._policy, tokenizer, device,
             max_batch=max_batch, max_queue=0, name="rollouts", lock=threading.Lock(),
             token_strings=lambda _token: ("", []), adapter_kwargs=lambda _names: {},
+            prefix_cache_bytes=0,  # the policy's weights change every step: yesterday's rows are not its own
         )
 
     def attach(self, policy: Model) -> None:
