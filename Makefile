@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 
-.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-serving-profile bench-serving-peer bench-start clean
+.PHONY: run test test-examples setup chromium sandbox docs bench bench-train bench-colocated bench-metadata bench-dpo bench-ray bench-serving bench-rft bench-evals bench-gateway bench-serving-profile bench-serving-peer bench-serving-int8 bench-start clean
 
 setup: $(STAMP)
 
@@ -100,6 +100,9 @@ bench-serving-profile: $(STAMP)
 
 bench-serving-peer: $(STAMP)
 	$(BIN)/python bench/serving_peer.py
+
+bench-serving-int8: $(STAMP)
+	$(BIN)/python bench/serving_int8.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -7,7 +7,7 @@ an f32 GGUF of the bundled SmolLM2-135M from the very folder openft serves
 (llama.cpp's ``convert_hf_to_gguf.py``, ``--outtype f32``: the same fp32
 weights), and starts the servers: ``llama-server -t 2 -np 16``,
 ``openft serve`` (API only) and, for reference, ``openft serve`` with
-``OPENFT_SERVING_DTYPE=bfloat16``. Then, in alternating rounds, each gets the
+``OPENFT_SERVING_DTYPE=bfloat16`` and with ``int8`` (options, other weights). Then, in alternating rounds, each gets the
 workload of issue 25: 16 prompts ("Write two sentences about ..."), greedy,
 ``max_tokens`` 48, through ``/v1/chat/completions``, first one after another,
 then all 16 at once. Output tokens/s is the completion tokens each server
@@ -152,8 +152,11 @@ def main() -> None:
     half_url = f"http://127.0.0.1:{free_port()}"
     half = start([sys.executable, "-m", "openft", "serve", "--port", half_url.rsplit(":", 1)[1]],
                  {**env, "OPENFT_SERVING_DTYPE": "bfloat16"}, half_url, logs / "openft-bf16.log")
+    int8_url = f"http://127.0.0.1:{free_port()}"
+    int8 = start([sys.executable, "-m", "openft", "serve", "--port", int8_url.rsplit(":", 1)[1]],
+                 {**env, "OPENFT_SERVING_DTYPE": "int8"}, int8_url, logs / "openft-int8.log")
     servers = {"openft (float32)": (openft_url, MODEL), "llama-server (f32 GGUF)": (llama_url, "smollm2"),
-               "openft (bfloat16 option)": (half_url, MODEL)}
+               "openft (bfloat16 option)": (half_url, MODEL), "openft (int8 option)": (int8_url, MODEL)}
     rates: dict[tuple[str, bool], list[float]] = {(name, c): [] for name in servers for c in (False, True)}
     try:
         for url, model in servers.values():
@@ -163,7 +166,7 @@ def main() -> None:
                 for name, (url, model) in servers.items():
                     rates[(name, concurrent)].append(asyncio.run(workload(url, model, concurrent)))
     finally:
-        for process in (served, half, llama):
+        for process in (served, half, int8, llama):
             process.terminate()
             process.wait(timeout=30)
     print(f"SmolLM2-135M, the same fp32 weights, 2 threads, 16 prompts, greedy, max_tokens 48, "
@@ -173,11 +176,12 @@ def main() -> None:
         cells = [f"{statistics.median(rates[(name, c)]):.1f} ({', '.join(f'{r:.0f}' for r in rates[(name, c)])})"
                  for c in (False, True)]
         print(f"{name:<26} {cells[0]:>28} {cells[1]:>28}")
-    ours, theirs, lower = list(servers)
+    ours, theirs, *options = list(servers)
     for concurrent, label in ((False, "one at a time"), (True, "16 at once")):
-        ratio = statistics.median(rates[(ours, concurrent)]) / statistics.median(rates[(theirs, concurrent)])
-        option = statistics.median(rates[(lower, concurrent)]) / statistics.median(rates[(theirs, concurrent)])
-        print(f"openft / llama-server, {label}: {ratio:.2f}x (bfloat16 option: {option:.2f}x)")
+        def ratio(name: str, together: bool = concurrent) -> float:
+            return statistics.median(rates[(name, together)]) / statistics.median(rates[(theirs, together)])
+        print(f"openft / llama-server, {label}: {ratio(ours):.2f}x (bfloat16 option: {ratio(options[0]):.2f}x, "
+              f"int8 option: {ratio(options[1]):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,12 @@ def preflight(settings: Settings, *, worker: bool) -> None:
     from openft.store.blobs import BlobStore, StorageError
 
     _read_providers(settings.resolved_providers_file)
+    if settings.serving_dtype == "int8":
+        import torch
+
+        if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+            raise click.ClickException("OPENFT_SERVING_DTYPE=int8 is for serving on the CPU, and this server "
+                                       "serves on a GPU: use bfloat16 there.")
     try:
         BlobStore(settings.resolved_storage_url, settings.storage_options).check()
     except StorageError as exc:

@@ -168,11 +168,12 @@ class Settings(BaseSettings):
     serving_memory_mb: int = Field(
         4096, gt=0, description="Memory budget of the chat-completions model cache (LRU)."
     )
-    serving_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    serving_dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto", description="Precision of the weights chat completions run on: 'auto' is bfloat16 on a GPU "
         "and float32 on the CPU; 'bfloat16' on the CPU halves the bytes a decode step reads (faster where "
-        "memory bandwidth is the bound) at the cost of answers that may differ from float32's "
-        "(docs/serving-profile.md measures both)."
+        "memory bandwidth is the bound) and 'int8' (CPU only) quarters them (int8 weights per output "
+        "channel beside the float32 ones, adapters in float32), each at the cost of answers that may differ "
+        "from float32's (docs/serving-profile.md measures both)."
     )
     serving_max_batch: int = Field(
         16, ge=1, le=512, description="Most sequences one base model generates at once (its batch; "

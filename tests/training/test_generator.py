@@ -393,3 +393,47 @@ def test_a_prompt_that_begins_like_an_earlier_one_prefills_only_the_rest(tiny_mo
         assert cached.engine(base).memory()["prefix_cache_hits"] == hits + reused
     cached.close()
     plain.close()
+
+
+def test_int8_weights_serve_the_quantized_models_answers_with_adapters(tiny_model_dir, tmp_path) -> None:
+    """OPENFT_SERVING_DTYPE=int8: the base's linear layers run on int8 weights (their logits move off
+    float32's by quantization error, not more), the engine answers as Hugging Face ``generate`` on the
+    same quantized model, alone or batched, and an adapter serves on top in float32 (PEFT's own
+    forward agrees)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from openft.serving.int8 import quantize_linears
+
+    random_adapter(tiny_model_dir, tmp_path / "adapter", 0)
+    generator = Generator(memory_budget_bytes=2**30, device="cpu", dtype="int8")
+    base, tuned = ModelRef("tiny-int8", tiny_model_dir), ModelRef("ft:tiny-int8", tiny_model_dir, tmp_path / "adapter")
+    asks = prompts(generator, base, 3)
+    served = {ref: [generator.generate(ref, p, GREEDY, StopSignal(60))[0].tokens for p in asks]
+              for ref in (base, tuned)}
+    with ThreadPoolExecutor(max_workers=6) as pool:  # batched: rows of both, prompts of several lengths
+        batched = list(pool.map(lambda job: generator.generate(job[0], job[1], GREEDY, StopSignal(60))[0].tokens,
+                                [(ref, p) for ref in (base, tuned) for p in asks]))
+    assert batched == served[base] + served[tuned]  # per-row scales, exact integer sums: batch-invariant
+    loaded = generator._bases[str(tiny_model_dir)]
+    layers = [m for name, m in loaded.model.get_base_model().named_modules()
+              if type(m) is torch.nn.Linear and "lora_" not in name]
+    assert layers and all(hasattr(m, "_openft_int8") for m in layers)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    added = quantize_linears(quantized)
+    assert added == sum(m.weight.numel() + 8 * m.out_features for m in layers)  # a byte a weight, a scale a row
+    ids = torch.tensor([asks[0]])
+    with torch.inference_mode():
+        exact, approximate = plain(ids).logits, quantized(ids).logits
+        error = (exact - approximate).abs().max() / exact.abs().max()
+        assert 0 < error < 0.05, error  # int8 in use, within quantization error
+        for ref in (base, tuned):
+            model = quantized if ref is base else PeftModel.from_pretrained(quantized, tmp_path / "adapter")
+            for prompt, tokens in zip(asks, served[ref], strict=True):
+                ids = torch.tensor([prompt])
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=len(tokens), do_sample=False)
+                assert out[0, len(prompt):].tolist() == tokens
+    assert served[base] != served[tuned]  # the adapter changed the answers
+    generator.close()

@@ -73,8 +73,12 @@ class Generator:
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
-        # 'auto': bfloat16 on a GPU, float32 on the CPU (where bfloat16 is an option: half the bytes per step).
-        self._dtype = getattr(torch, dtype) if dtype != "auto" else (
+        # 'auto': bfloat16 on a GPU, float32 on the CPU (where bfloat16 is an option: half the bytes per step,
+        # and int8: float32 loaded, its linear layers then run on int8 weights, openft.serving.int8).
+        self._int8 = dtype == "int8"
+        if self._int8 and self._device.type != "cpu":
+            raise ValueError("OPENFT_SERVING_DTYPE=int8 is for serving on the CPU; use bfloat16 on a GPU.")
+        self._dtype = torch.float32 if self._int8 else getattr(torch, dtype) if dtype != "auto" else (
             torch.bfloat16 if self._device.type == "cuda" else torch.float32)
         self.max_batch, self.max_queue = max_batch, max_queue
         self._bases: OrderedDict[str, _Loaded] = OrderedDict()
@@ -116,17 +120,25 @@ class Generator:
                 lock=loaded.lock, token_strings=loaded.token_strings, matcher_factory=matchers.new,
                 adapter_kwargs=lambda names: self._adapter_kwargs(loaded, names),
                 max_cache_bytes=self._max_cache_bytes, prefix_cache_bytes=self._prefix_cache_bytes,
-                prepare=lambda: self._choose_kernels(model, path.name),
+                prepare=lambda: self._choose_kernels(loaded, path.name),
             )
             with self._cache_lock:
                 self._bases[key] = loaded
                 self._evict()
             return loaded
 
-    def _choose_kernels(self, model: Model, name: str) -> None:
+    def _choose_kernels(self, loaded: _Loaded, name: str) -> None:
         """On the engine's thread (the one thread that computes with this model: a second thread's
-        OpenMP pool would keep a core spinning), route single rows where OpenBLAS is measured faster."""
+        OpenMP pool would keep a core spinning): int8 weights when asked for, else single rows on
+        OpenBLAS where it is measured faster."""
+        model = loaded.model
         if self._device.type != "cpu" or self._dtype is not torch.float32:
+            return
+        if self._int8:
+            from openft.serving.int8 import quantize_linears
+
+            loaded.bytes += quantize_linears(model)
+            log.info("serving: %s runs its linear layers on int8 weights", name)
             return
         from openft.serving import blas
 
