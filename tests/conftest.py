@@ -21,7 +21,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from openft.training.run import reproducible_math
+
 from support import Server, Tenant
+
+reproducible_math()  # the tests that train in this process do so as a training process does
 
 POSTGRES_URL = os.environ.get(
     "OPENFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

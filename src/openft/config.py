@@ -190,6 +190,11 @@ class Settings(BaseSettings):
         "prompt that begins like an earlier one (a system prompt, the earlier turns of a chat) prefills only "
         "the rest; least recently used prompts go first; 0 turns it off."
     )
+    serving_prefill_chunk: int = Field(
+        256, ge=0, description="Most prompt tokens one engine step prefills for a long prompt: a longer one "
+        "is prefilled in parts, each followed by a decode step of the running answers, so it does not stall "
+        "them for its whole prefill; 0 prefills every prompt whole."
+    )
     serving_max_queue: int = Field(
         64, ge=0, description="Most chat requests waiting for room in a base model's batch; more are "
         "refused with 503 server_overloaded (and Retry-After)."

@@ -437,3 +437,31 @@ def test_int8_weights_serve_the_quantized_models_answers_with_adapters(tiny_mode
                 assert out[0, len(prompt):].tolist() == tokens
     assert served[base] != served[tuned]  # the adapter changed the answers
     generator.close()
+
+
+def test_a_long_prompt_is_prefilled_in_parts_between_the_running_rows_steps(tiny_model_dir) -> None:
+    """OPENFT_SERVING_PREFILL_CHUNK: a prompt longer than the chunk is prefilled a part per engine step,
+    each part followed by the running rows' decode step (so they are not stalled for the whole prefill);
+    the running answer and the long prompt's own answer equal those of whole-prompt prefills."""
+    chunked = Generator(2**30, device="cpu", prefill_chunk=16, prefix_cache_bytes=0)
+    whole = Generator(2**30, device="cpu", prefill_chunk=0, prefix_cache_bytes=0)
+    ref = ModelRef("tiny-chunked", tiny_model_dir)
+    short = chunked.prompt_ids(ref, HI)
+    long = chunked.prompt_ids(ref, [{"role": "user", "content": "word " * 200}])
+    parts = -(-len(long) // 16)
+    assert parts >= 10
+    running = GenerationParams(max_new_tokens=200, temperature=0)
+    expected_short = whole.generate(ref, short, running, StopSignal(60))[0].tokens
+    expected_long = whole.generate(ref, long, GREEDY, StopSignal(60))[0].tokens
+    assert whole.engine(ref).stats.prefill_chunks == 0
+    events = Events()
+    chunked.submit(ref, short, running, StopSignal(60), events)
+    assert events.first_token.wait(30)
+    before = chunked.engine(ref).stats.as_dict()
+    assert chunked.generate(ref, long, GREEDY, StopSignal(60))[0].tokens == expected_long
+    after = chunked.engine(ref).stats.as_dict()
+    assert events.result().tokens == expected_short and len(expected_short) > parts  # it ran throughout
+    assert after["prefill_chunks"] - before["prefill_chunks"] == parts
+    assert after["interleaved_steps"] - before["interleaved_steps"] >= parts - 1
+    chunked.close()
+    whole.close()

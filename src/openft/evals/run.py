@@ -248,8 +248,9 @@ def _judge(config: EvalRunConfig, blobs: BlobStore, generator: Generator | None)
 
 
 def main() -> None:
-    from openft.training.run import die_with_parent
+    from openft.training.run import die_with_parent, reproducible_math
 
+    reproducible_math()
     die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     reporter = PipeReporter.from_stdout()

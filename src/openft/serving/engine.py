@@ -13,7 +13,10 @@ step it
    rows (:mod:`openft.serving.prefix_cache`, bounded by
    ``prefix_cache_bytes``: the generator's engines get
    ``OPENFT_SERVING_PREFIX_CACHE_MB``; 0, off, for RFT's rollouts, whose
-   weights change);
+   weights change). A prompt with more than ``prefill_chunk`` tokens left to
+   compute (``OPENFT_SERVING_PREFILL_CHUNK``) is prefilled that many tokens
+   per step instead, each part followed by the running rows' decode step, so
+   a long prompt arriving does not stall the answers already streaming;
 2. **decodes** one token for every running sequence in a single forward pass:
    the batch's key/value cache is left-padded, each row has its own attention
    mask and position ids, and each row names its LoRA adapter
@@ -126,6 +129,8 @@ class EngineStats:
     mixed_steps: int = 0  # decode steps whose rows used more than one adapter (or base + adapter)
     joined_running: int = 0  # sequences admitted while others were mid-generation
     prefills: int = 0
+    prefill_chunks: int = 0  # passes over a part of a long prompt (OPENFT_SERVING_PREFILL_CHUNK)
+    interleaved_steps: int = 0  # decode steps run between two parts of a long prompt's prefill
     refused: int = 0  # requests refused because the queue was full
     cancelled: int = 0  # sequences dropped because the client left or time ran out
 
@@ -153,6 +158,15 @@ class _Sequence:
         return self.request.adapter or BASE
 
 
+@dataclass
+class _Chunked:
+    """A long prompt being prefilled a part per step: its cache so far and how many tokens it holds."""
+
+    request: Request
+    cache: Any  # DynamicCache
+    done: int
+
+
 class Engine:
     def __init__(
         self,
@@ -169,13 +183,16 @@ class Engine:
         adapter_kwargs: Callable[[list[str]], dict[str, Any] | None],
         max_cache_bytes: int | None = None,
         prefix_cache_bytes: int = 0,
+        prefill_chunk: int = 0,
         prepare: Callable[[], None] | None = None,
     ):
         """``model()`` gives the current model (a PeftModel once an adapter is
         loaded); ``lock`` is held for each step, and by whoever changes the
         model (loading an adapter); ``adapter_kwargs(names)`` readies a
         forward pass whose rows use those adapters and gives its arguments,
-        or None when those adapters cannot share one pass; ``prepare()`` runs
+        or None when those adapters cannot share one pass; a prompt with more
+        than ``prefill_chunk`` tokens left to compute (0: none) is prefilled
+        that many tokens per step, between decode steps; ``prepare()`` runs
         first on the engine's thread (which then does all of the model's
         computing: torch's OpenMP pool is per thread, and a second pool's
         workers keep spinning on the cores after their work)."""
@@ -197,6 +214,8 @@ class Engine:
         self._decode_text = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=not keep)
         self._waiting: deque[Request] = deque()
         self._running: list[_Sequence] = []
+        self.prefill_chunk = prefill_chunk
+        self._chunked: deque[_Chunked] = deque()  # admitted long prompts, prefilled a part per step
         self._cache: Any = None  # DynamicCache of the running rows, left-padded
         self._mask: torch.Tensor | None = None  # [rows, cached columns]: 1 real, 0 padding
         self._cond = threading.Condition()
@@ -217,7 +236,7 @@ class Engine:
         if self.max_cache_bytes is not None:
             self._fit_alone(request)
         with self._cond:
-            room = max(0, self.max_batch - len(self._running))  # taken at the next step, not queued
+            room = max(0, self.max_batch - self._rows())  # taken at the next step, not queued
             if len(self._waiting) >= self.max_queue + room:
                 self.stats.refused += 1
                 raise Overloaded(
@@ -253,20 +272,22 @@ class Engine:
     @property
     def busy(self) -> bool:
         with self._cond:
-            return bool(self._waiting or self._running)
+            return bool(self._waiting or self._running or self._chunked)
 
     def load(self) -> tuple[int, int]:
         """(running sequences, waiting requests)."""
         with self._cond:
-            return len(self._running), len(self._waiting)
+            return self._rows(), len(self._waiting)
 
     def memory(self) -> dict[str, int]:
         """The key/value cache now: its bytes, the most the running rows may take, the bound, per token;
         the prefix cache: its bytes, bound, prompts, and how often and how much it saved."""
         with self._cond:
             cache, mask = self._cache, self._mask
-            reserved = self._projected_bytes([_width(s.request) for s in self._running])
-        used = 0 if cache is None else sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+            reserved = self._projected_bytes(self._widths())
+            partial = [job.cache for job in self._chunked]
+        used = sum(t.nbytes for c in [cache, *partial] if c is not None for layer in c.layers
+                   for t in (layer.keys, layer.values))
         prefixes = self._prefixes
         return {"kv_cache_bytes": used + (0 if mask is None else mask.nbytes), "kv_cache_reserved_bytes": reserved,
                 "kv_cache_limit_bytes": self.max_cache_bytes or 0, "kv_bytes_per_token": self.bytes_per_token,
@@ -290,19 +311,23 @@ class Engine:
                 log.exception("serving engine preparation failed")
         while True:
             with self._cond:
-                while not self._closed and not self._waiting and not self._running:
+                while not self._closed and not self._waiting and not self._running and not self._chunked:
                     self._cond.wait()
                 if self._closed:
                     for request in self._waiting:
                         request.sink(Failed(Overloaded("The model was unloaded; retry.")))
                     for seq in self._running:
                         seq.request.sink(Failed(Overloaded("The model was unloaded; retry.")))
+                    for job in self._chunked:
+                        job.request.sink(Failed(Overloaded("The model was unloaded; retry.")))
                     return
                 admitted = self._take_admissible()
             try:
                 with self.lock, torch.inference_mode():
                     if admitted:
                         self._prefill(admitted)
+                    if self._chunked:
+                        self._prefill_part()  # one part of the oldest long prompt, then the running rows' step
                     self._retire()
                     if self._running:
                         self._decode()
@@ -311,17 +336,19 @@ class Engine:
                 log.exception("serving engine step failed")
                 failed = {id(s.request): s.request for s in self._running}
                 failed.update({id(r): r for r in admitted})
+                failed.update({id(job.request): job.request for job in self._chunked})
                 for request in failed.values():
                     request.sink(Failed(exc))
                 self._running, self._cache, self._mask = [], None, None
+                self._chunked.clear()
 
     def _take_admissible(self) -> list[Request]:
         """Waiting requests that fit in the batch now (in arrival order);
         requests that waited past their deadline, or whose client left, are
         answered here and never start."""
         admitted: list[Request] = []
-        room = self.max_batch - len(self._running)
-        widths = [_width(s.request) for s in self._running]
+        room = self.max_batch - self._rows()
+        widths = self._widths()
         while self._waiting:
             request = self._waiting[0]
             if request.stop.cancelled:
@@ -350,11 +377,22 @@ class Engine:
         return admitted
 
     # -------------------------------------------------------------- prefill
+    def _rows(self) -> int:
+        """Sequences generating or being prefilled (each counts against the batch)."""
+        return len(self._running) + sum(job.request.params.n for job in self._chunked)
+
+    def _widths(self) -> list[int]:
+        """The most cache columns each of those sequences may take."""
+        return [_width(s.request) for s in self._running] + [
+            _width(job.request) for job in self._chunked for _ in range(job.request.params.n)]
+
     def _prefill(self, requests: list[Request]) -> None:
         """Run the prompts of newly admitted requests, sample their first
         tokens, and merge their cache rows into the running batch. A prompt
         whose beginning the prefix cache holds computes only the rest; prompts
-        with as many tokens reused and as many left to compute share a pass."""
+        with as many tokens reused and as many left to compute share a pass.
+        A prompt with more than ``prefill_chunk`` tokens left joins the
+        chunked queue instead (:meth:`_prefill_part`)."""
         if self._running:
             self.stats.joined_running += sum(r.params.n for r in requests)
         groups: dict[tuple[int, int, str], list[tuple[Request, PrefixHit | None]]] = {}
@@ -363,42 +401,70 @@ class Engine:
             adapter = BASE if shared else (request.adapter or BASE)
             hit = self._prefixes.lookup(_prefix_key(request), request.prompt)
             reused = hit.length if hit else 0
+            if self.prefill_chunk and len(request.prompt) - reused > self.prefill_chunk:
+                self.stats.prefills += 1
+                self._chunked.append(_Chunked(request, _past([hit] if hit else []), reused))
+                continue
             groups.setdefault((reused, len(request.prompt), adapter), []).append((request, hit))
         for (reused, length, _), group in groups.items():
             self.stats.prefills += 1
             # One row per distinct prompt; the n choices of a request share it.
             ids = torch.tensor([r.prompt[reused:] for r, _ in group], device=self.device)
-            past = DynamicCache()  # full layers only (see the module docstring)
-            if reused:
-                past = DynamicCache([(torch.cat([hit.layers[i][0] for _, hit in group if hit]),
-                                      torch.cat([hit.layers[i][1] for _, hit in group if hit]))
-                                     for i in range(len(group[0][1].layers))])  # type: ignore[union-attr]
             out = self._model()(
                 input_ids=ids,
                 attention_mask=torch.ones(len(group), length, dtype=torch.long, device=self.device),
                 use_cache=True,
                 logits_to_keep=1,
-                **{self._cache_kw: past},
+                **{self._cache_kw: _past([hit for _, hit in group if hit])},
                 **(self._adapter_kwargs([r.adapter or BASE for r, _ in group]) or {}),
             )
-            cache = cache_of(out)
-            for row, (request, _) in enumerate(group):
-                self._prefixes.store(_prefix_key(request), request.prompt,
-                                     [(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in cache.layers])
-            sequences, rows = [], []
-            for row, (request, _) in enumerate(group):
-                for index in range(request.params.n):
-                    matcher = self._matcher_factory(request.grammar) if request.grammar else None
-                    sequences.append(_Sequence(request, index, self._decode_text, matcher))
-                    rows.append(row)
-            logits = out.logits[:, -1, :]
-            if rows != list(range(len(group))):
-                index = torch.tensor(rows, device=self.device)
-                cache.batch_select_indices(index)
-                logits = logits[index]
-            self._merge(cache, torch.ones(len(rows), length, dtype=torch.long, device=self.device))
-            self._running.extend(sequences)
-            self._advance(sequences, logits)
+            self._join([r for r, _ in group], cache_of(out), out.logits[:, -1, :], length)
+
+    def _prefill_part(self) -> None:
+        """The next ``prefill_chunk`` tokens of the oldest long prompt, on its own cache; once its last
+        part is in, it joins the running batch. Between parts the running rows take their decode step,
+        so a long prompt delays them by one part per step, not by its whole prefill."""
+        job = self._chunked[0]
+        request = job.request
+        if request.stop.should_stop():  # the client left, or its time ran out, while it was prefilled
+            self._chunked.popleft()
+            for index in range(request.params.n):
+                self._end(_Sequence(request, index, self._decode_text, None), "length", cancelled=True)
+            return
+        end = min(job.done + self.prefill_chunk, len(request.prompt))
+        out = self._model()(
+            input_ids=torch.tensor([request.prompt[job.done:end]], device=self.device),
+            attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: job.cache},
+            **(self._adapter_kwargs([request.adapter or BASE]) or {}),
+        )
+        self.stats.prefill_chunks += 1
+        job.cache, job.done = cache_of(out), end
+        if end == len(request.prompt):
+            self._chunked.popleft()
+            self._join([request], job.cache, out.logits[:, -1, :], end)
+
+    def _join(self, group: list[Request], cache: Any, logits: torch.Tensor, length: int) -> None:
+        """Prefilled prompts (one cache row each, ``length`` columns) join the running batch: their rows
+        are kept by the prefix cache, repeated for their ``n`` choices, and their first tokens sampled."""
+        for row, request in enumerate(group):
+            self._prefixes.store(_prefix_key(request), request.prompt,
+                                 [(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in cache.layers])
+        sequences, rows = [], []
+        for row, request in enumerate(group):
+            for index in range(request.params.n):
+                matcher = self._matcher_factory(request.grammar) if request.grammar else None
+                sequences.append(_Sequence(request, index, self._decode_text, matcher))
+                rows.append(row)
+        if rows != list(range(len(group))):
+            index = torch.tensor(rows, device=self.device)
+            cache.batch_select_indices(index)
+            logits = logits[index]
+        self._merge(cache, torch.ones(len(rows), length, dtype=torch.long, device=self.device))
+        self._running.extend(sequences)
+        self._advance(sequences, logits)
 
     def _merge(self, cache: Any, mask: torch.Tensor) -> None:
         if self._cache is None:
@@ -416,6 +482,7 @@ class Engine:
         assert self._mask is not None
         rows = self._running
         self.stats.steps += 1
+        self.stats.interleaved_steps += bool(self._chunked)
         self.stats.rows += len(rows)
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
         adapters = [s.adapter for s in rows]
@@ -545,6 +612,15 @@ class Engine:
 def _width(request: Request) -> int:
     """The most cache columns a request's rows can need: its prompt and every token it may add."""
     return len(request.prompt) + request.params.max_new_tokens
+
+
+def _past(hits: list[PrefixHit]) -> DynamicCache:
+    """A cache holding these reused beginnings, one row each (all of one length), or an empty one;
+    full layers only (see the module docstring)."""
+    if not hits:
+        return DynamicCache()
+    return DynamicCache([(torch.cat([hit.layers[i][0] for hit in hits]), torch.cat([hit.layers[i][1] for hit in hits]))
+                         for i in range(len(hits[0].layers))])
 
 
 def _prefix_key(request: Request) -> str:

@@ -66,10 +66,11 @@ class _Loaded:
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
                  max_queue: int = 64, dtype: str = "auto", max_cache_bytes: int | None = None,
-                 prefix_cache_bytes: int = 256 * 2**20):
+                 prefix_cache_bytes: int = 256 * 2**20, prefill_chunk: int = 256):
         self._budget = memory_budget_bytes
         self._max_cache_bytes = max_cache_bytes
         self._prefix_cache_bytes = prefix_cache_bytes
+        self._prefill_chunk = prefill_chunk
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
@@ -120,6 +121,7 @@ class Generator:
                 lock=loaded.lock, token_strings=loaded.token_strings, matcher_factory=matchers.new,
                 adapter_kwargs=lambda names: self._adapter_kwargs(loaded, names),
                 max_cache_bytes=self._max_cache_bytes, prefix_cache_bytes=self._prefix_cache_bytes,
+                prefill_chunk=self._prefill_chunk,
                 prepare=lambda: self._choose_kernels(loaded, path.name),
             )
             with self._cache_lock:

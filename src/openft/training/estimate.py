@@ -309,6 +309,9 @@ IMPORT_SECONDS = 0.0
 def main() -> None:
     global IMPORT_SECONDS
     from openft.training.config import RunConfig
+    from openft.training.run import reproducible_math
+
+    reproducible_math()  # the estimate times steps as the training process will run them
 
     config = RunConfig.load(Path(sys.argv[1]))
     if config.nice:

@@ -102,8 +102,9 @@ class OneWorker:
     """A one-worker job: this actor's process is the training process."""
 
     def train(self, config: dict[str, Any], channel: Any) -> None:
-        from openft.training.run import run
+        from openft.training.run import reproducible_math, run
 
+        reproducible_math()
         reporter = ChannelReporter(channel)
         reporter.event(f"Training on Ray {_describe(where())}", data={"ray": [where()]})
         run(RunConfig.from_dict(config), reporter, SOLO)
@@ -111,8 +112,9 @@ class OneWorker:
 
 def train_rank(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``: one data-parallel rank."""
-    from openft.training.run import run
+    from openft.training.run import reproducible_math, run
 
+    reproducible_math()
     team = Team.from_process_group()
     channel = loop_config["channel"]
     reporter: Reporter = ChannelReporter(channel) if team.is_main else RankReporter()

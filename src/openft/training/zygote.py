@@ -141,8 +141,9 @@ def _child(request: dict[str, object], fds: list[int], control: socket.socket, w
 
 
 def main() -> None:
-    from openft.training.run import die_with_parent
+    from openft.training.run import die_with_parent, reproducible_math
 
+    reproducible_math()  # before warm_up's first matrix product
     die_with_parent()
     control = socket.socket(fileno=int(sys.argv[1]))
     warm_up()
