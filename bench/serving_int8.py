@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import queue
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +101,7 @@ def train_format(folder: Path, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path("~/.openft").expanduser())
+    parser.add_argument("--train", type=Path, help=argparse.SUPPRESS)  # the child process that trains
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -107,6 +110,9 @@ def main() -> None:
     from openft.weights import ensure_bundled
 
     folder = ensure_bundled(args.home / "models")
+    if args.train:
+        train_format(folder, args.train)
+        return
     tokenizer = AutoTokenizer.from_pretrained(folder)
 
     def ids(text: str) -> list[int]:
@@ -116,7 +122,10 @@ def main() -> None:
     prompts = [ids(f"Write two sentences about {t}.") for t in TOPICS] + [ids(f"What do you know about {t}?")
                                                                           for t in TOPICS]
     scratch = Path(tempfile.mkdtemp(prefix="serving-int8-"))
-    train_format(folder, scratch / "format")
+    # Trained in a child process: a thread that has computed leaves its OpenMP workers spinning on the
+    # cores, which would slow the engines' own threads (openft.serving.engine's docstring).
+    subprocess.run([sys.executable, __file__, "--home", str(args.home), "--train", str(scratch / "format")],
+                   check=True)
     results = {}
     for dtype in ("float32", "int8"):  # one generator at a time: each computes on its own engine thread
         generator = Generator(2**34, device="cpu", max_batch=16, dtype=dtype)
