@@ -190,6 +190,11 @@ class Settings(BaseSettings):
         "prompt that begins like an earlier one (a system prompt, the earlier turns of a chat) prefills only "
         "the rest; least recently used prompts go first; 0 turns it off."
     )
+    serving_max_adapters: int = Field(
+        32, ge=1, description="Most fine-tuned (LoRA) models one base keeps loaded for chat; loading one more "
+        "unloads the least recently used one no request is using, and when all are in use the request gets "
+        "503 server_overloaded (Retry-After)."
+    )
     serving_prefill_chunk: int = Field(
         256, ge=0, description="Most prompt tokens one engine step prefills for a long prompt: a longer one "
         "is prefilled in parts, each followed by a decode step of the running answers, so it does not stall "

@@ -465,3 +465,39 @@ def test_a_long_prompt_is_prefilled_in_parts_between_the_running_rows_steps(tiny
     assert after["interleaved_steps"] - before["interleaved_steps"] >= parts - 1
     chunked.close()
     whole.close()
+
+
+def test_loaded_adapters_are_bounded_and_the_least_recently_used_idle_one_unloads(tiny_model_dir, tmp_path) -> None:
+    """OPENFT_SERVING_MAX_ADAPTERS: past the bound, loading a fine-tuned model unloads the least recently
+    used one no request is using (it answers the same when it comes back); when every loaded one is
+    answering, a request for another is a 503, and it is served once one is free."""
+    for seed in range(3):
+        random_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed)
+    generator = Generator(memory_budget_bytes=2**30, device="cpu", max_adapters=2)
+    base = ModelRef("tiny-adapters", tiny_model_dir)
+    tuned = [ModelRef(f"ft:tiny-adapters:{seed}", tiny_model_dir, tmp_path / f"a{seed}") for seed in range(3)]
+    prompt = prompts(generator, base, 1)[0]
+    first = [generator.generate(ref, prompt, GREEDY, StopSignal(60))[0].tokens for ref in tuned]
+
+    def stats() -> dict[str, int]:
+        return generator.stats()[tiny_model_dir.name]
+
+    assert (stats()["adapters_loaded"], stats()["adapters_evicted"], stats()["adapters_limit"]) == (2, 1, 2)
+    assert len(set(map(tuple, first))) == 3  # three different adapters
+    assert generator.generate(tuned[0], prompt, GREEDY, StopSignal(60))[0].tokens == first[0]  # reloaded
+    assert stats()["adapters_evicted"] == 2  # tuned[1] was the least recently used
+    long = GenerationParams(max_new_tokens=4000, temperature=0)
+    stops, streams = [StopSignal(60), StopSignal(60)], [Events(), Events()]
+    for ref, stop, events in zip((tuned[0], tuned[2]), stops, streams, strict=True):
+        generator.submit(ref, prompt, long, stop, events)
+        assert events.first_token.wait(30)
+    with pytest.raises(Overloaded) as refused:
+        generator.generate(tuned[1], prompt, GREEDY, StopSignal(60))
+    assert "OPENFT_SERVING_MAX_ADAPTERS" in refused.value.message
+    assert not any(events.finished.is_set() for events in streams)  # both were still answering
+    stops[0].deadline = 0  # its time is up: it ends ('length') and leaves the batch in that step
+    assert streams[0].finished.wait(30)
+    assert generator.generate(tuned[1], prompt, GREEDY, StopSignal(60))[0].tokens == first[1]
+    assert stats()["adapters_loaded"] == 2
+    stops[1].cancel()
+    generator.close()

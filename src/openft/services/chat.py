@@ -128,7 +128,7 @@ class ChatService:
                     max_batch=self.settings.serving_max_batch, max_queue=self.settings.serving_max_queue,
                     dtype=self.settings.serving_dtype, max_cache_bytes=self.settings.serving_kv_cache_mb * 2**20,
                     prefix_cache_bytes=self.settings.serving_prefix_cache_mb * 2**20,
-                    prefill_chunk=self.settings.serving_prefill_chunk,
+                    prefill_chunk=self.settings.serving_prefill_chunk, max_adapters=self.settings.serving_max_adapters,
                 )
             return self._generator
 

@@ -216,6 +216,7 @@ class Engine:
         self._running: list[_Sequence] = []
         self.prefill_chunk = prefill_chunk
         self._chunked: deque[_Chunked] = deque()  # admitted long prompts, prefilled a part per step
+        self._admitting: list[Request] = []  # taken from the queue for the step under way
         self._cache: Any = None  # DynamicCache of the running rows, left-padded
         self._mask: torch.Tensor | None = None  # [rows, cached columns]: 1 real, 0 padding
         self._cond = threading.Condition()
@@ -279,6 +280,13 @@ class Engine:
         with self._cond:
             return self._rows(), len(self._waiting)
 
+    def adapters_in_use(self) -> set[str]:
+        """The adapters of every request running, being prefilled or waiting (call between steps)."""
+        with self._cond:
+            requests = [s.request for s in self._running] + [j.request for j in self._chunked] + list(
+                self._waiting) + self._admitting
+        return {r.adapter for r in requests if r.adapter is not None}
+
     def memory(self) -> dict[str, int]:
         """The key/value cache now: its bytes, the most the running rows may take, the bound, per token;
         the prefix cache: its bytes, bound, prompts, and how often and how much it saved."""
@@ -322,6 +330,7 @@ class Engine:
                         job.request.sink(Failed(Overloaded("The model was unloaded; retry.")))
                     return
                 admitted = self._take_admissible()
+                self._admitting = admitted  # taken off the queue, not yet in the batch (adapters_in_use)
             try:
                 with self.lock, torch.inference_mode():
                     if admitted:
@@ -340,7 +349,11 @@ class Engine:
                 for request in failed.values():
                     request.sink(Failed(exc))
                 self._running, self._cache, self._mask = [], None, None
-                self._chunked.clear()
+                with self._cond:
+                    self._chunked.clear()
+            finally:
+                with self._cond:
+                    self._admitting = []
 
     def _take_admissible(self) -> list[Request]:
         """Waiting requests that fit in the batch now (in arrival order);
@@ -403,7 +416,8 @@ class Engine:
             reused = hit.length if hit else 0
             if self.prefill_chunk and len(request.prompt) - reused > self.prefill_chunk:
                 self.stats.prefills += 1
-                self._chunked.append(_Chunked(request, _past([hit] if hit else []), reused))
+                with self._cond:  # other threads count these rows (_rows, _widths)
+                    self._chunked.append(_Chunked(request, _past([hit] if hit else []), reused))
                 continue
             groups.setdefault((reused, len(request.prompt), adapter), []).append((request, hit))
         for (reused, length, _), group in groups.items():
@@ -424,13 +438,19 @@ class Engine:
         """The next ``prefill_chunk`` tokens of the oldest long prompt, on its own cache; once its last
         part is in, it joins the running batch. Between parts the running rows take their decode step,
         so a long prompt delays them by one part per step, not by its whole prefill."""
+        for job in [job for job in self._chunked if job.request.stop.should_stop()]:
+            with self._cond:  # the client left, or its time ran out, while it waited for its parts
+                self._chunked.remove(job)
+            if job.request.stop.cancelled:
+                self.stats.cancelled += 1
+            else:
+                job.request.sink(Failed(Overloaded(
+                    "The model was busy for the whole generation time limit "
+                    "(OPENFT_GENERATION_TIMEOUT_SECONDS); retry later.")))
+        if not self._chunked:
+            return
         job = self._chunked[0]
         request = job.request
-        if request.stop.should_stop():  # the client left, or its time ran out, while it was prefilled
-            self._chunked.popleft()
-            for index in range(request.params.n):
-                self._end(_Sequence(request, index, self._decode_text, None), "length", cancelled=True)
-            return
         end = min(job.done + self.prefill_chunk, len(request.prompt))
         out = self._model()(
             input_ids=torch.tensor([request.prompt[job.done:end]], device=self.device),
@@ -443,7 +463,8 @@ class Engine:
         self.stats.prefill_chunks += 1
         job.cache, job.done = cache_of(out), end
         if end == len(request.prompt):
-            self._chunked.popleft()
+            with self._cond:
+                self._chunked.popleft()
             self._join([request], job.cache, out.logits[:, -1, :], end)
 
     def _join(self, group: list[Request], cache: Any, logits: torch.Tensor, length: int) -> None:

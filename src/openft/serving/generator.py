@@ -22,13 +22,14 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from openft import tool_format
+from openft.errors import Overloaded
 from openft.serving.constraints import Matchers
 from openft.serving.engine import Engine, Request
 from openft.serving.lora import BASE, BatchedLoRA
@@ -62,15 +63,23 @@ class _Loaded:
     peft_path: bool = False  # an adapter the batched LoRA cannot run was loaded
     per_adapter: bool = False  # PEFT cannot mix these adapters in one pass either: one pass per adapter
     active: str | None = None  # the adapter PEFT has active (per-adapter passes)
+    # Loaded adapters, least recently used first; their loads and unloads are serialised by adapter_lock.
+    recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    adapter_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Requests between _ready and the engine's queue, per adapter id (then the engine knows them).
+    pins: dict[str, int] = field(default_factory=dict)
+    pin_lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters_evicted: int = 0
 
 class Generator:
     def __init__(self, memory_budget_bytes: int, device: str = "auto", *, max_batch: int = 16,
                  max_queue: int = 64, dtype: str = "auto", max_cache_bytes: int | None = None,
-                 prefix_cache_bytes: int = 256 * 2**20, prefill_chunk: int = 256):
+                 prefix_cache_bytes: int = 256 * 2**20, prefill_chunk: int = 256, max_adapters: int = 32):
         self._budget = memory_budget_bytes
         self._max_cache_bytes = max_cache_bytes
         self._prefix_cache_bytes = prefix_cache_bytes
         self._prefill_chunk = prefill_chunk
+        self.max_adapters = max_adapters
         self._device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
@@ -164,24 +173,64 @@ class Generator:
                 threading.Thread(target=loaded.engine.close, daemon=True).start()
             log.info("serving: evicted %s from the model cache", key)
 
-    def _ready(self, ref: ModelRef) -> _Loaded:
+    def _ready(self, ref: ModelRef, *, pin: bool = False) -> _Loaded:
+        """The loaded base of ``ref``, with its adapter loaded; ``pin``: until :meth:`_unpin`, the
+        adapter is not unloaded (the time between here and the engine's queue)."""
         loaded = self._base(ref.base_path)
-        if ref.adapter_path is not None and ref.id not in loaded.adapters:
-            with loaded.lock:  # between two engine steps
-                if ref.id not in loaded.adapters:
-                    from peft import PeftModel
-
-                    name = _adapter_name(ref.id)
-                    if not loaded.adapters:
-                        loaded.model = PeftModel.from_pretrained(
-                            loaded.model, ref.adapter_path, adapter_name=name
-                        ).eval()
-                    else:
-                        loaded.model.load_adapter(ref.adapter_path, adapter_name=name)
-                    loaded.adapters.add(ref.id)
-                    loaded.active = None
-                    self._stack_adapters(loaded)
+        if ref.adapter_path is None:
+            return loaded
+        with loaded.adapter_lock:
+            if ref.id not in loaded.adapters:
+                self._load_adapter(loaded, ref)
+            loaded.recent[ref.id] = None
+            loaded.recent.move_to_end(ref.id)
+            if pin:
+                with loaded.pin_lock:
+                    loaded.pins[ref.id] = loaded.pins.get(ref.id, 0) + 1
         return loaded
+
+    @staticmethod
+    def _unpin(loaded: _Loaded, ref: ModelRef) -> None:
+        with loaded.pin_lock:
+            loaded.pins[ref.id] -= 1
+            if not loaded.pins[ref.id]:
+                del loaded.pins[ref.id]
+
+    def _load_adapter(self, loaded: _Loaded, ref: ModelRef) -> None:
+        """Load ``ref``'s adapter onto its base (under ``adapter_lock``). At ``max_adapters``, the least
+        recently used adapter that no request is using is unloaded once the new one is in; when every
+        one is in use the request is refused (503), so adapters never grow past the bound."""
+        from peft import PeftModel
+
+        victim = None
+        if len(loaded.adapters) >= self.max_adapters:
+            assert loaded.engine is not None
+            with loaded.lock, loaded.pin_lock:  # between two engine steps; pins first, then the queue: a
+                pinned = set(loaded.pins)  # request is pinned until it is in the engine's queue
+                busy = loaded.engine.adapters_in_use()
+            victim = next((a for a in loaded.recent if a not in pinned and _adapter_name(a) not in busy), None)
+            if victim is None:
+                raise Overloaded(
+                    f"All {self.max_adapters} fine-tuned models this server keeps loaded on this base are "
+                    "answering requests (OPENFT_SERVING_MAX_ADAPTERS); retry shortly.", code="server_overloaded")
+        with loaded.lock:  # between two engine steps
+            name = _adapter_name(ref.id)
+            if not loaded.adapters:
+                loaded.model = PeftModel.from_pretrained(loaded.model, ref.adapter_path, adapter_name=name).eval()
+            else:
+                loaded.model.load_adapter(ref.adapter_path, adapter_name=name)
+            loaded.adapters.add(ref.id)
+            try:
+                if victim is not None:  # after the load, as a PeftModel always keeps one adapter; no request
+                    # can have queued for it meanwhile: requests pin under adapter_lock, which this load holds
+                    loaded.model.delete_adapter(_adapter_name(victim))
+                    loaded.adapters.discard(victim)
+                    loaded.recent.pop(victim, None)
+                    loaded.adapters_evicted += 1
+                    log.info("serving: unloaded the least recently used adapter %s", victim)
+            finally:
+                loaded.active = None
+                self._stack_adapters(loaded)
 
     @staticmethod
     def _stack_adapters(loaded: _Loaded) -> None:
@@ -261,11 +310,15 @@ class Generator:
         engine's thread. Raises :class:`~openft.errors.Overloaded` when the
         queue is full. Prompts reuse each other's cached rows only within one
         ``cache_scope`` (the organisation, where several share a process)."""
-        loaded = self._ready(ref)
+        loaded = self._ready(ref, pin=True)
         assert loaded.engine is not None
         adapter = _adapter_name(ref.id) if ref.adapter_path is not None else None
-        loaded.engine.submit(Request(prompt, params, stop, sink, adapter=adapter, grammar=grammar,
-                                     logprobs=logprobs, cache_scope=cache_scope))
+        try:
+            loaded.engine.submit(Request(prompt, params, stop, sink, adapter=adapter, grammar=grammar,
+                                         logprobs=logprobs, cache_scope=cache_scope))
+        finally:  # queued (the engine now answers for its adapter) or refused
+            if adapter is not None:
+                self._unpin(loaded, ref)
 
     def generate(
         self, ref: ModelRef, prompt: list[int], params: GenerationParams, stop: StopSignal, *,
@@ -292,7 +345,9 @@ class Generator:
                                if "lora_" in name)
                 out[Path(key).name] = {**base.engine.stats.as_dict(), "running": running, "waiting": waiting,
                                        **base.engine.memory(), "weights_bytes": base.bytes,
-                                       "adapters_loaded": len(base.adapters), "adapters_bytes": adapters}
+                                       "adapters_loaded": len(base.adapters), "adapters_bytes": adapters,
+                                       "adapters_limit": self.max_adapters,
+                                       "adapters_evicted": base.adapters_evicted}
         return out
 
 
