@@ -19,7 +19,8 @@
 On 2 cores the suite took 845 s in one session and 718 s in two phases
 (the training tier whole and alone); in these three phases, with evals
 added, 11 min 56 s from a fresh clone, set-up included; with the gateway,
-719 tests in 9 min 34 s (docs/development.md).
+719 tests in 9 min 34 s; 734 tests in 12 min 45 s on another 2-core machine
+(docs/development.md).
 
 Each session is an ordinary pytest session (``pyproject.toml``'s options
 apply), so every tier still reports itself ON or SKIPPED at the top of its
