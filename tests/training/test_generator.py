@@ -16,6 +16,7 @@ import torch
 
 from openft.errors import Overloaded
 from openft.serving import constraints
+from openft.serving.engine import Request
 from openft.serving.generator import Generator, collect
 from openft.serving.types import Finished, GenerationParams, ModelRef, StopSignal, TokenEvent
 
@@ -500,4 +501,39 @@ def test_loaded_adapters_are_bounded_and_the_least_recently_used_idle_one_unload
     assert generator.generate(tuned[1], prompt, GREEDY, StopSignal(60))[0].tokens == first[1]
     assert stats()["adapters_loaded"] == 2
     stops[1].cancel()
+    generator.close()
+
+
+class _LeavesMidPrefill(StopSignal):
+    """A client that leaves after its long prompt's second part (the engine asks before each part)."""
+
+    def __init__(self) -> None:
+        super().__init__(60)
+        self.asked = 0
+
+    def should_stop(self) -> bool:
+        self.asked += 1
+        if self.asked == 3:
+            self.cancel()
+        return super().should_stop()
+
+
+def test_a_client_that_leaves_while_its_long_prompt_is_prefilled_stops_it_at_once(tiny_model_dir) -> None:
+    """Work nobody waits for stops: a long prompt whose client leaves between two parts of its prefill
+    computes no further part, frees its rows, and the request beside it answers as it would alone."""
+    generator = Generator(2**30, device="cpu", prefill_chunk=16, prefix_cache_bytes=0)
+    ref = ModelRef("tiny-leaves", tiny_model_dir)
+    long = generator.prompt_ids(ref, [{"role": "user", "content": "word " * 200}])
+    short = generator.prompt_ids(ref, HI)
+    alone = generator.generate(ref, short, GREEDY, StopSignal(60))[0].tokens
+    before = generator.engine(ref).stats.as_dict()
+    left, beside = Events(), Events()
+    generator.engine(ref).submit_all([  # admitted in one step: the long one is prefilled in parts
+        Request(long, GREEDY, _LeavesMidPrefill(), left), Request(short, GREEDY, StopSignal(60), beside)])
+    assert beside.result().tokens == alone and len(alone) > 3  # the engine ran past the third part's turn
+    after = generator.engine(ref).stats.as_dict()
+    short_parts = -(-len(short) // 16)  # the chat template's system prompt makes the short one two parts too
+    assert after["prefill_chunks"] - before["prefill_chunks"] == 2 + short_parts
+    assert after["cancelled"] - before["cancelled"] == 1
+    assert left.queue.empty()  # nobody is sent anything
     generator.close()
