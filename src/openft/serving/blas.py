@@ -60,9 +60,12 @@ class SingleRowTiming:
         return self.openblas_seconds < MARGIN * self.torch_seconds
 
 
-def _linears(model: Any) -> list[torch.nn.Linear]:
-    return [m for m in model.modules()
-            if type(m) is torch.nn.Linear and m.weight.dtype is torch.float32 and m.weight.is_cpu]
+def float32_linears(model: Any) -> list[torch.nn.Linear]:
+    """The model's own float32 CPU ``nn.Linear`` layers: not an adapter's matrices (PEFT's ``lora_*``),
+    which may have been loaded meanwhile and stay as they are."""
+    return [module for name, module in model.named_modules()
+            if type(module) is torch.nn.Linear and module.weight.dtype is torch.float32 and module.weight.is_cpu
+            and "lora_" not in name]
 
 
 def openblas_is_faster(model: Any, passes: int = 3) -> SingleRowTiming:
@@ -70,7 +73,7 @@ def openblas_is_faster(model: Any, passes: int = 3) -> SingleRowTiming:
     (one thread), alternating ``passes`` times: what a decode step of one request costs on each."""
     from threadpoolctl import threadpool_limits
 
-    weights = [m.weight.detach() for m in _linears(model)]
+    weights = [m.weight.detach() for m in float32_linears(model)]
     rows = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
     best = {"torch": float("inf"), "openblas": float("inf")}
     with torch.inference_mode(), threadpool_limits(limits=1, user_api="blas"):
@@ -93,7 +96,7 @@ def route_linears(model: Any) -> int:
 
     threadpool_limits(limits=1, user_api="blas")  # torch's MKL is linked in and not among them
     routed = 0
-    for module in _linears(model):
+    for module in float32_linears(model):
         module._openblas_weight_t = module.weight.detach().numpy().T  # a view: the weights are not copied
         module.forward = types.MethodType(_forward, module)
         routed += 1

@@ -86,11 +86,11 @@ def quantize_linears(model: Any) -> int:
     engines = torch.backends.quantized.supported_engines
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in engines else "x86"
     added = 0
-    for name, module in model.named_modules():
-        if type(module) is not torch.nn.Linear or module.weight.dtype is not torch.float32 or not module.weight.is_cpu:
+    from openft.serving.blas import float32_linears
+
+    for module in float32_linears(model):
+        if hasattr(module, "_openft_int8"):
             continue
-        if "lora_" in name or hasattr(module, "_openft_int8"):
-            continue  # an adapter's own matrices (loaded meanwhile) stay float32
         weight = module.weight.detach()
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
         with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (see the docstring)
